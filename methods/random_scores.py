@@ -1,0 +1,26 @@
+"""random: i.i.d. standard-normal scores. The floor every method must beat (LDS about 0)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tdabench.method import FitContext
+from tdabench.spec import Example
+
+
+class RandomScores:
+    @dataclass
+    class Config:
+        seed: int = 0  # added to the run's seed
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def fit(self, pool: list[Example], context: FitContext) -> None:
+        self.n_pool = len(pool)
+        self.rng = np.random.default_rng(self.config.seed + context.seed)
+
+    def score(self, targets: list[Example]) -> np.ndarray:
+        return self.rng.standard_normal((len(targets), self.n_pool))

@@ -1,0 +1,3 @@
+"""tdabench: a benchmark suite for training data attribution on language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,108 @@
+"""The ``tdabench`` command line: ``list``, ``groundtruth`` and ``run``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import registry, runner
+from .data import DataError
+from .groundtruth import BankMismatch
+from .method import MissingDependency
+
+
+def _assignments(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _add_task_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True, help="task name (see `tdabench list`)")
+    p.add_argument("--preset", default="tiny", help="task preset (default: tiny)")
+    p.add_argument("--set", dest="spec_overrides", action="append", default=[],
+                   metavar="FIELD=VALUE",
+                   help="override a spec field, e.g. --set groundtruth.n_subsets=64")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="ground-truth worker processes, one torch thread each (default: %(default)s)")
+    p.add_argument("--bank", type=Path, default=None,
+                   help="ground-truth bank directory (default: under $TDABENCH_CACHE)")
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    print("tasks:")
+    for name in registry.task_names():
+        task = registry.get_task(name)
+        print(f"  {name:<14} presets: {', '.join(sorted(task.presets))}  -  {task.description}")
+    print("methods:")
+    for name in registry.method_names():
+        doc = (sys.modules[registry.get_method(name).__module__].__doc__ or "").strip()
+        print(f"  {name:<14} {doc.splitlines()[0] if doc else ''}")
+
+
+def cmd_groundtruth(args: argparse.Namespace) -> None:
+    bank = runner.groundtruth(args.task, args.preset, _assignments(args.spec_overrides),
+                              args.workers, args.bank)
+    m, r, t = bank.losses.shape
+    labels = bank.labels()
+    print(f"ground truth for {args.task}/{args.preset}: {m} subsets x {r} seeds x {t} targets "
+          f"at {bank.path}")
+    print(f"  mean target loss {-labels.mean():.4f}; mean spread over subsets "
+          f"(std per target) {labels.std(axis=1).mean():.4f}")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    record, path = runner.run(args.method, args.task, args.preset, args.seed,
+                              _assignments(args.config), _assignments(args.spec_overrides),
+                              args.workers, args.results_dir, args.bank)
+    print(runner.summary(record))
+    print(f"record: {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tdabench", description="Benchmark training data attribution methods on LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list tasks, presets and methods")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("groundtruth", help="build (or resume) a task's counterfactual ground truth")
+    _add_task_args(p)
+    p.set_defaults(func=cmd_groundtruth)
+
+    p = sub.add_parser("run", help="run one method on one task and write its result record")
+    p.add_argument("--method", required=True, help="method name (see `tdabench list`)")
+    _add_task_args(p)
+    p.add_argument("--seed", type=int, default=0, help="the method's seed (default: 0)")
+    p.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set a method config field, e.g. --config similarity=cosine")
+    p.add_argument("--results-dir", type=Path, default=Path("results"),
+                   help="where result records go (default: ./results)")
+    p.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted: finished subsets are kept; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except (KeyError, ValueError, BankMismatch, DataError, MissingDependency) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        print(f"tdabench: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

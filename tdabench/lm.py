@@ -1,0 +1,263 @@
+"""The target LM: build or load it, fine-tune it on a subset, measure the targets' losses.
+
+Model output (the protocol's): for a target x, the mean token cross-entropy of x's response
+tokens given its prompt. Fine-tuning minimises the same cross-entropy over response tokens
+only (prompt tokens are masked), averaged over the response tokens of each batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .spec import Example, FinetuneRecipe, ModelSpec, stable_hash
+from .store import atomic_write_json, cache_dir, read_json, sha256_file
+
+IGNORE = -100
+SCRATCH_SPECIALS = ["<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenised example: ``ids`` = prompt tokens then response tokens; the first
+    ``n_prompt`` of them carry no loss."""
+
+    ids: tuple[int, ...]
+    n_prompt: int
+
+
+@dataclass
+class TargetLM:
+    """A loaded base model with its tokenizer; ``fingerprint`` is the sha256 of its weights."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    spec: ModelSpec
+    fingerprint: str
+    path: Path
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block with ``n`` torch threads (oversubscribed threads slow training tenfold)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+# --- tokenisation ---------------------------------------------------------------------------
+
+def train_scratch_tokenizer(texts: Sequence[str], vocab_size: int):
+    """A byte-level BPE tokenizer trained on ``texts`` with the chat special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SCRATCH_SPECIALS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<|pad|>", eos_token="<|end|>",
+        additional_special_tokens=["<|user|>", "<|assistant|>"])
+
+
+def encode(tokenizer, examples: Sequence[Example], spec: ModelSpec) -> list[Encoded]:
+    """Tokenise prompt as the user turn and response as the assistant turn.
+
+    Prompt and response are cut to ``spec.max_prompt_tokens`` / ``max_response_tokens`` before
+    formatting. Tokenizers with a chat template use it; the scratch tokenizer uses
+    ``<|user|> prompt <|assistant|> response <|end|>``.
+    """
+    out = []
+    eos = tokenizer.eos_token_id
+    for ex in examples:
+        p = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"][: spec.max_prompt_tokens]
+        r = tokenizer(ex.response, add_special_tokens=False)["input_ids"][: spec.max_response_tokens]
+        if getattr(tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": tokenizer.decode(p)}]
+            prompt_ids = list(tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False))
+        else:
+            user, assistant = tokenizer.convert_tokens_to_ids(["<|user|>", "<|assistant|>"])
+            prompt_ids = [user, *p, assistant]
+        out.append(Encoded(tuple(prompt_ids + r + [eos]), len(prompt_ids)))
+    return out
+
+
+def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (IGNORE off the response)."""
+    width = max(len(e.ids) for e in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, e in enumerate(batch):
+        n = len(e.ids)
+        ids[i, :n] = torch.tensor(e.ids)
+        labels[i, e.n_prompt:n] = ids[i, e.n_prompt:n]
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+# --- loss -----------------------------------------------------------------------------------
+
+def token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every response token: returns ``(losses (K,), row (K,))`` where ``row``
+    says which example each of the K response tokens belongs to.
+
+    The LM head runs only at response positions: on small models it is most of a step's cost.
+    """
+    hidden = model.base_model(input_ids=batch["input_ids"],
+                              attention_mask=batch["attention_mask"]).last_hidden_state
+    next_labels = batch["labels"][:, 1:]
+    rows, cols = (next_labels != IGNORE).nonzero(as_tuple=True)
+    logits = model.get_output_embeddings()(hidden[rows, cols]).float()
+    return F.cross_entropy(logits, next_labels[rows, cols], reduction="none"), rows
+
+
+def response_losses(model: torch.nn.Module, encoded: Sequence[Encoded], pad_id: int,
+                    batch_size: int = 64) -> np.ndarray:
+    """Mean response-token cross-entropy of each example, shape (len(encoded),)."""
+    model.eval()
+    out = np.empty(len(encoded), dtype=np.float64)
+    with torch.no_grad():
+        for start in range(0, len(encoded), batch_size):
+            chunk = encoded[start:start + batch_size]
+            losses, rows = token_losses(model, collate(chunk, pad_id))
+            sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, rows, losses.double())
+            counts = torch.bincount(rows, minlength=len(chunk)).double()
+            out[start:start + len(chunk)] = (sums / counts).numpy()
+    return out
+
+
+# --- training -------------------------------------------------------------------------------
+
+def trainable_parameters(model: torch.nn.Module, spec: ModelSpec) -> list[torch.nn.Parameter]:
+    """Parameters that fine-tuning updates: all, or ``top:K`` blocks plus the final norm."""
+    if spec.trainable == "all":
+        return [p for p in model.parameters()]
+    if spec.trainable.startswith("top:"):
+        k = int(spec.trainable.split(":", 1)[1])
+        layers = model.base_model.layers
+        params = [p for layer in layers[len(layers) - k:] for p in layer.parameters()]
+        return params + list(model.base_model.norm.parameters())
+    raise ValueError(f"unknown trainable setting {spec.trainable!r}; use 'all' or 'top:K'")
+
+
+def finetune(model: torch.nn.Module, params: list[torch.nn.Parameter], encoded: Sequence[Encoded],
+             recipe: FinetuneRecipe, seed: int, pad_id: int, full_sequence: bool = False) -> None:
+    """Fine-tune ``model`` in place: AdamW, constant lr, grad clipping, seeded shuffling.
+
+    ``full_sequence=True`` trains on every token (language-model warm-up) instead of the response.
+    """
+    if recipe.schedule != "constant":
+        raise ValueError(f"unknown schedule {recipe.schedule!r}; only 'constant' is implemented")
+    if full_sequence:
+        encoded = [Encoded(e.ids, 0) for e in encoded]
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    model.train()
+    for _ in range(recipe.epochs):
+        order = rng.permutation(len(encoded))
+        for start in range(0, len(order), recipe.batch_size):
+            batch = collate([encoded[i] for i in order[start:start + recipe.batch_size]], pad_id)
+            losses, _ = token_losses(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            losses.mean().backward()
+            if recipe.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
+            optimizer.step()
+    model.eval()
+
+
+# --- building and caching the base model ----------------------------------------------------
+
+def _scratch_model(spec: ModelSpec, tokenizer) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=spec.d_model, intermediate_size=spec.d_ff,
+        num_hidden_layers=spec.n_layers, num_attention_heads=spec.n_heads,
+        num_key_value_heads=spec.n_heads,
+        max_position_embeddings=spec.max_prompt_tokens + spec.max_response_tokens + 8,
+        tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, attention_dropout=0.0)
+    torch.manual_seed(spec.warmup_seed)
+    return LlamaForCausalLM(config)
+
+
+def base_model_key(spec: ModelSpec, warmup: Sequence[Example], tokenizer_text: Sequence[Example]) -> str:
+    """Cache key: the model spec and the exact examples its tokenizer and warm-up saw."""
+    from .data import examples_fingerprint
+
+    return stable_hash({"model": spec, "warmup": examples_fingerprint(list(warmup)),
+                        "tokenizer_text": examples_fingerprint(list(tokenizer_text)),
+                        "torch": torch.__version__.split("+")[0]})
+
+
+def load_base_model(spec: ModelSpec, warmup: Sequence[Example],
+                    tokenizer_text: Sequence[Example]) -> TargetLM:
+    """Load the target LM from the cache, building it first if needed.
+
+    Scratch models: tokenizer trained on ``warmup + tokenizer_text`` (prompts and responses),
+    then language-model warm-up on ``warmup`` only, single-threaded and seeded (deterministic).
+    Pretrained models: ``spec.name`` via transformers (a hub id or a local path);
+    ``trust_remote_code`` is never enabled.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, spec.dtype)
+    if spec.init == "pretrained":
+        model = AutoModelForCausalLM.from_pretrained(spec.name, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(spec.name)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        files = sorted(Path(spec.name).glob("*.safetensors")) if Path(spec.name).is_dir() else []
+        fingerprint = stable_hash([sha256_file(f) for f in files]) if files else spec.name
+        return TargetLM(model.eval(), tokenizer, spec, fingerprint, Path(spec.name))
+    if spec.init != "scratch":
+        raise ValueError(f"unknown model init {spec.init!r}; use 'scratch' or 'pretrained'")
+
+    path = cache_dir() / "models" / base_model_key(spec, warmup, tokenizer_text)
+    if not (path / "tdabench_model.json").exists():
+        _build_scratch(spec, warmup, tokenizer_text, path)
+    meta = read_json(path / "tdabench_model.json")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return TargetLM(model.eval(), tokenizer, spec, meta["fingerprint"], path)
+
+
+def _build_scratch(spec: ModelSpec, warmup: Sequence[Example], tokenizer_text: Sequence[Example],
+                   path: Path) -> None:
+    texts = [t for ex in [*warmup, *tokenizer_text] for t in (ex.prompt, ex.response)]
+    tokenizer = train_scratch_tokenizer(texts, spec.vocab_size)
+    model = _scratch_model(spec, tokenizer)
+    recipe = FinetuneRecipe(lr=spec.warmup_lr, batch_size=16, epochs=spec.warmup_epochs)
+    with torch_threads(1):
+        finetune(model, list(model.parameters()), encode(tokenizer, warmup, spec), recipe,
+                 seed=spec.warmup_seed, pad_id=tokenizer.pad_token_id, full_sequence=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    model.save_pretrained(tmp)  # safetensors
+    tokenizer.save_pretrained(tmp)
+    atomic_write_json(tmp / "tdabench_model.json",
+                      {"spec": spec, "fingerprint": sha256_file(tmp / "model.safetensors")})
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process finished the same model first
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,97 @@
+"""The method protocol that every attribution adapter implements.
+
+An adapter is a class with:
+
+* ``Config``: a dataclass of its hyperparameters, every field with a default;
+* ``__init__(self, config)``;
+* ``fit(self, pool, context)``: the train-side work (encode, featurise, cache) on the pool;
+* ``score(self, targets) -> (T, N) array``: per-example scores, **higher = more helpful**
+  (the training example lowers the target's loss);
+* optionally ``score_groups(self, targets, subsets) -> (T, M) array`` for methods whose group
+  score is not the sum of per-example scores (``subsets``: (M, k) pool indices).
+
+The harness times ``fit`` and ``score``; an adapter never times itself or writes results. It may
+keep train-side files under ``context.workdir``, whose size the harness reports as storage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .spec import Example, TaskSpec, parse_value
+from .task import TaskData
+
+
+class MissingDependency(ImportError):
+    """An optional dependency of a method is not installed."""
+
+
+def require(module: str, extra: str, method: str) -> Any:
+    """Import ``module`` or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependency(
+            f"method {method!r} needs the Python package {module!r}, which is not installed: "
+            f"pip install 'tdabench[{extra}]' -c constraints.txt") from err
+
+
+@dataclass
+class FitContext:
+    """What a method may know besides the pool: the task, its examples, a cache dir, a seed."""
+
+    spec: TaskSpec
+    data: TaskData
+    workdir: Path
+    seed: int = 0
+
+
+@runtime_checkable
+class Method(Protocol):
+    Config: type
+
+    def fit(self, pool: list[Example], context: FitContext) -> None: ...
+
+    def score(self, targets: list[Example]) -> np.ndarray: ...
+
+
+def make_config(method_cls: type, overrides: dict[str, str] | None = None) -> Any:
+    """The method's Config with ``overrides`` (field name -> string value) applied."""
+    fields = {f.name for f in dataclasses.fields(method_cls.Config)}
+    unknown = set(overrides or {}) - fields
+    if unknown:
+        raise KeyError(f"unknown config field(s) {sorted(unknown)} for this method; "
+                       f"valid fields: {sorted(fields)}")
+    return method_cls.Config(**{k: parse_value(v) for k, v in (overrides or {}).items()})
+
+
+def held_bytes(obj: Any) -> int:
+    """Bytes of the numpy arrays and torch tensors an adapter holds as attributes (one level
+    into lists, tuples and dicts): the in-memory part of what it cached in ``fit``."""
+    def size(x: Any) -> int:
+        if isinstance(x, np.ndarray):
+            return x.nbytes
+        if hasattr(x, "element_size") and hasattr(x, "nelement"):
+            return x.element_size() * x.nelement()
+        return 0
+
+    total = 0
+    for value in vars(obj).values():
+        items = value.values() if isinstance(value, dict) else (
+            value if isinstance(value, (list, tuple)) else [value])
+        total += sum(size(v) for v in items)
+    return total
+
+
+def example_text(ex: Example, max_prompt_words: int = 256) -> str:
+    """The protocol's encoder text: ``"Question: " + prompt + "\\nAnswer: " + response``, with
+    the prompt capped at ``max_prompt_words`` words."""
+    words = ex.prompt.split()
+    prompt = " ".join(words[:max_prompt_words]) if len(words) > max_prompt_words else ex.prompt
+    return f"Question: {prompt}\nAnswer: {ex.response}"

@@ -1,0 +1,52 @@
+"""Find tasks and methods by name through the ``tdabench.tasks`` / ``tdabench.methods`` entry
+points, so a third-party package adds a method by declaring an entry point; no harness edit."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import Any
+
+from .task import Task
+
+_extra_tasks: dict[str, Task] = {}
+_extra_methods: dict[str, type] = {}
+
+
+def register_task(task: Task) -> None:
+    """Register a task at run time (tests, notebooks); entry points are the usual way."""
+    _extra_tasks[task.name] = task
+
+
+def register_method(name: str, method_cls: type) -> None:
+    """Register a method adapter class at run time."""
+    _extra_methods[name] = method_cls
+
+
+def _entry_points(group: str) -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def task_names() -> list[str]:
+    return sorted(set(_entry_points("tdabench.tasks")) | set(_extra_tasks))
+
+
+def method_names() -> list[str]:
+    return sorted(set(_entry_points("tdabench.methods")) | set(_extra_methods))
+
+
+def get_task(name: str) -> Task:
+    if name in _extra_tasks:
+        return _extra_tasks[name]
+    eps = _entry_points("tdabench.tasks")
+    if name not in eps:
+        raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
+    return eps[name].load()
+
+
+def get_method(name: str) -> type:
+    if name in _extra_methods:
+        return _extra_methods[name]
+    eps = _entry_points("tdabench.methods")
+    if name not in eps:
+        raise KeyError(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
+    return eps[name].load()

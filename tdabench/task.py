@@ -1,0 +1,44 @@
+"""What a task module provides: named presets (task specs) and a loader for its examples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .spec import DataSpec, Example, TaskSpec
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The examples of a task.
+
+    ``pool``: the training pool that subsets are drawn from and methods attribute to (N).
+    ``targets``: the test examples whose loss is measured (T).
+    ``warmup``: examples kept apart from pool and targets, used only to warm up a from-scratch
+    target LM, so that the counterfactual fine-tunes start from a model that never saw the pool.
+    """
+
+    pool: list[Example]
+    targets: list[Example]
+    warmup: list[Example]
+
+    def __post_init__(self) -> None:
+        ids = [ex.id for ex in self.pool + self.targets + self.warmup]
+        if len(set(ids)) != len(ids):
+            raise ValueError("example ids must be unique across pool, targets and warm-up")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: a name, presets (``tiny``, ...) and ``load(data_spec) -> TaskData``."""
+
+    name: str
+    description: str
+    presets: dict[str, TaskSpec]
+    load: Callable[[DataSpec], TaskData]
+
+    def spec(self, preset: str) -> TaskSpec:
+        if preset not in self.presets:
+            raise KeyError(
+                f"task {self.name!r} has no preset {preset!r}; valid presets: {sorted(self.presets)}")
+        return self.presets[preset]
