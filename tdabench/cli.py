@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one tqdm bar per job is ours; weight-loading bars are noise
     try:
         args.func(args)
     except KeyboardInterrupt:
