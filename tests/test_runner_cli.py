@@ -1,0 +1,117 @@
+"""`tdabench run` end to end on the micro task; the method protocol; errors that name the fix."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from tdabench.methods.embedding import Embedding
+
+from tdabench import cli, runner
+from tdabench.method import FitContext, make_config
+from tdabench.registry import get_method, register_method
+
+
+def test_run_writes_a_complete_record(micro, tmp_path):
+    record, path = runner.run("random", "micro", "micro", results_dir=tmp_path)
+    on_disk = json.loads(path.read_text())
+    assert on_disk == json.loads(json.dumps(record))
+    assert path.parent == tmp_path / "micro" / "micro"
+    m = record["metrics"]
+    assert -1 <= m["lds"]["mean"] <= 1 and m["lds"]["ci95"][0] <= m["lds"]["mean"] <= m["lds"]["ci95"][1]
+    assert m["lds"]["n_subsets"] == 6 and m["lds"]["n_targets"] == 12
+    assert len(record["per_target_lds"]) == 12
+    assert 0 <= m["recall@1"]["value"] <= 1 and 0 < m["recall@10"]["chance"] <= 1
+    for phase in ("fit", "score"):
+        assert record["cost"][phase]["wall_s"] >= 0 and record["cost"][phase]["peak_rss_bytes"] > 0
+    assert record["spec_hash"] and record["versions"]["torch"]
+    assert record["protocol"]["group_score"].startswith("sum")
+    assert "LDS" in runner.summary(record)
+
+
+class Oracle:
+    """A method that reads the bank's own labels: its group scores must give LDS 1."""
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, config):
+        self.config = config
+
+    def fit(self, pool, context: FitContext):
+        from tdabench.groundtruth import build_bank
+
+        self.labels = build_bank(context.spec, context.data).labels()
+        self.n = len(pool)
+
+    def score(self, targets):
+        return np.zeros((len(targets), self.n))
+
+    def score_groups(self, targets, subsets):
+        return self.labels
+
+
+def test_score_groups_is_used_when_a_method_has_it(micro, tmp_path):
+    register_method("oracle", Oracle)
+    record, _ = runner.run("oracle", "micro", "micro", results_dir=tmp_path)
+    assert record["metrics"]["lds"]["mean"] == pytest.approx(1.0)
+    assert "score_groups" in record["cost"]
+
+
+def test_embedding_ranks_an_exact_copy_of_a_target_first(micro, tmp_path):
+    task, spec, data = micro
+    pool = data.pool[:30] + data.targets[:5]  # the last five pool entries copy targets 0-4
+    method = Embedding(make_config(Embedding, {"similarity": "cosine"}))
+    method.fit(pool, FitContext(spec, data, tmp_path))
+    scores = method.score(data.targets[:5])
+    assert scores.shape == (5, 35)
+    assert scores.argmax(axis=1).tolist() == [30, 31, 32, 33, 34]
+
+
+def test_embedding_beats_random_on_recall(micro, tmp_path):
+    rec, _ = runner.run("embedding", "micro", "micro", results_dir=tmp_path)
+    assert rec["metrics"]["recall@10"]["value"] > rec["metrics"]["recall@10"]["chance"]
+    assert rec["cost"]["storage_bytes"]["memory"] == 60 * 384 * 4  # the pool's float32 embeddings
+
+
+def test_cli_run_prints_a_summary(micro, tmp_path, capsys):
+    assert cli.main(["run", "--method", "random", "--task", "micro", "--preset", "micro",
+                     "--results-dir", str(tmp_path), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "LDS" in out and "recall@10" in out and "record:" in out
+
+
+def test_cli_list_names_tasks_and_methods(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "chatterbot" in out and "tiny" in out and "embedding" in out and "random" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--method", "nope", "--task", "micro", "--preset", "micro"],
+     "unknown method 'nope'; valid methods:"),
+    (["run", "--method", "random", "--task", "nope"], "unknown task 'nope'; valid tasks:"),
+    (["run", "--method", "random", "--task", "chatterbot", "--preset", "huge"], "valid presets: ['tiny']"),
+    (["run", "--method", "random", "--task", "micro", "--preset", "micro", "--config", "bogus=1"],
+     "unknown config field(s) ['bogus']"),
+    (["groundtruth", "--task", "micro", "--preset", "micro", "--set", "finetune.rate=1"],
+     "unknown spec field 'finetune.rate'"),
+])
+def test_bad_input_names_the_valid_choices(micro, tmp_path, capsys, argv, message):
+    assert cli.main([*argv, "--results-dir", str(tmp_path)] if argv[0] == "run" else argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bank_built_for_another_spec_is_refused_by_the_cli(micro, tmp_path, capsys):
+    bank = str(tmp_path / "bank")
+    base = ["groundtruth", "--task", "micro", "--preset", "micro", "--workers", "1", "--bank", bank]
+    assert cli.main(base) == 0
+    assert cli.main([*base, "--set", "groundtruth.fraction=0.3"]) == 2
+    assert "groundtruth.fraction: 0.2 -> 0.3" in capsys.readouterr().err
+
+
+def test_builtin_methods_are_found_through_entry_points():
+    assert get_method("embedding") is Embedding
