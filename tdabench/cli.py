@@ -91,9 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Our tqdm bar counts jobs; transformers' weight-loading bars (also in spawned workers,
+    # which inherit the environment) are noise.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # one tqdm bar per job is ours; weight-loading bars are noise
+    hf_logging.disable_progress_bar()
     try:
         args.func(args)
     except KeyboardInterrupt:
