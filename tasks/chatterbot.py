@@ -16,7 +16,8 @@ import numpy as np
 import yaml
 
 from tdabench.data import DataError, fetch_package_archive
-from tdabench.spec import DataSpec, Example, FinetuneRecipe, GroundTruthSpec, ModelSpec, TaskSpec
+from tdabench import presets
+from tdabench.spec import DataSpec, Example
 from tdabench.task import Task, TaskData
 
 PACKAGE, VERSION = "chatterbot-corpus", "1.3.3"
@@ -67,20 +68,12 @@ def load(spec: DataSpec) -> TaskData:
     return split(read_pairs(fetch_package_archive(PACKAGE, VERSION, WHEEL, WHEEL_SHA256)), spec)
 
 
-TINY = TaskSpec(
-    task="chatterbot",
-    preset="tiny",
-    data=DataSpec(n_pool=800, n_targets=100, seed=0),
-    model=ModelSpec(init="scratch", n_layers=2, d_model=128, n_heads=4, d_ff=512,
-                    vocab_size=4096, max_prompt_tokens=32, max_response_tokens=32,
-                    warmup_epochs=3, warmup_lr=2e-3),
-    finetune=FinetuneRecipe(lr=1e-3, batch_size=16, epochs=2, grad_clip=1.0),
-    groundtruth=GroundTruthSpec(n_subsets=100, fraction=0.1, n_seeds=1, seed=0),
-)
+TINY = presets.tiny("chatterbot", DataSpec(n_pool=800, n_targets=100, seed=0))
 
 TASK = Task(
     name="chatterbot",
     description="English chit-chat pairs from chatterbot-corpus 1.3.3, 21 topics (offline, CPU)",
     presets={"tiny": TINY},
     load=load,
+    labels="topic (21)",
 )

@@ -36,10 +36,18 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    print("tasks:")
+    print("tasks (jsonl:PATH runs your own data):")
     for name in registry.task_names():
         task = registry.get_task(name)
-        print(f"  {name:<14} presets: {', '.join(sorted(task.presets))}  -  {task.description}")
+        where = "needs the Hugging Face hub" if task.needs_hub else "offline"
+        print(f"  {name:<14} {task.description}")
+        print(f"  {'':<14} source labels: {task.labels or 'n/a'}; {where}")
+        for preset, spec in sorted(task.presets.items()):
+            d, g = spec.data, spec.groundtruth
+            size = f"pool {d.n_pool}, targets {d.n_targets}" if d.n_pool else "pool and targets as published"
+            truth = (f"{g.n_subsets} subsets x {g.n_seeds} seed(s) of {g.fraction:.0%}"
+                     if g.source == "finetune" else f"{g.n_subsets} published subsets")
+            print(f"  {'':<14} preset {preset}: {size}; {truth}; model {spec.model.name or spec.model.init}")
     print("methods:")
     for name in registry.method_names():
         doc = (sys.modules[registry.get_method(name).__module__].__doc__ or "").strip()

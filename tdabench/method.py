@@ -7,8 +7,8 @@ An adapter is a class with:
 * ``fit(self, pool, context)``: the train-side work (encode, featurise, cache) on the pool;
 * ``score(self, targets) -> (T, N) array``: per-example scores, **higher = more helpful**
   (the training example lowers the target's loss);
-* optionally ``score_groups(self, targets, subsets) -> (T, M) array`` for methods whose group
-  score is not the sum of per-example scores (``subsets``: (M, k) pool indices).
+* optionally ``score_groups(self, targets, membership) -> (T, M) array`` for methods whose
+  group score is not the sum of per-example scores (``membership``: (M, N) bool).
 
 The harness times ``fit`` and ``score``; an adapter never times itself or writes results. It may
 keep train-side files under ``context.workdir``, whose size the harness reports as storage.

@@ -1,6 +1,6 @@
 """Metrics as pure array functions (numpy/scipy only; no models, no I/O).
 
-Shapes: T targets, N pool examples, M subsets, k subset size.
+Shapes: T targets, N pool examples, M subsets (a subset is a row of an (M, N) bool membership).
 Sign convention (everywhere in tdabench): a higher score means the training example (or subset)
 is more helpful to the target, i.e. lowers the target's loss. Ground-truth labels are therefore
 minus the losses.
@@ -13,21 +13,25 @@ from scipy.special import softmax
 from scipy.stats import rankdata
 
 
-def sum_group_scores(scores: np.ndarray, indicator: np.ndarray) -> np.ndarray:
+def sum_group_scores(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
     """g(x, S_m) = sum of the per-example scores over S_m.
 
-    scores: (T, N); indicator: (M, N) 0/1 membership. Returns (T, M).
+    scores: (T, N); membership: (M, N) bool or 0/1. Returns (T, M).
     """
-    return np.asarray(scores, dtype=np.float64) @ np.asarray(indicator, dtype=np.float64).T
+    return np.asarray(scores, dtype=np.float64) @ np.asarray(membership, dtype=np.float64).T
 
 
-def attention_pooled_group_scores(scores: np.ndarray, subsets: np.ndarray) -> np.ndarray:
+def attention_pooled_group_scores(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
     """AirRep's pooling: g(x, S) = sum_{z in S} softmax_{z in S}(|s(x, z)|) * s(x, z).
 
-    scores: (T, N); subsets: (M, k) pool indices. Returns (T, M).
+    scores: (T, N); membership: (M, N) bool. Returns (T, M).
     """
-    s = np.asarray(scores, dtype=np.float64)[:, subsets]  # (T, M, k)
-    return (softmax(np.abs(s), axis=2) * s).sum(axis=2)
+    scores = np.asarray(scores, dtype=np.float64)
+    out = np.empty((scores.shape[0], len(membership)))
+    for m, members in enumerate(np.asarray(membership, dtype=bool)):  # subsets may differ in size
+        s = scores[:, members]
+        out[:, m] = (softmax(np.abs(s), axis=1) * s).sum(axis=1)
+    return out
 
 
 def spearman_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -35,11 +35,17 @@ def method_names() -> list[str]:
 
 
 def get_task(name: str) -> Task:
+    """A registered task, or ``jsonl:PATH`` for a user's own data file."""
+    if name.startswith("jsonl:"):
+        from .userdata import jsonl_task
+
+        return jsonl_task(name[len("jsonl:"):])
     if name in _extra_tasks:
         return _extra_tasks[name]
     eps = _entry_points("tdabench.tasks")
     if name not in eps:
-        raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}")
+        raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}, "
+                       "or jsonl:PATH for your own data")
     return eps[name].load()
 
 

@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .groundtruth import GroundTruthBank, build_bank, versions
+from .groundtruth import GroundTruthBank, ensure_bank, versions
 from .method import FitContext, held_bytes, make_config
 from .registry import get_method, get_task
 from .spec import TaskSpec, override, spec_hash, stable_hash
 from .store import atomic_write_json, cache_dir, dir_bytes
-from .task import TaskData
+from .task import Task, TaskData
 from .timing import measure
 
 RECALL_KS = (1, 10)
@@ -33,17 +33,17 @@ PROTOCOL = {
 
 
 def load_task(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | None = None
-              ) -> tuple[TaskSpec, TaskData]:
-    """The task's spec for ``preset`` (with dotted overrides) and its examples."""
+              ) -> tuple[Task, TaskSpec, TaskData]:
+    """The task, its spec for ``preset`` (with dotted overrides) and its examples."""
     t = get_task(task)
     spec = override(t.spec(preset), spec_overrides or {})
-    return spec, t.load(spec.data)
+    return t, spec, t.load(spec.data)
 
 
 def groundtruth(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | None = None,
                 workers: int = 1, bank_path: Path | None = None) -> GroundTruthBank:
-    spec, data = load_task(task, preset, spec_overrides)
-    return build_bank(spec, data, bank_path, workers)
+    t, spec, data = load_task(task, preset, spec_overrides)
+    return ensure_bank(t, spec, data, bank_path, workers)
 
 
 def evaluate(scores: np.ndarray, group_scores: np.ndarray, bank: GroundTruthBank,
@@ -80,15 +80,15 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
         workers: int = 1, results_dir: Path | str = "results",
         bank_path: Path | None = None) -> tuple[dict[str, Any], Path]:
     """Build or reuse the ground truth, run ``method`` on it, write and return the record."""
-    spec, data = load_task(task, preset, spec_overrides)
-    bank = build_bank(spec, data, bank_path, workers)
+    t, spec, data = load_task(task, preset, spec_overrides)
+    bank = ensure_bank(t, spec, data, bank_path, workers)
     method_cls = get_method(method)
     cfg = make_config(method_cls, config)
     config_dict = dataclasses.asdict(cfg)
     config_hash = stable_hash(config_dict, 8)
     adapter = method_cls(cfg)
 
-    workdir = cache_dir() / "methods" / f"{task}-{preset}-{spec_hash(spec)}" / \
+    workdir = cache_dir() / "methods" / f"{spec.task}-{preset}-{spec_hash(spec)}" / \
         f"{method}-{config_hash}-s{seed}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
@@ -100,12 +100,12 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
     scores = _check_scores("scores", raw, (T, N), method)
     costs = {"fit": fit_cost.to_dict(), "score": score_cost.to_dict()}
     if hasattr(adapter, "score_groups"):
-        raw_groups, group_cost = measure(lambda: adapter.score_groups(data.targets, bank.subsets))
-        group_scores = _check_scores("group scores", raw_groups, (T, len(bank.subsets)), method)
+        raw_groups, group_cost = measure(lambda: adapter.score_groups(data.targets, bank.membership))
+        group_scores = _check_scores("group scores", raw_groups, (T, len(bank.membership)), method)
         costs["score_groups"] = group_cost.to_dict()
         aggregation = "method's own score_groups"
     else:
-        group_scores = metrics.sum_group_scores(scores, bank.indicator(N))
+        group_scores = metrics.sum_group_scores(scores, bank.membership)
         aggregation = "sum of per-example scores over the subset"
     costs["score_per_target_s"] = score_cost.wall_s / T
     costs["storage_bytes"] = {"disk": dir_bytes(workdir), "memory": held_bytes(adapter)}
@@ -113,9 +113,10 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
     gt = spec.groundtruth
     record = {
         "schema": 1,
-        "task": task, "preset": preset, "spec_hash": spec_hash(spec), "spec": spec.to_dict(),
+        "task": spec.task, "preset": preset, "spec_hash": spec_hash(spec), "spec": spec.to_dict(),
         "bank": {"path": str(bank.path), "n_subsets": gt.n_subsets, "n_seeds": gt.n_seeds,
-                 "fraction": gt.fraction, "subset_size": int(bank.subsets.shape[1]),
+                 "fraction": gt.fraction, "source": gt.source,
+                 "subset_sizes": sorted(set(bank.membership.sum(axis=1).tolist())),
                  "n_pool": N, "n_targets": T},
         "method": method, "config": config_dict, "config_hash": config_hash, "seed": seed,
         "protocol": {**PROTOCOL, "group_score": aggregation},
@@ -126,7 +127,7 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     record["per_target_lds"] = record["metrics"].pop("per_target_lds")
-    out = Path(results_dir) / task / preset / f"{method}-{config_hash}-s{seed}.json"
+    out = Path(results_dir) / spec.task / preset / f"{method}-{config_hash}-s{seed}.json"
     atomic_write_json(out, record)
     return record, out
 

@@ -77,12 +77,16 @@ class FinetuneRecipe:
 @dataclass(frozen=True)
 class GroundTruthSpec:
     """Counterfactual subsets: ``n_subsets`` random subsets of ``fraction`` of the pool, each
-    fine-tuned with ``n_seeds`` training seeds (two or more give a noise ceiling)."""
+    fine-tuned with ``n_seeds`` training seeds (two or more give a noise ceiling).
+
+    ``source="finetune"``: built by tdabench; ``"published"``: imported from the task's
+    published ground truth (then the other fields describe what is imported)."""
 
     n_subsets: int = 100
     fraction: float = 0.1
     n_seeds: int = 1
     seed: int = 0
+    source: str = "finetune"
 
 
 @dataclass(frozen=True)

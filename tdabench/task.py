@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .spec import DataSpec, Example, TaskSpec
 
@@ -30,12 +31,20 @@ class TaskData:
 
 @dataclass(frozen=True)
 class Task:
-    """A task: a name, presets (``tiny``, ...) and ``load(data_spec) -> TaskData``."""
+    """A task: a name, presets (``tiny``, ...) and ``load(data_spec) -> TaskData``.
+
+    ``labels`` describes the source labels (e.g. ``"topic (21)"``);
+    ``published_groundtruth(spec, data) -> PublishedGroundTruth`` serves presets whose
+    ``groundtruth.source`` is ``"published"``; ``needs_hub`` says the data comes from the hub.
+    """
 
     name: str
     description: str
     presets: dict[str, TaskSpec]
     load: Callable[[DataSpec], TaskData]
+    labels: str = ""
+    published_groundtruth: Callable[[TaskSpec, TaskData], Any] | None = None
+    needs_hub: bool = False
 
     def spec(self, preset: str) -> TaskSpec:
         if preset not in self.presets:

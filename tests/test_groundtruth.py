@@ -24,9 +24,9 @@ def test_bank_is_complete_deterministic_and_labels_are_minus_losses(micro, tmp_p
     assert a.complete and a.losses.shape == (6, 1, 12)
     np.testing.assert_array_equal(a.losses, b.losses)
     np.testing.assert_array_equal(a.labels(), -a.losses[:, 0, :].T)
-    assert a.subsets.shape == (6, 12) and (np.diff(a.subsets, axis=1) > 0).all()
-    ind = a.indicator(len(data.pool))
-    assert ind.sum(axis=1).tolist() == [12.0] * 6
+    assert a.membership.shape == (6, 60) and a.membership.dtype == bool
+    assert a.membership.sum(axis=1).tolist() == [12] * 6
+    assert len({row.tobytes() for row in a.membership}) == 6  # distinct subsets
     # different subsets give different losses: the bank carries signal
     assert a.losses[:, 0, :].std(axis=0).mean() > 1e-4
 

@@ -50,7 +50,7 @@ class Oracle:
     def score(self, targets):
         return np.zeros((len(targets), self.n))
 
-    def score_groups(self, targets, subsets):
+    def score_groups(self, targets, membership):
         return self.labels
 
 

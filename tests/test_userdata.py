@@ -1,0 +1,66 @@
+"""Bring your own data: --task jsonl:PATH."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tdabench import cli
+from tdabench.data import DataError
+from tdabench.registry import get_task
+
+
+def write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def records(n=60):
+    return [{"prompt": f"question {i} about topic {i % 4}", "response": f"answer {i}", "source": f"t{i % 4}"}
+            for i in range(n)]
+
+
+def test_a_jsonl_file_becomes_a_task_with_a_balanced_split(tmp_path):
+    task = get_task(f"jsonl:{write(tmp_path / 'mine.jsonl', records())}")
+    spec = task.spec("tiny")
+    data = task.load(spec.data)
+    assert (len(data.targets), len(data.warmup), len(data.pool)) == (6, 12, 42)
+    assert {ex.source for ex in data.targets} == {"t0", "t1", "t2", "t3"}
+    assert spec.task == "jsonl-mine" and len(spec.data.options["sha256"]) == 64
+
+
+def test_explicit_splits_are_used(tmp_path):
+    rows = [{**r, "split": "target" if i < 5 else "pool"} for i, r in enumerate(records(30))]
+    task = get_task(f"jsonl:{write(tmp_path / 'split.jsonl', rows)}")
+    data = task.load(task.spec("tiny").data)
+    assert (len(data.targets), len(data.pool), len(data.warmup)) == (5, 25, 0)
+
+
+def test_malformed_records_are_all_reported_with_line_numbers(tmp_path, capsys):
+    rows = records(10)
+    rows[2] = "{not json"
+    rows[5] = {"prompt": "only a prompt"}
+    rows[7] = {**rows[7], "split": "test"}
+    path = write(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(DataError) as err:
+        get_task(f"jsonl:{path}")
+    text = str(err.value)
+    assert "3 malformed record(s); nothing was run" in text
+    assert "line 3: not valid JSON" in text and "line 6: missing" in text and "line 8: split" in text
+    assert cli.main(["groundtruth", "--task", f"jsonl:{path}"]) == 2
+    assert "line 3" in capsys.readouterr().err
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no such data file"):
+        get_task(f"jsonl:{tmp_path / 'nope.jsonl'}")
+
+
+def test_editing_the_file_changes_the_spec_hash(tmp_path):
+    from tdabench.spec import spec_hash
+
+    path = write(tmp_path / "mine.jsonl", records())
+    before = spec_hash(get_task(f"jsonl:{path}").spec("tiny"))
+    write(path, records(61))
+    assert spec_hash(get_task(f"jsonl:{path}").spec("tiny")) != before
