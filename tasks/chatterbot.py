@@ -15,8 +15,8 @@ import zipfile
 import numpy as np
 import yaml
 
-from tdabench.data import DataError, fetch_package_archive
 from tdabench import presets
+from tdabench.data import DataError, fetch_package_archive
 from tdabench.spec import DataSpec, Example
 from tdabench.task import Task, TaskData
 

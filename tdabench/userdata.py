@@ -52,7 +52,8 @@ def read_records(path: Path) -> list[tuple[Example, str | None]]:
                          str(row.get("source", "default")))
             records.append((ex, split))
     if errors:
-        shown = "\n  ".join(errors[:20]) + (f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else "")
+        more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        shown = "\n  ".join(errors[:20]) + more
         raise DataError(f"{path}: {len(errors)} malformed record(s); nothing was run:\n  {shown}")
     if not records:
         raise DataError(f"{path}: no records")

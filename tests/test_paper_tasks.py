@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from tdabench.tasks import paper
 
 from tdabench import metrics, runner
 from tdabench.data import DataError
 from tdabench.groundtruth import BankMismatch, ensure_bank
 from tdabench.spec import override
-from tdabench.tasks import paper
 
 
 def write_benchmark(root, name="flan", n_train=30, n_test=6, n_subsets=100, seed=0, bad_line=None):
@@ -26,7 +26,8 @@ def write_benchmark(root, name="flan", n_train=30, n_test=6, n_subsets=100, seed
                                 "task": tasks[i % 3]}) + "\n")
     with open(folder / "test.jsonl", "w") as f:
         for i in range(n_test):
-            f.write(json.dumps({"prompt": f"test {i}", "response": f"reply {i}", "task": tasks[i % 3]}) + "\n")
+            row = {"prompt": f"test {i}", "response": f"reply {i}", "task": tasks[i % 3]}
+            f.write(json.dumps(row) + "\n")
     with open(folder / "lds.jsonl", "w") as f:
         for m in range(n_subsets):
             subset = sorted(rng.choice(n_train, n_train // 2, replace=False).tolist())
@@ -104,7 +105,8 @@ def test_wrong_loss_counts_and_subset_counts_are_refused(tmp_path):
 
 def test_offline_hub_failure_says_what_and_what_instead(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match=r"flan/train\.jsonl.*sunweiwei/airrep-test.*offline task \(chatterbot"):
+    message = r"flan/train\.jsonl.*sunweiwei/airrep-test.*offline task \(chatterbot"
+    with pytest.raises(DataError, match=message):
         paper.FLAN.load(paper.FLAN.spec("paper").data)
 
 
