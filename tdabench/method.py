@@ -72,11 +72,14 @@ def make_config(method_cls: type, overrides: dict[str, str] | None = None) -> An
 
 
 def held_bytes(obj: Any) -> int:
-    """Bytes of the numpy arrays and torch tensors an adapter holds as attributes (one level
-    into lists, tuples and dicts): the in-memory part of what it cached in ``fit``."""
+    """Bytes of the numpy arrays, scipy sparse matrices and torch tensors an adapter holds as
+    attributes (one level into lists, tuples and dicts): the in-memory part of what it cached
+    in ``fit``. Arrays hidden inside library objects are not seen."""
     def size(x: Any) -> int:
         if isinstance(x, np.ndarray):
             return x.nbytes
+        if all(hasattr(x, a) for a in ("data", "indices", "indptr")):  # scipy sparse (CSR/CSC)
+            return x.data.nbytes + x.indices.nbytes + x.indptr.nbytes
         if hasattr(x, "element_size") and hasattr(x, "nelement"):
             return x.element_size() * x.nelement()
         return 0
@@ -95,3 +98,23 @@ def example_text(ex: Example, max_prompt_words: int = 256) -> str:
     words = ex.prompt.split()
     prompt = " ".join(words[:max_prompt_words]) if len(words) > max_prompt_words else ex.prompt
     return f"Question: {prompt}\nAnswer: {ex.response}"
+
+
+FIELDS = ("prompt", "response", "both")
+
+
+def check_field(field: str) -> None:
+    """Refuse an unknown text ``field`` (see :func:`field_texts`), naming the valid ones."""
+    if field not in FIELDS:
+        raise ValueError(f"field must be one of {list(FIELDS)}, not {field!r}")
+
+
+def field_texts(examples: list[Example], field: str, max_prompt_words: int = 256) -> list[str]:
+    """The text of each example that a text-matching method indexes or queries with: its
+    prompt, its response, or both as :func:`example_text`."""
+    check_field(field)
+    if field == "prompt":
+        return [ex.prompt for ex in examples]
+    if field == "response":
+        return [ex.response for ex in examples]
+    return [example_text(ex, max_prompt_words) for ex in examples]

@@ -1,0 +1,49 @@
+"""tfidf: cosine similarity of TF-IDF vectors (scikit-learn's ``TfidfVectorizer``).
+
+The vectorizer is fit on the pool's texts (vocabulary and idf come from the pool only); each
+target is the query, and its score against a pool example is the cosine similarity of their
+tf-idf vectors, i.e. the dot product of the L2-normalised rows: more similar = more helpful.
+Terms absent from the pool are ignored, so a target sharing no term with an example scores 0.
+
+Config: ``field`` is which text of an example is indexed and which text of the target is the
+query: ``"prompt"``, ``"response"`` or ``"both"`` (the protocol's ``example_text``,
+``"Question: <prompt>\\nAnswer: <response>"``); ``ngram_min``/``ngram_max`` (sklearn's
+``ngram_range``), ``sublinear_tf`` and ``min_df`` (an int is a document count, a float a
+fraction) keep sklearn's defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tdabench.method import FitContext, check_field, field_texts, require
+from tdabench.spec import Example
+
+
+class TfIdf:
+    @dataclass
+    class Config:
+        field: str = "both"  # "prompt", "response" or "both"
+        ngram_min: int = 1
+        ngram_max: int = 1
+        sublinear_tf: bool = False
+        min_df: int | float = 1
+
+    def __init__(self, config: Config) -> None:
+        check_field(config.field)
+        if not 1 <= config.ngram_min <= config.ngram_max:
+            raise ValueError(f"need 1 <= ngram_min <= ngram_max, not {config.ngram_min}, {config.ngram_max}")
+        self.config = config
+
+    def fit(self, pool: list[Example], context: FitContext) -> None:
+        text = require("sklearn.feature_extraction.text", "lexical", "tfidf")
+        c = self.config
+        self.vectorizer = text.TfidfVectorizer(ngram_range=(c.ngram_min, c.ngram_max),
+                                               sublinear_tf=c.sublinear_tf, min_df=c.min_df)
+        self.pool_vectors = self.vectorizer.fit_transform(field_texts(pool, c.field))  # (N, V) sparse
+
+    def score(self, targets: list[Example]) -> np.ndarray:
+        queries = self.vectorizer.transform(field_texts(targets, self.config.field))  # (T, V), L2 rows
+        return (queries @ self.pool_vectors.T).toarray().astype(np.float64)  # (T, N)
