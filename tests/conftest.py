@@ -27,10 +27,9 @@ def private_cache(tmp_path_factory):
 def micro_task():
     """chatterbot's data at a size that builds a bank in seconds: 60 pool, 12 targets,
     120 warm-up examples, a 1-layer d=32 Llama, 6 subsets of 20%."""
-    from tdabench.tasks import chatterbot
-
     from tdabench.spec import DataSpec, GroundTruthSpec, ModelSpec
     from tdabench.task import Task
+    from tdabench.tasks import chatterbot
 
     def load(spec: DataSpec):
         data = chatterbot.load(spec)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from tdabench.tasks import chatterbot
 
 from tdabench import data as tdata
+from tdabench.tasks import chatterbot
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-from tdabench.tasks import paper
 
 from tdabench import metrics, runner
 from tdabench.data import DataError
 from tdabench.groundtruth import BankMismatch, ensure_bank
 from tdabench.spec import override
+from tdabench.tasks import paper
 
 
 def write_benchmark(root, name="flan", n_train=30, n_test=6, n_subsets=100, seed=0, bad_line=None):

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from tdabench.methods.embedding import Embedding
 
 from tdabench import cli, runner
 from tdabench.method import FitContext, make_config
+from tdabench.methods.embedding import Embedding
 from tdabench.registry import get_method, register_method
 
 

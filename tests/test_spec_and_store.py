@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from tdabench.tasks.chatterbot import TINY
 
 from tdabench import store
 from tdabench.spec import PAPER_MODEL, PAPER_RECIPE, TaskSpec, override, spec_differences, spec_hash
+from tdabench.tasks.chatterbot import TINY
 
 
 def test_spec_round_trips_and_hash_is_stable():
