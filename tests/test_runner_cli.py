@@ -94,7 +94,7 @@ def test_cli_list_names_tasks_and_methods(capsys):
     (["run", "--method", "nope", "--task", "micro", "--preset", "micro"],
      "unknown method 'nope'; valid methods:"),
     (["run", "--method", "random", "--task", "nope"], "unknown task 'nope'; valid tasks:"),
-    (["run", "--method", "random", "--task", "chatterbot", "--preset", "huge"], "valid presets: ['tiny']"),
+    (["run", "--method", "random", "--task", "chatterbot", "--preset", "huge"], "valid presets: ['small', 'tiny']"),
     (["run", "--method", "random", "--task", "micro", "--preset", "micro", "--config", "bogus=1"],
      "unknown config field(s) ['bogus']"),
     (["groundtruth", "--task", "micro", "--preset", "micro", "--set", "finetune.rate=1"],
