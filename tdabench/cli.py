@@ -35,6 +35,14 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
                    help="ground-truth bank directory (default: under $TDABENCH_CACHE)")
 
 
+def _add_method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", required=True, help="method name (see `tdabench list`)")
+    _add_task_args(p)
+    p.add_argument("--seed", type=int, default=0, help="the method's seed (default: 0)")
+    p.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set a method config field, e.g. --config similarity=cosine")
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     print("tasks (jsonl:PATH runs your own data):")
     for name in registry.task_names():
@@ -73,6 +81,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     print(f"record: {path}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    path = runner.train(args.method, args.task, args.preset, args.seed, _assignments(args.config),
+                        _assignments(args.spec_overrides), args.workers)
+    print(f"trained {args.method} for {args.task}/{args.preset}: {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tdabench", description="Benchmark training data attribution methods on LMs.")
@@ -85,12 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(p)
     p.set_defaults(func=cmd_groundtruth)
 
+    p = sub.add_parser("train", help="train a learned method (e.g. airrep) for a task")
+    _add_method_args(p)
+    p.set_defaults(func=cmd_train)
+
     p = sub.add_parser("run", help="run one method on one task and write its result record")
-    p.add_argument("--method", required=True, help="method name (see `tdabench list`)")
-    _add_task_args(p)
-    p.add_argument("--seed", type=int, default=0, help="the method's seed (default: 0)")
-    p.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
-                   help="set a method config field, e.g. --config similarity=cosine")
+    _add_method_args(p)
     p.add_argument("--results-dir", type=Path, default=Path("results"),
                    help="where result records go (default: ./results)")
     p.set_defaults(func=cmd_run)

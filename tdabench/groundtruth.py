@@ -16,16 +16,18 @@ elsewhere) is imported into the same format by :func:`import_bank`.
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from .data import examples_fingerprint
 from .executors import run_local
-from .spec import TaskSpec, spec_differences, spec_hash
+from .spec import GroundTruthSpec, TaskSpec, spec_differences, spec_hash, stable_hash
 from .store import atomic_write_json, atomic_write_npy, cache_dir, read_json
 from .task import Task, TaskData
+
+STREAMS = {"training": 7_001}  # seed streams of training banks (evaluation banks use none)
 
 
 class BankMismatch(RuntimeError):
@@ -44,23 +46,34 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
-def sample_subsets(n_pool: int, spec: TaskSpec) -> np.ndarray:
-    """(M, N) bool membership of M random subsets of k = round(fraction * N) pool examples,
-    seeded by ``groundtruth.seed``."""
+def sample_subsets(data: TaskData, spec: TaskSpec) -> np.ndarray:
+    """(M, N) bool membership of M random subsets of the pool, seeded by ``groundtruth.seed``.
+
+    Subsets are drawn from the pool examples that are not targets (all of them, when pool and
+    targets are disjoint), k = round(fraction * candidates) each.
+    """
     gt = spec.groundtruth
-    k = int(round(gt.fraction * n_pool))
-    if not 0 < k < n_pool:
-        raise ValueError(f"groundtruth.fraction={gt.fraction} gives subsets of {k} of {n_pool}")
+    target_ids = {ex.id for ex in data.targets}
+    candidates = np.array([i for i, ex in enumerate(data.pool) if ex.id not in target_ids], dtype=np.int64)
+    k = int(round(gt.fraction * len(candidates)))
+    if not 0 < k < len(candidates):
+        raise ValueError(f"groundtruth.fraction={gt.fraction} gives subsets of {k} of {len(candidates)}")
     rng = np.random.default_rng(gt.seed)
-    membership = np.zeros((gt.n_subsets, n_pool), dtype=bool)
+    membership = np.zeros((gt.n_subsets, len(data.pool)), dtype=bool)
     for m in range(gt.n_subsets):
-        membership[m, rng.choice(n_pool, k, replace=False)] = True
+        membership[m, rng.choice(candidates, k, replace=False)] = True
     return membership
 
 
 def training_seed(spec: TaskSpec, subset: int, replicate: int) -> int:
-    """The fine-tuning seed of subset ``subset``, replicate ``replicate``."""
-    return int(np.random.SeedSequence([spec.groundtruth.seed, subset, replicate]).generate_state(1)[0])
+    """The fine-tuning seed of subset ``subset``, replicate ``replicate``.
+
+    Training banks (``groundtruth.stream`` set) draw from a separate seed stream, so they never
+    share a fine-tuning seed with an evaluation bank.
+    """
+    gt = spec.groundtruth
+    entropy = [gt.seed, subset, replicate] + ([] if gt.stream is None else [STREAMS[gt.stream], 1])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 @dataclass
@@ -140,8 +153,7 @@ def open_bank(spec: TaskSpec, data: TaskData, model_fingerprint: str,
     """Open (or create) the bank for ``spec`` and read every finished subset from disk."""
     path = Path(path) if path else default_bank_path(spec)
     expected = _manifest(spec, data, model_fingerprint)
-    membership = sample_subsets(len(data.pool), spec) if spec.groundtruth.source == "finetune" \
-        else None
+    membership = sample_subsets(data, spec) if spec.groundtruth.source == "finetune" else None
     if (path / "manifest.json").exists():
         check_manifest(read_json(path / "manifest.json"), expected, path)
         stored = np.load(path / "membership.npy") if (path / "membership.npy").exists() else None
@@ -208,58 +220,125 @@ def import_bank(spec: TaskSpec, data: TaskData, published: PublishedGroundTruth,
 # --- the fine-tuning job, run inside executor workers ---------------------------------------
 
 @dataclass
-class _SubsetTrainer:
-    """Per-worker state: the base model loaded once, pool and targets tokenised once."""
+class _Job:
+    """One bank to fill: its spec, where it lives, its subsets, its targets."""
 
     spec: TaskSpec
-    bank_path: Path
+    path: Path
     membership: np.ndarray
-    lm: object
-    initial_state: dict
-    pool: list
     targets: list
 
 
-def _init_trainer(spec: TaskSpec, data: TaskData, bank_path: Path, membership: np.ndarray):
+@dataclass
+class _SubsetTrainer:
+    """Per-worker state: the base model loaded once, pool and every bank's targets tokenised once."""
+
+    lm: object
+    initial_state: dict
+    pool: list
+    banks: list[_Job]
+
+
+def _init_trainer(data: TaskData, banks: list[tuple[TaskSpec, Path, np.ndarray, list]]):
     from . import lm
 
-    target_lm = lm.load_base_model(spec.model, data.warmup, data.pool)
+    model_spec = banks[0][0].model
+    target_lm = lm.load_base_model(model_spec, data.warmup, data.pool)
     state = {k: v.detach().clone() for k, v in target_lm.model.state_dict().items()}
-    return _SubsetTrainer(spec, bank_path, membership, target_lm, state,
-                          lm.encode(target_lm.tokenizer, data.pool, spec.model),
-                          lm.encode(target_lm.tokenizer, data.targets, spec.model))
+    tok = target_lm.tokenizer
+    return _SubsetTrainer(target_lm, state, lm.encode(tok, data.pool, model_spec),
+                          [_Job(spec, path, membership, lm.encode(tok, targets, spec.model))
+                           for spec, path, membership, targets in banks])
 
 
-def _train_subset(state: _SubsetTrainer, job: tuple[int, int]) -> None:
+def _train_subset(state: _SubsetTrainer, job: tuple[int, int, int]) -> None:
     from . import lm
 
-    subset, replicate = job
+    b, subset, replicate = job
+    bank = state.banks[b]
     model, pad = state.lm.model, state.lm.tokenizer.pad_token_id
     model.load_state_dict(state.initial_state)
-    lm.finetune(model, lm.trainable_parameters(model, state.spec.model),
-                [state.pool[i] for i in np.flatnonzero(state.membership[subset])], state.spec.finetune,
-                seed=training_seed(state.spec, subset, replicate), pad_id=pad)
-    atomic_write_npy(_loss_path(state.bank_path, subset, replicate),
-                     lm.response_losses(model, state.targets, pad))
+    lm.finetune(model, lm.trainable_parameters(model, bank.spec.model),
+                [state.pool[i] for i in np.flatnonzero(bank.membership[subset])], bank.spec.finetune,
+                seed=training_seed(bank.spec, subset, replicate), pad_id=pad)
+    atomic_write_npy(_loss_path(bank.path, subset, replicate),
+                     lm.response_losses(model, bank.targets, pad))
+
+
+def build_banks(items: list[tuple[TaskSpec, TaskData, Path | None]], workers: int = 1,
+                desc: str = "ground truth") -> list[GroundTruthBank]:
+    """Build (or resume) several banks over the same pool and base model in one worker pool:
+    fine-tune every missing (bank, subset, seed)."""
+    from . import lm
+
+    first_spec, first_data = items[0][0], items[0][1]
+    for spec, data, _ in items:
+        if spec.groundtruth.source != "finetune":
+            raise ValueError(f"{spec.task}/{spec.preset} uses published ground truth "
+                             f"(groundtruth.source={spec.groundtruth.source!r}); it is imported, "
+                             "not built. To regenerate it, use --set groundtruth.source=finetune")
+        if spec.model != first_spec.model or data.pool != first_data.pool or data.warmup != first_data.warmup:
+            raise ValueError("banks built together must share the model, pool and warm-up set")
+    fingerprint = lm.load_base_model(first_spec.model, first_data.warmup, first_data.pool).fingerprint
+    banks = [open_bank(spec, data, fingerprint, path) for spec, data, path in items]
+    missing = [(b, m, r) for b, bank in enumerate(banks) for m in range(bank.losses.shape[0])
+               for r in range(bank.losses.shape[1]) if not np.isfinite(bank.losses[m, r]).all()]
+    payload = [(spec, bank.path, bank.membership, data.targets)
+               for (spec, data, _), bank in zip(items, banks)]
+    run_local(missing, _init_trainer, (first_data, payload), _train_subset, workers=workers, desc=desc)
+    return [open_bank(spec, data, fingerprint, bank.path) for (spec, data, _), bank in zip(items, banks)]
 
 
 def build_bank(spec: TaskSpec, data: TaskData, path: Path | None = None,
                workers: int = 1) -> GroundTruthBank:
     """Build (or resume) the bank for ``spec``: fine-tune every missing (subset, seed) pair."""
-    from . import lm
+    return build_banks([(spec, data, path)], workers, f"ground truth {spec.task}/{spec.preset}")[0]
 
-    if spec.groundtruth.source != "finetune":
-        raise ValueError(f"{spec.task}/{spec.preset} uses published ground truth "
-                         f"(groundtruth.source={spec.groundtruth.source!r}); it is imported, not "
-                         "built. To regenerate it, use --set groundtruth.source=finetune")
 
-    model_fingerprint = lm.load_base_model(spec.model, data.warmup, data.pool).fingerprint
-    bank = open_bank(spec, data, model_fingerprint, path)
-    missing = [(m, r) for m in range(bank.losses.shape[0]) for r in range(bank.losses.shape[1])
-               if not np.isfinite(bank.losses[m, r]).all()]
-    run_local(missing, _init_trainer, (spec, data, bank.path, bank.membership), _train_subset,
-              workers=workers, desc=f"ground truth {spec.task}/{spec.preset}")
-    return open_bank(spec, data, model_fingerprint, bank.path)
+@dataclass(frozen=True)
+class TrainingBankSpec:
+    """A method's own training ground truth (e.g. AirRep's): ``n_splits`` splits, each with
+    ``n_dev`` dev targets drawn from the pool and ``n_subsets`` subsets of ``fraction`` of the
+    rest of the pool, fine-tuned once each on a seed stream of its own."""
+
+    n_splits: int = 8
+    n_dev: int = 100
+    n_subsets: int = 50
+    fraction: float = 0.1
+    seed: int = 0
+
+
+def training_splits(spec: TaskSpec, data: TaskData, tb: TrainingBankSpec
+                    ) -> list[tuple[TaskSpec, TaskData]]:
+    """The (spec, data) of each training split.
+
+    No leakage by construction: dev targets are pool examples, so never the evaluation targets
+    (checked); subsets never hold a split's own dev targets; fine-tuning seeds come from the
+    ``training`` stream, which evaluation banks never use.
+    """
+    eval_ids = {ex.id for ex in data.targets}
+    if any(ex.id in eval_ids for ex in data.pool):
+        raise ValueError("the pool contains evaluation targets; a training bank would leak them")
+    if not 0 < tb.n_dev < len(data.pool):
+        raise ValueError(f"n_dev={tb.n_dev} must be between 1 and the pool size {len(data.pool)}")
+    out = []
+    for split in range(tb.n_splits):
+        rng = np.random.default_rng([tb.seed, split, STREAMS["training"]])
+        dev = [data.pool[i] for i in np.sort(rng.choice(len(data.pool), tb.n_dev, replace=False))]
+        gt = GroundTruthSpec(n_subsets=tb.n_subsets, fraction=tb.fraction, n_seeds=1,
+                             seed=tb.seed * 1_000 + split, stream="training")
+        out.append((replace(spec, groundtruth=gt), replace(data, targets=dev)))
+    return out
+
+
+def build_training_bank(spec: TaskSpec, data: TaskData, tb: TrainingBankSpec, workers: int = 1
+                        ) -> list[tuple[TaskData, GroundTruthBank]]:
+    """Build (or resume) every split of a training bank; returns (split data, bank) pairs."""
+    root = cache_dir() / "training-banks" / f"{spec.task}-{spec.preset}-{spec_hash(spec)}" / stable_hash(tb)
+    splits = training_splits(spec, data, tb)
+    banks = build_banks([(s, d, root / f"split{i:03d}") for i, (s, d) in enumerate(splits)], workers,
+                        f"training bank {spec.task}/{spec.preset}")
+    return [(d, bank) for (_, d), bank in zip(splits, banks)]
 
 
 def ensure_bank(task: Task, spec: TaskSpec, data: TaskData, path: Path | None = None,

@@ -8,7 +8,9 @@ An adapter is a class with:
 * ``score(self, targets) -> (T, N) array``: per-example scores, **higher = more helpful**
   (the training example lowers the target's loss);
 * optionally ``score_groups(self, targets, membership) -> (T, M) array`` for methods whose
-  group score is not the sum of per-example scores (``membership``: (M, N) bool).
+  group score is not the sum of per-example scores (``membership``: (M, N) bool);
+* optionally ``train(self, context)``: learning the method itself (AirRep's encoder), timed as a
+  phase of its own and reported apart from ``fit``.
 
 The harness times ``fit`` and ``score``; an adapter never times itself or writes results. It may
 keep train-side files under ``context.workdir``, whose size the harness reports as storage.
@@ -50,6 +52,7 @@ class FitContext:
     data: TaskData
     workdir: Path
     seed: int = 0
+    workers: int = 1  # processes a method may use to build training ground truth
 
 
 @runtime_checkable

@@ -75,6 +75,32 @@ def _check_scores(name: str, array: Any, shape: tuple[int, int], method: str) ->
     return array
 
 
+def _method_and_context(method: str, spec: TaskSpec, data: TaskData, seed: int,
+                        config: dict[str, str] | None, workers: int) -> tuple[Any, dict, FitContext]:
+    """The adapter with its config, and a fresh work directory for it."""
+    method_cls = get_method(method)
+    cfg = make_config(method_cls, config)
+    config_dict = dataclasses.asdict(cfg)
+    workdir = cache_dir() / "methods" / f"{spec.task}-{spec.preset}-{spec_hash(spec)}" / \
+        f"{method}-{stable_hash(config_dict, 8)}-s{seed}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    context = FitContext(spec=spec, data=data, workdir=workdir, seed=seed, workers=workers)
+    return method_cls(cfg), config_dict, context
+
+
+def train(method: str, task: str, preset: str = "tiny", seed: int = 0,
+          config: dict[str, str] | None = None, spec_overrides: dict[str, str] | None = None,
+          workers: int = 1) -> str:
+    """Train a learned method for a task (its ``train`` phase); returns where the result is."""
+    _, spec, data = load_task(task, preset, spec_overrides)
+    adapter, _, context = _method_and_context(method, spec, data, seed, config, workers)
+    if not hasattr(adapter, "train"):
+        raise ValueError(f"method {method!r} has nothing to train")
+    adapter.train(context)
+    return str(getattr(adapter, "checkpoint", context.workdir))
+
+
 def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
         config: dict[str, str] | None = None, spec_overrides: dict[str, str] | None = None,
         workers: int = 1, results_dir: Path | str = "results",
@@ -82,23 +108,19 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
     """Build or reuse the ground truth, run ``method`` on it, write and return the record."""
     t, spec, data = load_task(task, preset, spec_overrides)
     bank = ensure_bank(t, spec, data, bank_path, workers)
-    method_cls = get_method(method)
-    cfg = make_config(method_cls, config)
-    config_dict = dataclasses.asdict(cfg)
+    adapter, config_dict, context = _method_and_context(method, spec, data, seed, config, workers)
     config_hash = stable_hash(config_dict, 8)
-    adapter = method_cls(cfg)
-
-    workdir = cache_dir() / "methods" / f"{spec.task}-{preset}-{spec_hash(spec)}" / \
-        f"{method}-{config_hash}-s{seed}"
-    shutil.rmtree(workdir, ignore_errors=True)
-    workdir.mkdir(parents=True)
-    context = FitContext(spec=spec, data=data, workdir=workdir, seed=seed)
+    workdir = context.workdir
     T, N = len(data.targets), len(data.pool)
 
+    costs = {}
+    if hasattr(adapter, "train"):
+        _, train_cost = measure(lambda: adapter.train(context))
+        costs["train"] = train_cost.to_dict()
     _, fit_cost = measure(lambda: adapter.fit(data.pool, context))
     raw, score_cost = measure(lambda: adapter.score(data.targets))
     scores = _check_scores("scores", raw, (T, N), method)
-    costs = {"fit": fit_cost.to_dict(), "score": score_cost.to_dict()}
+    costs.update({"fit": fit_cost.to_dict(), "score": score_cost.to_dict()})
     if hasattr(adapter, "score_groups"):
         raw_groups, group_cost = measure(lambda: adapter.score_groups(data.targets, bank.membership))
         group_scores = _check_scores("group scores", raw_groups, (T, len(bank.membership)), method)
@@ -145,7 +167,9 @@ def summary(record: dict[str, Any]) -> str:
     for k in RECALL_KS:
         r = m[f"recall@{k}"]
         lines.append(f"  recall@{k:<3} {r['value']:.3f}    (random ranking: {r['chance']:.3f})")
-    for phase in ("fit", "score"):
+    for phase in ("train", "fit", "score"):
+        if phase not in c:
+            continue
         p = c[phase]
         lines.append(f"  {phase:<6} {p['wall_s']:8.2f} s wall {p['cpu_s']:8.2f} s CPU  "
                      f"peak RSS {p['peak_rss_bytes'] / 2**20:7.0f} MiB "

