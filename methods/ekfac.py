@@ -1,0 +1,138 @@
+"""ekfac: influence functions, Gauss-Newton approximated by EK-FAC or K-FAC (``kronfluence``).
+
+Influence functions as in Grosse et al. (2023). At the reference model (the base LM fine-tuned
+on the whole pool, :func:`tdabench.gradients.reference_model`) kronfluence fits the Kronecker factors of the
+tracked linear layers (``tracked``: ``"mlp"`` or ``"linear"``; kronfluence handles only
+``nn.Linear``/``Conv2d``, so embeddings and the LM head are left out) on the pool, then scores
+grad(target's measurement)^T (G + damping)^-1 grad(pool example's loss). Training loss: summed
+response-token cross-entropy of each pool example; measurement: the protocol's model output,
+the target's mean response-token cross-entropy. G is the true Fisher (labels sampled from the
+model, seeded) unless ``empirical_fisher``. ``strategy`` is kronfluence's: ``"ekfac"``,
+``"kfac"``, ``"diagonal"`` or ``"identity"``. ``damping`` = None is kronfluence's heuristic
+(0.1 x the mean eigenvalue). kronfluence returns (n_query, n_train), positive = the pool example
+lowers the target's loss; pool gradients are recomputed at scoring time (kronfluence's design).
+On chatterbot/tiny the default damping (heuristic) and ``"mlp"`` gave LDS 0.43 in about 35 s.
+
+kronfluence 1.0.1 declares a dependency on torchvision, which it does not import and which
+breaks transformers next to the CPU torch: install it with ``pip install --no-deps``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tdabench import gradients, lm
+from tdabench.method import FitContext, MissingDependency, require
+from tdabench.spec import Example
+
+STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
+INSTALL = "pip install --no-deps kronfluence==1.0.1"
+
+
+def kronfluence():
+    """Import kronfluence, or say how to install it without torchvision."""
+    try:
+        return require("kronfluence", "influence", "ekfac")
+    except MissingDependency as err:
+        raise MissingDependency(f"{err}, then {INSTALL} (without --no-deps, pip also installs "
+                                "torchvision, which breaks transformers beside the CPU torch)") from err
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """kronfluence 1.0.1 warns on every call that torch.cuda.amp.GradScaler is deprecated."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*GradScaler.*", category=FutureWarning)
+        yield
+
+
+def task_class():
+    kf = kronfluence()
+
+    class LMTask(kf.Task):
+        """Summed response-token cross-entropy per training example; mean per query."""
+
+        def __init__(self, modules: list[str]) -> None:
+            self.modules = modules
+
+        def compute_train_loss(self, batch, model, sample: bool = False) -> torch.Tensor:
+            logits, targets, _ = gradients.response_logits(model, batch)
+            if sample:  # labels drawn from the model: the true Fisher
+                with torch.no_grad():
+                    targets = torch.multinomial(logits.softmax(-1), 1)[:, 0]
+            return F.cross_entropy(logits, targets, reduction="sum")
+
+        def compute_measurement(self, batch, model) -> torch.Tensor:
+            return gradients.measurement(model, batch).sum()
+
+        def get_influence_tracked_modules(self) -> list[str]:
+            return self.modules
+
+        def get_attention_mask(self, batch) -> torch.Tensor:
+            return batch["attention_mask"]
+
+    return LMTask
+
+
+class EKFAC:
+    @dataclass
+    class Config:
+        strategy: str = "ekfac"  # kronfluence's: "ekfac", "kfac", "diagonal" or "identity"
+        tracked: str = gradients.DEFAULT_TRACKED  # "mlp" or "linear"
+        damping: float | None = None  # None: kronfluence's heuristic, 0.1 x mean eigenvalue
+        empirical_fisher: bool = False  # True: observed labels instead of sampled ones
+        batch_size: int = 32  # pool examples per batch (factors and scores)
+        query_batch_size: int = 32  # targets per batch
+
+    def __init__(self, config: Config) -> None:
+        if config.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {list(STRATEGIES)}, not {config.strategy!r}")
+        if config.tracked not in gradients.TRACKED:
+            raise ValueError(f"tracked must be one of {list(gradients.TRACKED)}, not {config.tracked!r}")
+        self.config = config
+
+    def fit(self, pool: list[Example], context: FitContext) -> None:
+        kf = kronfluence()
+        from kronfluence.arguments import FactorArguments
+        from kronfluence.utils.dataset import DataLoaderKwargs
+
+        c = self.config
+        torch.manual_seed(context.seed)  # the sampled labels of the true Fisher
+        reference = gradients.reference_model(context)
+        model, tokenizer = reference.lm.model, reference.lm.tokenizer
+        self.model_spec, self.tokenizer = context.spec.model, tokenizer
+        modules = list(gradients.tracked_modules(model, self.model_spec, c.tracked))
+        task = task_class()(modules)
+        self.model = kf.prepare_model(model, task)
+        self.analyzer = kf.Analyzer("tdabench", self.model, task, cpu=True, disable_tqdm=True,
+                                    log_level=logging.WARNING,
+                                    output_dir=str(context.workdir / "kronfluence"))
+        pad = tokenizer.pad_token_id
+        self.analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=lambda b: lm.collate(b, pad)))
+        self.pool = lm.encode(tokenizer, pool, self.model_spec)
+        with quiet():
+            self.analyzer.fit_all_factors(
+                "factors", dataset=self.pool, per_device_batch_size=c.batch_size,
+                factor_args=FactorArguments(strategy=c.strategy, use_empirical_fisher=c.empirical_fisher),
+                overwrite_output_dir=True)
+
+    def score(self, targets: list[Example]) -> np.ndarray:
+        from kronfluence.arguments import ScoreArguments
+
+        c = self.config
+        queries = lm.encode(self.tokenizer, targets, self.model_spec)
+        with quiet():
+            self.analyzer.compute_pairwise_scores(
+                "scores", "factors", query_dataset=queries, train_dataset=self.pool,
+                per_device_query_batch_size=c.query_batch_size, per_device_train_batch_size=c.batch_size,
+                score_args=ScoreArguments(damping_factor=c.damping), overwrite_output_dir=True)
+        native = self.analyzer.load_pairwise_scores("scores")["all_modules"]  # (n_query, n_train)
+        return gradients.to_scores(native, "kronfluence", len(targets), len(self.pool))

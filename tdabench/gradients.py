@@ -1,0 +1,307 @@
+"""Shared machinery of the gradient-based attribution methods (graddot, gradcos, tracin, trak, ekfac).
+
+* :func:`reference_model`: the task's base target LM fine-tuned on the **whole pool** with the
+  task's recipe (``lm.finetune``, seeded, one torch thread), cached as safetensors under
+  ``cache_dir()/"reference"/<key>`` with a checkpoint after every epoch (TracIn uses them).
+* Losses in the forms libraries need: :func:`train_losses` (summed response-token cross-entropy
+  of each training example: what a fine-tuning step on it descends, up to the batch's token
+  count) and :func:`measurement` (the protocol's model output: mean response-token
+  cross-entropy of each target).
+* Tracked parameters (:data:`TRACKED`): ``"mlp"`` = the ``nn.Linear`` layers of the blocks' MLPs,
+  ``"linear"`` = every ``nn.Linear`` in the blocks (attention projections too). Embeddings, norms
+  and the LM head are never tracked, nor blocks that the recipe does not train (``top:K``).
+* :func:`batches`, :func:`per_example_gradients` and :func:`to_scores`, the one place where a
+  library's output becomes a (T, N) float64 array with the protocol's sign (higher = the pool
+  example helps the target more, i.e. lowers its loss). :data:`NATIVE` records each library's
+  orientation and sign.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import lm
+from .data import examples_fingerprint
+from .method import FitContext
+from .spec import stable_hash
+from .store import atomic_write_json, cache_dir, read_json
+
+TRACKED = ("mlp", "linear")
+DEFAULT_TRACKED = "mlp"  # the MLPs hold most of a block's weights; attention adds little on these models
+
+
+# --- the reference model --------------------------------------------------------------------
+
+@dataclass
+class Reference:
+    """The fine-tuned reference model. ``lm.model`` holds the final weights (eval mode);
+    ``checkpoints[e]`` are the weights after epoch e + 1 (the last is the final model), each
+    trained with learning rate ``lr``."""
+
+    lm: lm.TargetLM
+    checkpoints: list[Path]
+    lr: float
+    path: Path
+
+
+def reference_key(context: FitContext, base_fingerprint: str, seed: int) -> str:
+    """Cache key: the spec's model and fine-tuning fields, the pool, the base weights, the seed."""
+    spec = context.spec
+    return stable_hash({"model": spec.model, "finetune": spec.finetune,
+                        "pool": examples_fingerprint(context.data.pool), "base": base_fingerprint,
+                        "seed": seed, "torch": torch.__version__.split("+")[0]})
+
+
+def reference_model(context: FitContext, seed: int | None = None) -> Reference:
+    """The base target LM fine-tuned on the whole pool (built once, then loaded from the cache).
+
+    Fine-tuning is ``lm.finetune`` itself, single-threaded and seeded with ``seed`` (default:
+    ``context.seed``), so the reference is what a ground-truth fine-tune on the full pool would
+    give; the per-epoch checkpoints are taken from inside that one run (see ``_build``).
+    """
+    from safetensors.torch import load_model
+
+    spec, data = context.spec, context.data
+    seed = context.seed if seed is None else seed
+    target = lm.load_base_model(spec.model, data.warmup, data.pool)
+    path = cache_dir() / "reference" / reference_key(context, target.fingerprint, seed)
+    if not (path / "reference.json").exists():
+        _build(context, target, seed, path)
+        target = lm.load_base_model(spec.model, data.warmup, data.pool)  # fresh base weights
+    meta = read_json(path / "reference.json")
+    checkpoints = [path / name for name in meta["checkpoints"]]
+    load_model(target.model, checkpoints[-1])
+    target.model.eval()
+    return Reference(target, checkpoints, float(meta["lr"]), path)
+
+
+def load_checkpoint(model: torch.nn.Module, checkpoint: Path) -> torch.nn.Module:
+    """Load a reference checkpoint (safetensors) into ``model`` in place."""
+    from safetensors.torch import load_model
+
+    load_model(model, checkpoint)
+    return model.eval()
+
+
+def _build(context: FitContext, target: lm.TargetLM, seed: int, path: Path) -> None:
+    from safetensors.torch import save_model
+
+    spec, pool = context.spec, context.data.pool
+    model, pad = target.model, target.tokenizer.pad_token_id
+    encoded = lm.encode(target.tokenizer, pool, spec.model)
+    recipe = spec.finetune
+    steps = math.ceil(len(encoded) / recipe.batch_size)  # optimizer steps per epoch
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+
+    # lm.finetune runs the model body once per optimizer step: at the first forward of epoch e + 1
+    # the weights are exactly those after epoch e. Saving there keeps one uninterrupted run
+    # (same shuffles, same AdamW state) instead of restarting the optimizer every epoch.
+    calls = [0]
+
+    def snapshot(module, args, kwargs):
+        if model.training and calls[0] and calls[0] % steps == 0:
+            save_model(model, str(tmp / f"epoch{calls[0] // steps}.safetensors"))
+        calls[0] += 1
+
+    handle = model.base_model.register_forward_pre_hook(snapshot, with_kwargs=True)
+    try:
+        with lm.torch_threads(1):
+            lm.finetune(model, lm.trainable_parameters(model, spec.model), encoded, recipe,
+                        seed=seed, pad_id=pad)
+        if calls[0] != steps * recipe.epochs:
+            raise RuntimeError(f"lm.finetune ran the model {calls[0]} times for {recipe.epochs} epochs "
+                               f"of {steps} steps; the per-epoch checkpoints would be wrong")
+        save_model(model, str(tmp / f"epoch{recipe.epochs}.safetensors"))
+        names = [f"epoch{e}.safetensors" for e in range(1, recipe.epochs + 1)]
+        atomic_write_json(tmp / "reference.json", {
+            "checkpoints": names, "lr": recipe.lr, "seed": seed, "base_fingerprint": target.fingerprint,
+            "n_pool": len(pool), "finetune": recipe})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        handle.remove()
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process built the same reference first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- losses ---------------------------------------------------------------------------------
+
+def response_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Logits at the response positions: ``(logits (K, V), next tokens (K,), row (K,))`` for the K
+    response tokens of the batch (the LM head runs only there, as in ``lm.token_losses``)."""
+    hidden = model.base_model(input_ids=batch["input_ids"],
+                              attention_mask=batch["attention_mask"]).last_hidden_state
+    next_labels = batch["labels"][:, 1:]
+    rows, cols = (next_labels != lm.IGNORE).nonzero(as_tuple=True)
+    logits = model.get_output_embeddings()(hidden[rows, cols]).float()
+    return logits, next_labels[rows, cols], rows
+
+
+def _per_example(values: torch.Tensor, rows: torch.Tensor, n: int, mean: bool) -> torch.Tensor:
+    sums = torch.zeros(n, dtype=values.dtype).index_add(0, rows, values)
+    return sums / torch.bincount(rows, minlength=n).to(values.dtype) if mean else sums
+
+
+def train_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) summed response-token cross-entropy of each training example."""
+    losses, rows = lm.token_losses(model, batch)
+    return _per_example(losses, rows, len(batch["input_ids"]), mean=False)
+
+
+def measurement(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) the protocol's model output: mean response-token cross-entropy of each target."""
+    losses, rows = lm.token_losses(model, batch)
+    return _per_example(losses, rows, len(batch["input_ids"]), mean=True)
+
+
+LOSSES = {"train": train_losses, "measurement": measurement}
+
+
+# --- tracked parameters ---------------------------------------------------------------------
+
+def tracked_modules(model: torch.nn.Module, model_spec, which: str = DEFAULT_TRACKED
+                    ) -> dict[str, torch.nn.Linear]:
+    """The ``nn.Linear`` modules whose weights a method attributes through, by their names in
+    ``model.named_modules()``: ``"mlp"`` (inside each block's ``mlp``) or ``"linear"`` (anywhere in
+    the blocks). Only blocks that fine-tuning trains (``model.trainable``) count."""
+    if which not in TRACKED:
+        raise ValueError(f"tracked must be one of {list(TRACKED)}, not {which!r}")
+    trained = {id(p) for p in lm.trainable_parameters(model, model_spec)}
+    layers = model.base_model.layers
+    prefix = next(name for name, module in model.named_modules() if module is layers)
+    out = {}
+    for name, module in model.named_modules():
+        if not (isinstance(module, torch.nn.Linear) and name.startswith(prefix + ".")):
+            continue
+        if which == "mlp" and ".mlp." not in name:
+            continue
+        if id(module.weight) in trained:
+            out[name] = module
+    if not out:
+        raise ValueError(f"no trainable nn.Linear modules match tracked={which!r}")
+    return out
+
+
+def tracked_parameters(modules: dict[str, torch.nn.Linear]) -> dict[str, torch.nn.Parameter]:
+    """The weights (and biases) of ``modules``, by their names in ``model.named_parameters()``."""
+    out = {}
+    for name, module in modules.items():
+        for pname, p in module.named_parameters(recurse=False):
+            out[f"{name}.{pname}"] = p
+    return out
+
+
+def n_tracked(modules: dict[str, torch.nn.Linear]) -> int:
+    return sum(p.numel() for p in tracked_parameters(modules).values())
+
+
+# --- batching and per-example gradients -----------------------------------------------------
+
+def batches(encoded: Sequence[lm.Encoded], batch_size: int, pad_id: int
+            ) -> Iterator[tuple[slice, dict[str, torch.Tensor]]]:
+    """``(rows, collated batch)`` over ``encoded`` in order, ``batch_size`` at a time."""
+    for start in range(0, len(encoded), batch_size):
+        rows = slice(start, min(start + batch_size, len(encoded)))
+        yield rows, lm.collate(encoded[rows], pad_id)
+
+
+def per_example_gradients(model: torch.nn.Module, modules: dict[str, torch.nn.Linear],
+                          encoded: Sequence[lm.Encoded], pad_id: int, loss: str = "train",
+                          batch_size: int = 32) -> torch.Tensor:
+    """(n, P) float32: the gradient of each example's loss (``"train"``: :func:`train_losses`;
+    ``"measurement"``: :func:`measurement`) with respect to the tracked weights, flattened in
+    the order of :func:`tracked_parameters`.
+
+    One batched forward and backward per batch: a linear layer's per-example weight gradient is
+    the sum over the example's tokens of (output gradient) x (input)^T, so hooks on the tracked
+    modules give it exactly, without a backward pass per example.
+    """
+    loss_fn = LOSSES[loss]
+    params = tracked_parameters(modules)
+    P = sum(p.numel() for p in params.values())
+    out = torch.empty(len(encoded), P, dtype=torch.float32)
+    inputs: dict[str, torch.Tensor] = {}
+    grads: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def save(module, args, output):
+            inputs[name] = args[0].detach()
+            output.register_hook(lambda g: grads.__setitem__(name, g.detach()))
+        return save
+
+    was_training = model.training
+    model.eval()
+    saved_flags = {id(p): p.requires_grad for p in model.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params.values():
+        p.requires_grad_(True)
+    handles = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
+    try:
+        for rows, batch in batches(encoded, batch_size, pad_id):
+            torch.autograd.grad(loss_fn(model, batch).sum(), list(params.values()))
+            parts = []
+            for name, module in modules.items():
+                d, a = grads[name].float(), inputs[name].float()
+                parts.append(torch.einsum("blo,bli->boi", d, a).flatten(1))
+                if module.bias is not None:
+                    parts.append(d.sum(1))
+            out[rows] = torch.cat(parts, dim=1)
+            inputs.clear()
+            grads.clear()
+    finally:
+        for h in handles:
+            h.remove()
+        for p in model.parameters():
+            p.requires_grad_(saved_flags[id(p)])
+        model.train(was_training)
+    return out
+
+
+# --- library output -> (T, N), higher = more helpful ----------------------------------------
+
+# Native orientation and sign of each library's scores. Sign +1: a positive native score already
+# means "the pool example lowers the target's loss".
+NATIVE = {
+    # Our own per-example gradient products: (T, N) = g_target . g_train. A gradient step on the
+    # train example changes the target's loss by -lr * g_target . g_train, so positive = helpful.
+    "gradients": ("TN", +1),
+    # traker 0.3.2, TRAKer.finalize_scores: (n_train, n_targets). The score predicts the change of
+    # the target's model output (our causal-LM output: log-odds of the correct response tokens)
+    # when the train example is included, so positive = raises its likelihood = helpful.
+    "trak": ("NT", +1),
+    # kronfluence 1.0.1, load_pairwise_scores(...)["all_modules"]: (n_query, n_train),
+    # grad(measurement)^T (H + damping)^-1 grad(train loss). Up-weighting the train example
+    # moves the parameters by -H^-1 grad(train loss), so a positive score means it lowers the
+    # measurement (the target's loss): helpful.
+    "kronfluence": ("TN", +1),
+}
+
+
+def to_scores(native, library: str, n_targets: int, n_pool: int) -> np.ndarray:
+    """A library's score matrix as a (T, N) float64 array with the protocol's sign."""
+    orientation, sign = NATIVE[library]
+    if isinstance(native, torch.Tensor):
+        native = native.detach().cpu().numpy()
+    array = np.asarray(native, dtype=np.float64)
+    expected = (n_targets, n_pool) if orientation == "TN" else (n_pool, n_targets)
+    if array.shape != expected:
+        raise ValueError(f"{library} returned scores of shape {array.shape}, expected {expected} "
+                         f"({orientation}: {n_targets} targets, {n_pool} pool examples)")
+    if orientation == "NT":
+        array = array.T
+    return np.ascontiguousarray(sign * array)

@@ -1,0 +1,319 @@
+"""Gradient-based methods (graddot, gradcos, tracin, trak, ekfac) and their shared harness
+(tdabench.gradients): shapes and signs on the micro task, agreement with explicit computations
+(per-example autograd gradients, TRAK's formula, a damped inverse-Fisher influence), the cached
+reference fine-tune and its checkpoints, and missing libraries."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tdabench import gradients, lm, runner
+from tdabench.method import FitContext, MissingDependency, make_config
+from tdabench.registry import get_method
+
+KRONFLUENCE = ("kronfluence is not installed: pip install -c constraints.txt 'tdabench[influence]' && "
+               "pip install --no-deps kronfluence==1.0.1")
+TRAKER = "traker is not installed: pip install -c constraints.txt 'tdabench[trak]'"
+METHODS = ["graddot", "gradcos", "tracin", "trak", "ekfac"]
+
+
+def needs(name):
+    if name == "trak":
+        pytest.importorskip("trak", reason=TRAKER)
+    if name == "ekfac":
+        pytest.importorskip("kronfluence", reason=KRONFLUENCE)
+
+
+def pool_with_copies(data):
+    """The micro pool less any example sharing a prompt or response with a target, then a copy of
+    every target."""
+    prompts = {ex.prompt for ex in data.targets}
+    responses = {ex.response for ex in data.targets}
+    rest = [ex for ex in data.pool if ex.prompt not in prompts and ex.response not in responses]
+    return rest + [replace(ex, id=f"copy-{ex.id}") for ex in data.targets]
+
+
+def context_for(micro, tmp_path, pool=None, d_ff=None):
+    """A FitContext on the micro task; ``pool`` replaces the pool, ``d_ff`` shrinks the MLPs
+    (d_ff=8: 768 MLP weights, small enough for exact inverses)."""
+    _, spec, data = micro
+    if d_ff is not None:
+        spec = replace(spec, model=replace(spec.model, d_ff=d_ff))
+    if pool is not None:
+        data = replace(data, pool=pool)
+    return FitContext(spec, data, tmp_path)
+
+
+def fitted(name, config, context):
+    needs(name)
+    cls = get_method(name)
+    method = cls(make_config(cls, config))
+    method.fit(context.data.pool, context)
+    return method
+
+
+# --- explicit references, written without tdabench.gradients ---------------------------------
+
+def single(model, ex: lm.Encoded):
+    """(logits (L-1, V), labels (L-1,), response mask) of one unpadded example."""
+    ids = torch.tensor([ex.ids])
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, :-1].float()
+    labels = ids[0, 1:]
+    mask = torch.arange(len(labels)) >= ex.n_prompt - 1
+    return logits, labels, mask
+
+
+def explicit_gradients(model, params, encoded, fn):
+    """(n, P): torch.autograd gradient of fn(logits, labels, mask) for each example, one at a time."""
+    out = []
+    for ex in encoded:
+        logits, labels, mask = single(model, ex)
+        grads = torch.autograd.grad(fn(logits, labels, mask), params)
+        out.append(torch.cat([g.flatten() for g in grads]).double())
+    return torch.stack(out)
+
+
+def summed_ce(logits, labels, mask):
+    return F.cross_entropy(logits[mask], labels[mask], reduction="sum")
+
+
+def mean_ce(logits, labels, mask):
+    return F.cross_entropy(logits[mask], labels[mask])
+
+
+def mlp_weights(model):
+    return [m.weight for layer in model.model.layers
+            for m in (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
+
+
+def reference_and_encodings(context):
+    ref = gradients.reference_model(context)
+    model, tok = ref.lm.model, ref.lm.tokenizer
+    model.requires_grad_(False)
+    params = mlp_weights(model)
+    for p in params:
+        p.requires_grad_(True)
+    return (ref, model, params, lm.encode(tok, context.data.pool, context.spec.model),
+            lm.encode(tok, context.data.targets, context.spec.model))
+
+
+# --- every adapter --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", METHODS)
+def test_scores_are_finite_targets_by_pool_and_an_exact_copy_ranks_first(micro, tmp_path, name):
+    data = micro[2]
+    context = context_for(micro, tmp_path, pool=pool_with_copies(data))
+    scores = fitted(name, {}, context).score(data.targets)
+    T, N = len(data.targets), len(context.data.pool)
+    assert scores.shape == (T, N) and scores.dtype == np.float64 and np.isfinite(scores).all()
+    copies = np.arange(N - T, N)
+    rank = (scores > scores[np.arange(T), copies][:, None]).sum(axis=1)  # 0 = top of the pool
+    assert (scores[np.arange(T), copies] > 0).all()  # sign: the copy lowers the target's loss
+    assert (rank == 0).mean() >= 0.9 and rank.max() <= 2, rank
+
+
+def test_graddot_and_gradcos_equal_explicit_per_example_autograd_gradients(micro, tmp_path):
+    context = context_for(micro, tmp_path)
+    _, model, params, pool, targets = reference_and_encodings(context)
+    g_pool = explicit_gradients(model, params, pool, summed_ce)
+    g_targets = explicit_gradients(model, params, targets, mean_ce)
+    dot = (g_targets @ g_pool.T).numpy()
+    cos = (F.normalize(g_targets, dim=1) @ F.normalize(g_pool, dim=1).T).numpy()
+    assert np.abs(dot).max() > 0
+    np.testing.assert_allclose(fitted("graddot", {}, context).score(context.data.targets), dot,
+                               rtol=1e-4, atol=1e-5 * np.abs(dot).max())
+    np.testing.assert_allclose(fitted("gradcos", {}, context).score(context.data.targets), cos,
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_linear_tracks_attention_too_and_changes_the_scores(micro, tmp_path):
+    context = context_for(micro, tmp_path)
+    model = gradients.reference_model(context).lm.model
+    mlp = gradients.tracked_modules(model, context.spec.model, "mlp")
+    linear = gradients.tracked_modules(model, context.spec.model, "linear")
+    assert sorted(n.rsplit(".", 1)[1] for n in mlp) == ["down_proj", "gate_proj", "up_proj"]
+    assert set(mlp) < set(linear) and any("self_attn.q_proj" in n for n in linear)
+    assert not any("embed" in n or "lm_head" in n for n in linear)
+    a = fitted("graddot", {}, context).score(context.data.targets)
+    b = fitted("graddot", {"tracked": "linear"}, context).score(context.data.targets)
+    assert not np.allclose(a, b)
+
+
+def test_tracin_is_the_lr_weighted_sum_of_gradient_dots_at_each_epoch(micro, tmp_path):
+    context = context_for(micro, tmp_path)
+    ref, model, params, pool, targets = reference_and_encodings(context)
+    assert len(ref.checkpoints) == context.spec.finetune.epochs == 2
+    expected = 0
+    for checkpoint in ref.checkpoints:
+        gradients.load_checkpoint(model, checkpoint)
+        expected = expected + ref.lr * (explicit_gradients(model, params, targets, mean_ce)
+                                        @ explicit_gradients(model, params, pool, summed_ce).T).numpy()
+    scores = fitted("tracin", {}, context).score(context.data.targets)
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_reference_is_lm_finetune_on_the_whole_pool_with_the_epoch_checkpoints_of_that_run(
+        micro, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    context = context_for(micro, tmp_path)
+    spec, data = context.spec, context.data
+    ref = gradients.reference_model(context)
+    for epochs, checkpoint in [(1, ref.checkpoints[0]), (2, ref.checkpoints[1])]:
+        base = lm.load_base_model(spec.model, data.warmup, data.pool)
+        lm.finetune(base.model, lm.trainable_parameters(base.model, spec.model),
+                    lm.encode(base.tokenizer, data.pool, spec.model),
+                    replace(spec.finetune, epochs=epochs), seed=context.seed,
+                    pad_id=base.tokenizer.pad_token_id)
+        stored, state = load_file(checkpoint), base.model.state_dict()
+        assert len(stored) >= len(list(base.model.parameters()))
+        for name, tensor in stored.items():
+            assert torch.equal(tensor, state[name]), (epochs, name)
+    assert ref.lr == spec.finetune.lr and ref.path.parent.name == "reference"
+    # cached: a second call loads it instead of fine-tuning again
+    monkeypatch.setattr(gradients, "_build", lambda *a: pytest.fail("rebuilt a cached reference"))
+    again = gradients.reference_model(context)
+    assert again.checkpoints == ref.checkpoints
+    for (n, p), q in zip(again.lm.model.named_parameters(), ref.lm.model.parameters()):
+        assert torch.equal(p, q), n
+    # another pool is another reference
+    other = context_for(micro, tmp_path, pool=data.pool[:-1])
+    assert gradients.reference_key(other, "x", 0) != gradients.reference_key(context, "x", 0)
+
+
+# --- trak -----------------------------------------------------------------------------------
+
+def margin_sum(logits, labels, mask):
+    """TRAK's causal-LM output: summed log(p / (1 - p)) of the correct response tokens."""
+    logp = logits.log_softmax(-1).gather(-1, labels[:, None])[:, 0][mask]
+    return (logp - torch.log1p(-logp.exp())).sum()
+
+
+def test_trak_without_projection_equals_the_explicit_trak_formula(micro, tmp_path):
+    needs("trak")
+    context = context_for(micro, tmp_path, d_ff=8)
+    _, model, params, pool, targets = reference_and_encodings(context)
+    P = sum(p.numel() for p in params)
+    assert P == 768 > len(pool)
+    damping = 0.05
+    phi = explicit_gradients(model, params, pool, margin_sum) / P ** 0.5  # (N, P)
+    phi_t = explicit_gradients(model, params, targets, margin_sum) / P ** 0.5
+    q = []
+    with torch.no_grad():
+        for ex in pool:
+            logits, labels, mask = single(model, ex)
+            q.append(1 - logits.softmax(-1).gather(-1, labels[:, None])[:, 0][mask].double().mean())
+    lam = damping * phi.square().sum() / len(pool)
+    expected = (phi_t @ torch.linalg.solve(phi.T @ phi + lam * torch.eye(P, dtype=phi.dtype), phi.T)
+                * torch.stack(q)).numpy()
+
+    scores = fitted("trak", {"proj_dim": 0, "damping": damping}, context).score(context.data.targets)
+    scale = (scores * expected).sum() / (expected * expected).sum()  # traker rescales (X^T X)^-1
+    assert scale > 0
+    np.testing.assert_allclose(scores / scale, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def test_trak_with_a_projection_much_wider_than_the_gradients_agrees_with_no_projection(micro, tmp_path):
+    context = context_for(micro, tmp_path, d_ff=8)  # 768 tracked weights
+    exact = fitted("trak", {"proj_dim": 0, "damping": 0.05}, context).score(context.data.targets)
+    wide = fitted("trak", {"proj_dim": 4096, "damping": 0.05}, context).score(context.data.targets)
+    narrow = fitted("trak", {"proj_dim": 16, "damping": 0.05}, context).score(context.data.targets)
+    corr = [np.corrcoef(exact.ravel(), s.ravel())[0, 1] for s in (wide, narrow)]
+    assert corr[0] > 0.995 and corr[0] > corr[1], corr
+
+
+# --- ekfac ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fisher_case(micro, tmp_path_factory):
+    """A micro task with 300 pool examples and d_ff=4 (three MLP weights of 128 entries each, so
+    each block's empirical Fisher has full rank), its explicit per-example gradients, and the
+    kronfluence adapter's scores for a config."""
+    needs("ekfac")
+    task, spec, _ = micro
+    data_spec = replace(spec.data, n_pool=300)
+    spec = replace(spec, data=data_spec, model=replace(spec.model, d_ff=4))
+    context = FitContext(spec, task.load(data_spec), tmp_path_factory.mktemp("fisher"))
+    _, model, params, pool, targets = reference_and_encodings(context)
+    g_pool = explicit_gradients(model, params, pool, summed_ce)
+    g_targets = explicit_gradients(model, params, targets, mean_ce)
+    blocks = np.cumsum([0] + [p.numel() for p in params])
+
+    def scores(**config):
+        return fitted("ekfac", {"empirical_fisher": True, **config}, context).score(context.data.targets)
+    return g_pool, g_targets, [slice(a, b) for a, b in zip(blocks, blocks[1:])], scores
+
+
+def test_ekfac_diagonal_strategy_equals_the_explicit_damped_diagonal_fisher_influence(fisher_case):
+    g_pool, g_targets, _, scores = fisher_case
+    damping = 1e-3
+    expected = (g_targets / (g_pool.square().mean(0) + damping) @ g_pool.T).numpy()
+    np.testing.assert_allclose(scores(strategy="diagonal", damping=damping), expected,
+                               rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+
+
+def test_ekfac_is_closest_to_the_explicit_damped_inverse_fisher_influence(fisher_case):
+    """kronfluence's G is block-diagonal over modules: per weight, the empirical Fisher
+    G = mean of g g^T over the pool; influence = g_target (G + damping)^-1 g_pool."""
+    g_pool, g_targets, blocks, scores = fisher_case
+    # EK-FAC approximates G: here its agreement grows with the damping (corr 0.49 at 1e-5, 0.91
+    # at 1e-3; the blocks' mean eigenvalues are 2e-4 to 8e-4), so compare where it should be close
+    damping = 1e-2
+    expected = sum(g_targets[:, b] @ torch.linalg.solve(
+        g_pool[:, b].T @ g_pool[:, b] / len(g_pool) + damping * torch.eye(b.stop - b.start,
+                                                                           dtype=g_pool.dtype),
+        g_pool[:, b].T) for b in blocks).numpy()
+    corr = {strategy: np.corrcoef(expected.ravel(), scores(strategy=strategy, damping=damping).ravel())[0, 1]
+            for strategy in ("ekfac", "kfac", "identity")}
+    assert corr["ekfac"] > 0.99 and corr["ekfac"] > max(corr["kfac"], corr["identity"]), corr
+
+
+# --- errors, registry, end to end -----------------------------------------------------------
+
+@pytest.mark.parametrize("module, name, words", [
+    ("trak", "trak", ["tdabench[trak]"]),
+    ("kronfluence", "ekfac", ["tdabench[influence]", "pip install --no-deps kronfluence==1.0.1"]),
+])
+def test_a_missing_library_names_the_extra_to_install(micro, tmp_path, monkeypatch, module, name, words):
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    cls = get_method(name)
+    with pytest.raises(MissingDependency) as err:
+        cls(make_config(cls, {})).fit(micro[2].pool, context_for(micro, tmp_path))
+    assert all(w in str(err.value) for w in words), str(err.value)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_bad_tracked_parameters_name_the_choices(name):
+    cls = get_method(name)
+    with pytest.raises(ValueError, match=r"tracked must be one of \['mlp', 'linear'\], not 'embed'"):
+        cls(make_config(cls, {"tracked": "embed"}))
+
+
+def test_scores_are_normalised_to_targets_by_pool_with_the_protocol_sign():
+    native = np.arange(6.0).reshape(3, 2)  # traker: (n_train, n_targets)
+    np.testing.assert_array_equal(gradients.to_scores(native, "trak", 2, 3), native.T)
+    np.testing.assert_array_equal(gradients.to_scores(torch.tensor(native.T), "kronfluence", 2, 3), native.T)
+    with pytest.raises(ValueError, match=r"kronfluence returned scores of shape \(3, 2\), expected \(2, 3\)"):
+        gradients.to_scores(native, "kronfluence", 2, 3)
+
+
+def test_methods_are_found_through_entry_points():
+    from tdabench.methods.graddot import GradCos, GradDot
+    from tdabench.methods.tracin import TracIn
+
+    assert get_method("graddot") is GradDot and get_method("gradcos") is GradCos
+    assert get_method("tracin") is TracIn
+    assert GradCos.Config().normalize and not GradDot.Config().normalize
+
+
+def test_run_end_to_end(micro, tmp_path):
+    record, _ = runner.run("gradcos", "micro", "micro", results_dir=tmp_path)
+    m = record["metrics"]
+    assert record["config"]["tracked"] == "mlp" and m["lds"]["n_targets"] == 12
+    assert -1 <= m["lds"]["mean"] <= 1 and m["recall@10"]["value"] > m["recall@10"]["chance"]
