@@ -17,7 +17,7 @@ from .groundtruth import GroundTruthBank, ensure_bank, versions
 from .method import FitContext, held_bytes, make_config
 from .registry import get_method, get_task
 from .spec import TaskSpec, override, spec_hash, stable_hash
-from .store import atomic_write_json, cache_dir, dir_bytes
+from .store import atomic_write_json, cache_dir, dir_bytes, read_json
 from .task import Task, TaskData
 from .timing import measure
 
@@ -178,3 +178,41 @@ def summary(record: dict[str, Any]) -> str:
     lines.append(f"  per target {c['score_per_target_s'] * 1e3:.2f} ms; storage "
                  f"{storage['memory'] / 2**20:.2f} MiB in memory, {storage['disk'] / 2**20:.2f} MiB on disk")
     return "\n".join(lines)
+
+
+def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: list[str] | None = None,
+              configs: dict[str, dict[str, str]] | None = None, results_dir: Path | str = "results",
+              workers: int = 1) -> list[Path]:
+    """Run every method on every offline task that has ``preset``, skipping records that exist
+    for the current spec (so it resumes). ``configs`` maps a method to its config overrides.
+    Methods whose optional dependency is missing are skipped with a message."""
+    from .method import MissingDependency
+    from .registry import method_names, task_names
+
+    configs = configs or {}
+    written = []
+    for task_name in tasks or task_names():
+        task = get_task(task_name)
+        if preset not in task.presets or (tasks is None and task.needs_hub):
+            continue
+        spec = task.spec(preset)
+        for method in methods or method_names():
+            try:
+                cfg = make_config(get_method(method), configs.get(method))
+            except MissingDependency as err:
+                print(f"skip {method}: {err}")
+                continue
+            out = Path(results_dir) / spec.task / preset / \
+                f"{method}-{stable_hash(dataclasses.asdict(cfg), 8)}-s0.json"
+            if out.exists() and read_json(out).get("spec_hash") == spec_hash(spec):
+                print(f"exists: {out}")
+                continue
+            try:
+                record, out = run(method, task_name, preset, config=configs.get(method),
+                                  workers=workers, results_dir=results_dir)
+            except MissingDependency as err:
+                print(f"skip {method}: {err}")
+                continue
+            print(summary(record))
+            written.append(out)
+    return written
