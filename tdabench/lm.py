@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .spec import Example, FinetuneRecipe, ModelSpec, stable_hash
+from .spec import Example, FinetuneRecipe, ModelSpec, drop_none, stable_hash
 from .store import atomic_write_json, cache_dir, read_json, sha256_file
 
 IGNORE = -100
@@ -210,7 +210,7 @@ def base_model_key(spec: ModelSpec, warmup: Sequence[Example], tokenizer_text: S
     """Cache key: the model spec and the exact examples its tokenizer and warm-up saw."""
     from .data import examples_fingerprint
 
-    return stable_hash({"model": spec, "warmup": examples_fingerprint(list(warmup)),
+    return stable_hash({"model": drop_none(spec), "warmup": examples_fingerprint(list(warmup)),
                         "tokenizer_text": examples_fingerprint(list(tokenizer_text)),
                         "torch": torch.__version__.split("+")[0]})
 

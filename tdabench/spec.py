@@ -142,9 +142,12 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
-def _drop_none(d: Any) -> Any:
+def drop_none(d: Any) -> Any:
+    """``d`` without the dict entries set to ``None`` (recursively): the form that is hashed."""
+    if dataclasses.is_dataclass(d) and not isinstance(d, type):
+        d = dataclasses.asdict(d)
     if isinstance(d, dict):
-        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+        return {k: drop_none(v) for k, v in d.items() if v is not None}
     return d
 
 
@@ -154,7 +157,7 @@ def spec_hash(spec: TaskSpec) -> str:
     Fields set to ``None`` are left out, so adding an optional field (default ``None``) to a
     spec class keeps the hashes, banks and records of existing specs valid.
     """
-    return stable_hash(_drop_none(spec.to_dict()))
+    return stable_hash(drop_none(spec.to_dict()))
 
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
