@@ -104,11 +104,20 @@ def train(method: str, task: str, preset: str = "tiny", seed: int = 0,
 def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
         config: dict[str, str] | None = None, spec_overrides: dict[str, str] | None = None,
         workers: int = 1, results_dir: Path | str = "results",
-        bank_path: Path | None = None) -> tuple[dict[str, Any], Path]:
-    """Build or reuse the ground truth, run ``method`` on it, write and return the record."""
+        bank_path: Path | None = None, group_score: str | None = None) -> tuple[dict[str, Any], Path]:
+    """Build or reuse the ground truth, run ``method`` on it, write and return the record.
+
+    ``group_score``: ``None`` uses the method's own ``score_groups`` if it has one, else the
+    sum; ``"sum"`` or ``"attention"`` (AirRep's pooling) force that aggregation for any method,
+    so that the pooling's effect can be told apart from the representation's.
+    """
+    if group_score not in (None, "sum", "attention"):
+        raise ValueError(f"group_score must be 'sum' or 'attention', not {group_score!r}")
     t, spec, data = load_task(task, preset, spec_overrides)
     bank = ensure_bank(t, spec, data, bank_path, workers)
     adapter, config_dict, context = _method_and_context(method, spec, data, seed, config, workers)
+    if group_score:
+        config_dict["group_score"] = group_score  # part of what was run, and of the file name
     config_hash = stable_hash(config_dict, 8)
     workdir = context.workdir
     T, N = len(data.targets), len(data.pool)
@@ -121,7 +130,10 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
     raw, score_cost = measure(lambda: adapter.score(data.targets))
     scores = _check_scores("scores", raw, (T, N), method)
     costs.update({"fit": fit_cost.to_dict(), "score": score_cost.to_dict()})
-    if hasattr(adapter, "score_groups"):
+    if group_score == "attention":
+        group_scores = metrics.attention_pooled_group_scores(scores, bank.membership)
+        aggregation = "attention pooling of per-example scores (softmax of |s| over the subset)"
+    elif hasattr(adapter, "score_groups") and group_score is None:
         raw_groups, group_cost = measure(lambda: adapter.score_groups(data.targets, bank.membership))
         group_scores = _check_scores("group scores", raw_groups, (T, len(bank.membership)), method)
         costs["score_groups"] = group_cost.to_dict()

@@ -139,3 +139,15 @@ def test_run_end_to_end(micro, tmp_path, name):
 
 def test_lexical_methods_are_found_through_entry_points():
     assert get_method("bm25") is BM25 and get_method("tfidf") is TfIdf
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_repsim_ranks_an_exact_copy_first(micro, tmp_path, similarity):
+    data = micro[2]
+    pool = pool_with_copies(data)
+    scores = fitted("repsim", {"similarity": similarity}, pool, micro, tmp_path).score(data.targets)
+    n_rest, T = len(pool) - len(data.targets), len(data.targets)
+    assert scores.shape == (T, len(pool)) and np.isfinite(scores).all()
+    if similarity == "cosine":  # a copy has the very same representation: cosine 1
+        assert scores.argmax(axis=1).tolist() == list(range(n_rest, n_rest + T))
+        np.testing.assert_allclose(scores[np.arange(T), n_rest + np.arange(T)], 1.0, atol=1e-5)

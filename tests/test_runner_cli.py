@@ -116,3 +116,22 @@ def test_a_bank_built_for_another_spec_is_refused_by_the_cli(micro, tmp_path, ca
 
 def test_builtin_methods_are_found_through_entry_points():
     assert get_method("embedding") is Embedding
+
+
+def test_attention_pooling_can_be_forced_for_any_method(micro, tmp_path):
+    from tdabench import metrics
+    from tdabench.groundtruth import build_bank
+
+    _, spec, data = micro
+    summed, _ = runner.run("random", "micro", "micro", results_dir=tmp_path)
+    pooled, path = runner.run("random", "micro", "micro", results_dir=tmp_path, group_score="attention")
+    assert pooled["config"]["group_score"] == "attention" and pooled["config_hash"] != summed["config_hash"]
+    assert pooled["protocol"]["group_score"].startswith("attention")
+    # the same random scores (same seed), pooled: recompute the LDS independently
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((len(data.targets), len(data.pool)))
+    bank = build_bank(spec, data)
+    expected = metrics.lds(metrics.attention_pooled_group_scores(scores, bank.membership), bank.labels())
+    assert pooled["metrics"]["lds"]["mean"] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="group_score"):
+        runner.run("random", "micro", "micro", results_dir=tmp_path, group_score="max")

@@ -1,0 +1,59 @@
+"""repsim: similarity of the target LM's own hidden states (representation similarity).
+
+Each example runs through the reference model (the base target LM fine-tuned on the whole pool,
+:func:`tdabench.gradients.reference_model`, shared with the gradient methods); its
+representation is the mean of one layer's hidden states over the response tokens. The score is
+the cosine (or dot product) of target and pool representations: more similar = more helpful.
+
+Config: ``layer`` indexes ``hidden_states`` as transformers returns them (0 = embeddings,
+-1 = the last block's output, the default); ``similarity`` is ``"cosine"`` or ``"dot"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tdabench import gradients, lm
+from tdabench.method import FitContext
+from tdabench.spec import Example
+
+
+class RepSim:
+    @dataclass
+    class Config:
+        layer: int = -1
+        similarity: str = "cosine"  # "cosine" or "dot"
+        batch_size: int = 64
+
+    def __init__(self, config: Config) -> None:
+        if config.similarity not in ("cosine", "dot"):
+            raise ValueError(f"similarity must be 'cosine' or 'dot', not {config.similarity!r}")
+        self.config = config
+
+    def _represent(self, examples: list[Example]) -> np.ndarray:
+        """(len(examples), d): mean hidden state of the chosen layer over response positions."""
+        target, spec = self.reference.lm, self.model_spec
+        encoded, pad = lm.encode(target.tokenizer, examples, spec), target.tokenizer.pad_token_id
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(encoded), self.config.batch_size):
+                batch = lm.collate(encoded[start:start + self.config.batch_size], pad)
+                hidden = target.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                      output_hidden_states=True).hidden_states[self.config.layer]
+                mask = (batch["labels"] != lm.IGNORE).unsqueeze(-1).to(hidden.dtype)
+                out.append(((hidden * mask).sum(1) / mask.sum(1)).float())
+        reps = torch.cat(out)
+        if self.config.similarity == "cosine":
+            reps = torch.nn.functional.normalize(reps, dim=1)
+        return reps.numpy()
+
+    def fit(self, pool: list[Example], context: FitContext) -> None:
+        self.reference = gradients.reference_model(context)
+        self.model_spec = context.spec.model
+        self.pool_representations = self._represent(pool)  # (N, d)
+
+    def score(self, targets: list[Example]) -> np.ndarray:
+        return self._represent(targets).astype(np.float64) @ self.pool_representations.T.astype(np.float64)
