@@ -76,7 +76,7 @@ def cmd_groundtruth(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     record, path = runner.run(args.method, args.task, args.preset, args.seed,
                               _assignments(args.config), _assignments(args.spec_overrides),
-                              args.workers, args.results_dir, args.bank)
+                              args.workers, args.results_dir, args.bank, args.group_score)
     print(runner.summary(record))
     print(f"record: {path}")
 
@@ -85,6 +85,51 @@ def cmd_train(args: argparse.Namespace) -> None:
     path = runner.train(args.method, args.task, args.preset, args.seed, _assignments(args.config),
                         _assignments(args.spec_overrides), args.workers)
     print(f"trained {args.method} for {args.task}/{args.preset}: {path}")
+
+
+def _load_records(args: argparse.Namespace):
+    from . import leaderboard
+
+    selection = leaderboard.load(args.results or [Path("results")], args.task, args.spec)
+    for warning in selection.warnings():
+        print(f"tdabench: warning: {warning}", file=sys.stderr)
+    return selection
+
+def cmd_leaderboard(args: argparse.Namespace) -> None:
+    from . import leaderboard
+
+    selection = _load_records(args)
+    text = leaderboard.render(leaderboard.table(selection), args.format, selection)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print(text, end="")
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from . import plots
+
+    for path in plots.plot_all(_load_records(args), args.out):
+        print(path)
+
+def _add_records_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
+                   help="directory trees of result records, merged (default: ./results)")
+    p.add_argument("--task", nargs="+", action="extend", default=[], metavar="TASK",
+                   help="only these tasks (TASK or TASK/PRESET; default: all)")
+    p.add_argument("--spec", nargs="+", action="extend", default=[], metavar="HASH",
+                   help="show this spec hash (or a prefix) of its task instead of the newest")
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    import json
+
+    configs = {}
+    if args.configs.exists():
+        configs = {k: v for k, v in json.loads(args.configs.read_text()).items() if not k.startswith("_")}
+    written = runner.reproduce(args.preset, args.task or None, args.method or None, configs,
+                               args.results_dir, args.workers)
+    print(f"{len(written)} new record(s) under {args.results_dir}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +152,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(p)
     p.add_argument("--results-dir", type=Path, default=Path("results"),
                    help="where result records go (default: ./results)")
+    p.add_argument("--group-score", choices=["sum", "attention"], default=None,
+                   help="force this group score (default: the method's own, else the sum)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("reproduce", help="every method on every offline task of a preset (resumes)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--task", nargs="+", action="extend", default=[], help="only these tasks")
+    p.add_argument("--method", nargs="+", action="extend", default=[], help="only these methods")
+    p.add_argument("--configs", type=Path, default=Path("results/configs.json"),
+                   help="method config overrides, JSON {method: {field: value}} (default: %(default)s)")
+    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("leaderboard", help="tabulate result records: methods x tasks, best marked")
+    _add_records_args(p)
+    p.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown",
+                   help="output format (default: markdown)")
+    p.add_argument("--out", type=Path, default=None, help="write to this file (default: stdout)")
+    p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("plot", help="figures from result records: LDS, LDS vs time, per-target LDS")
+    _add_records_args(p)
+    p.add_argument("--out", type=Path, default=Path("figures"),
+                   help="directory for the PNG and PDF files (default: ./figures)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

@@ -1,0 +1,596 @@
+"""Leaderboards from result records (``tdabench leaderboard``).
+
+Every ``*.json`` file under the given directory trees is read and checked; files that are not
+tdabench result records are skipped and reported with the reason. Records merge across
+machines by putting them in one tree.
+
+Records are grouped by (task, preset, spec hash): records made on different specs of a task (a
+changed ground truth, model or data) are never compared. For each (task, preset) the spec hash
+with the most recent record is shown and the others are reported as stale, unless ``--spec``
+picks one. Within a group, several records of one (method, config hash, seed) are duplicates:
+the newest is kept and the others are reported.
+
+:func:`table` gives one row per shown record (numbers in base units: seconds, bytes);
+:func:`render` formats it as markdown, csv or LaTeX with the best value per column marked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import math
+import textwrap
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .registry import get_method
+
+PHASES = ("train", "fit", "score", "score_groups")
+FORMATS = ("markdown", "csv", "latex")
+MIB = 2**20
+
+# The columns of :func:`table`, in order (also the header of the csv output).
+COLUMNS = [
+    "task", "preset", "spec_hash", "label", "method", "config_hash", "seed",
+    "lds", "lds_ci_low", "lds_ci_high", "recall_at_1", "recall_at_1_chance",
+    "recall_at_10", "recall_at_10_chance", "train_s", "fit_s", "score_per_target_s",
+    "peak_rss_bytes", "cuda_peak_bytes", "storage_bytes", "storage_memory_bytes",
+    "storage_disk_bytes", "n_targets", "n_subsets", "created", "path", "best",
+]
+# Columns whose best value is marked within each (task, preset): higher or lower is better.
+BEST = {
+    "lds": "max", "recall_at_1": "max", "recall_at_10": "max", "train_s": "min", "fit_s": "min",
+    "score_per_target_s": "min", "peak_rss_bytes": "min", "cuda_peak_bytes": "min",
+    "storage_bytes": "min",
+}
+
+_NUMBER = (int, float)
+# dotted key -> expected type; what a record must have to be put on a leaderboard.
+_REQUIRED: dict[str, Any] = {
+    "task": str, "preset": str, "spec_hash": str, "method": str, "config": dict,
+    "config_hash": str, "seed": int, "created": str,
+    "metrics.lds.mean": _NUMBER, "metrics.lds.ci95": list,
+    "metrics.recall@1.value": _NUMBER, "metrics.recall@10.value": _NUMBER,
+    "cost.fit.wall_s": _NUMBER, "cost.score.wall_s": _NUMBER, "cost.score_per_target_s": _NUMBER,
+    "per_target_lds": list,
+}
+
+
+# ----------------------------------------------------------------------------- reading records
+
+@dataclass
+class Record:
+    """One valid result record and where it was read from."""
+
+    path: Path
+    data: dict[str, Any]
+    created: dt.datetime
+
+    @property
+    def task(self) -> str:
+        return self.data["task"]
+
+    @property
+    def preset(self) -> str:
+        return self.data["preset"]
+
+    @property
+    def spec_hash(self) -> str:
+        return self.data["spec_hash"]
+
+    @property
+    def method(self) -> str:
+        return self.data["method"]
+
+    @property
+    def config_hash(self) -> str:
+        return self.data["config_hash"]
+
+    @property
+    def seed(self) -> int:
+        return self.data["seed"]
+
+    @property
+    def order(self) -> tuple[dt.datetime, str]:
+        """Sort key for "newest": creation time, then path (deterministic on ties)."""
+        return self.created, str(self.path)
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(obj, dict) or part not in obj:
+            raise KeyError(dotted)
+        obj = obj[part]
+    return obj
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, _NUMBER) and not isinstance(x, bool)
+
+
+def parse_created(text: str) -> dt.datetime:
+    """An ISO timestamp as an aware datetime (naive ones are taken as UTC)."""
+    when = dt.datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def validate(obj: Any) -> str | None:
+    """Why ``obj`` (parsed JSON) is not a usable tdabench result record; None if it is one."""
+    if not isinstance(obj, dict):
+        return f"not a tdabench result record (a JSON {type(obj).__name__}, not an object)"
+    if "spec_hash" not in obj or "metrics" not in obj:
+        return "not a tdabench result record (no spec_hash or metrics)"
+    for key, kind in _REQUIRED.items():
+        try:
+            value = _get(obj, key)
+        except KeyError:
+            return f"incomplete record: no {key}"
+        if kind is _NUMBER:
+            ok = _is_number(value)
+        else:
+            ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            expected = "number" if kind is _NUMBER else kind.__name__
+            return f"bad record: {key} is {type(value).__name__}, expected {expected}"
+    ci = obj["metrics"]["lds"]["ci95"]
+    if len(ci) != 2 or not all(_is_number(x) for x in ci):
+        return "bad record: metrics.lds.ci95 is not a pair of numbers"
+    if not all(_is_number(x) for x in obj["per_target_lds"]):
+        return "bad record: per_target_lds holds non-numbers"
+    try:
+        parse_created(obj["created"])
+    except ValueError:
+        return f"bad record: created {obj['created']!r} is not an ISO timestamp"
+    return None
+
+
+def read_records(roots: Iterable[Path | str]) -> tuple[list[Record], list[tuple[Path, str]]]:
+    """Every valid record under ``roots`` (directories, or single .json files), and the files
+    (or roots) skipped with the reason. A file reached through two roots is read once."""
+    records: list[Record] = []
+    skipped: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        if root.is_file():
+            files = [root]
+        elif root.is_dir():
+            files = sorted(root.rglob("*.json"))
+        else:
+            skipped.append((root, "no such file or directory"))
+            continue
+        for path in files:
+            real = path.resolve()
+            if real in seen or not path.is_file():
+                continue
+            seen.add(real)
+            try:
+                obj = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+                skipped.append((path, f"not readable JSON ({err})"))
+                continue
+            reason = validate(obj)
+            if reason:
+                skipped.append((path, reason))
+            else:
+                records.append(Record(path, obj, parse_created(obj["created"])))
+    return records, skipped
+
+
+# ----------------------------------------------------------------------------- grouping
+
+@dataclass
+class Selection:
+    """The records to show, grouped by (task, preset), and what was left out and why."""
+
+    groups: dict[tuple[str, str], list[Record]]
+    spec_hashes: dict[tuple[str, str], str]
+    # (task, preset) -> the other spec hashes seen, with their record counts and newest time
+    stale: dict[tuple[str, str], list[tuple[str, int, dt.datetime]]] = field(default_factory=dict)
+    duplicates: list[tuple[Record, Record]] = field(default_factory=list)  # (kept, dropped)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    labels: dict[Path, str] = field(default_factory=dict)  # record path -> row label
+    hidden_configs: dict[Path, str] = field(default_factory=dict)  # non-default config, no label
+
+    @property
+    def records(self) -> list[Record]:
+        return [r for recs in self.groups.values() for r in recs]
+
+    def warnings(self) -> list[str]:
+        out = [f"skipped {path}: {reason}" for path, reason in self.skipped]
+        for (task, preset), others in self.stale.items():
+            shown = self.spec_hashes[(task, preset)]
+            for spec, n, newest in others:
+                out.append(f"{task}/{preset}: stale spec {spec} ({n} record(s), newest "
+                           f"{newest.isoformat()}) not shown; showing spec {shown} "
+                           f"(pick another with --spec {spec})")
+        for kept, dropped in self.duplicates:
+            out.append(f"{kept.task}/{kept.preset} spec {kept.spec_hash}: duplicate "
+                       f"{kept.method} config {kept.config_hash} seed {kept.seed}: kept {kept.path} "
+                       f"({kept.created.isoformat()}), ignored {dropped.path} "
+                       f"({dropped.created.isoformat()})")
+        return out
+
+
+def _matches(record: Record, tasks: Sequence[str]) -> bool:
+    return any(t in (record.task, f"{record.task}/{record.preset}") for t in tasks)
+
+
+def select(records: Sequence[Record], tasks: Sequence[str] | None = None,
+           specs: Sequence[str] | None = None,
+           skipped: Sequence[tuple[Path, str]] = ()) -> Selection:
+    """Group ``records`` by (task, preset, spec hash) and pick one spec hash per (task, preset):
+    one of ``specs`` (hashes or their prefixes) where given, else the hash of the newest record.
+    ``tasks`` (``task`` or ``task/preset``) restricts the tasks shown."""
+    if tasks:
+        kept = [r for r in records if _matches(r, tasks)]
+        if not kept:
+            have = sorted({f"{r.task}/{r.preset}" for r in records})
+            raise ValueError(f"no records for task(s) {', '.join(tasks)}; records exist for: "
+                             f"{', '.join(have) or 'none'}")
+        records = kept
+    by_spec: dict[tuple[str, str], dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_spec[(r.task, r.preset)][r.spec_hash].append(r)
+    for spec in specs or ():
+        if not any(h.startswith(spec) for hashes in by_spec.values() for h in hashes):
+            raise ValueError(f"no records with spec hash {spec!r} (for the tasks selected)")
+
+    sel = Selection(groups={}, spec_hashes={}, skipped=list(skipped))
+    for key in sorted(by_spec):
+        hashes = by_spec[key]
+        chosen = [h for h in hashes if any(h.startswith(s) for s in specs or ())]
+        if len(chosen) > 1:
+            raise ValueError(f"--spec matches several spec hashes of {key[0]}/{key[1]}: "
+                             f"{', '.join(sorted(chosen))}")
+        shown = chosen[0] if chosen else max(hashes, key=lambda h: max(r.order for r in hashes[h]))
+        sel.spec_hashes[key] = shown
+        others = sorted(((h, len(rs), max(r.created for r in rs)) for h, rs in hashes.items()
+                         if h != shown), key=lambda item: item[2], reverse=True)
+        if others:
+            sel.stale[key] = others
+        newest: dict[tuple[str, str, int], Record] = {}
+        for r in sorted(hashes[shown], key=lambda r: r.order, reverse=True):
+            ident = (r.method, r.config_hash, r.seed)
+            if ident in newest:
+                sel.duplicates.append((newest[ident], r))
+            else:
+                newest[ident] = r
+        sel.groups[key] = list(newest.values())
+    sel.labels, sel.hidden_configs = _labels(sel.groups)
+    return sel
+
+
+def load(roots: Iterable[Path | str], tasks: Sequence[str] | None = None,
+         specs: Sequence[str] | None = None) -> Selection:
+    """:func:`read_records` then :func:`select`; refuses when no record is found at all."""
+    roots = list(roots)
+    records, skipped = read_records(roots)
+    if not records:
+        raise ValueError(f"no tdabench result records under {', '.join(map(str, roots))}"
+                         + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
+    return select(records, tasks, specs, skipped)
+
+
+# ----------------------------------------------------------------------------- row labels
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _config_defaults(method: str) -> tuple[list[str], dict[str, Any]] | None:
+    """Field names (in order) and default values of a method's Config; None if the method is
+    not installed (or its Config cannot be built with defaults)."""
+    try:
+        config_cls = get_method(method).Config
+        names = [f.name for f in dataclasses.fields(config_cls)]
+        return names, _plain(dataclasses.asdict(config_cls()))
+    except Exception:  # not installed, an optional dependency missing, no defaults: fall back
+        return None
+
+
+def config_diff(method: str, config: dict[str, Any]) -> list[tuple[str, Any]] | None:
+    """The fields of ``config`` that differ from ``method``'s Config defaults, in field order
+    (fields the Config no longer has count as differing); None if the method is not installed."""
+    return _diff(_config_defaults(method), config)
+
+
+def _diff(known: tuple[list[str], dict[str, Any]] | None,
+          config: dict[str, Any]) -> list[tuple[str, Any]] | None:
+    if known is None:
+        return None
+    names, defaults = known
+    config = _plain(config)
+    diff = [(k, config[k]) for k in names if k in config and config[k] != defaults[k]]
+    return diff + [(k, config[k]) for k in sorted(config) if k not in defaults]
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value if value else "''"
+    return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+
+
+def _labels(groups: dict[tuple[str, str], list[Record]]) -> tuple[dict[Path, str], dict[Path, str]]:
+    """Row label of every record: the method name, with its non-default config fields when the
+    method appears with several configs among the records shown (the same config gets the same
+    label in every group), and the seed when one config was run with several seeds in a group.
+    Also the non-default configs that a plain label hides, for a footnote."""
+    records = [r for recs in groups.values() for r in recs]
+    configs: dict[str, dict[str, dict]] = defaultdict(dict)  # method -> config hash -> config
+    for r in records:
+        configs[r.method][r.config_hash] = r.data["config"]
+    base: dict[tuple[str, str], str] = {}
+    hidden: dict[tuple[str, str], str] = {}
+    for method, by_hash in configs.items():
+        names = {}
+        known = _config_defaults(method)
+        for h, config in by_hash.items():
+            diff = _diff(known, config)
+            text = ", ".join(f"{k}={_format_value(v)}" for k, v in diff) if diff else ""
+            if len(by_hash) == 1:
+                names[h] = method
+                if diff:
+                    hidden[(method, h)] = text
+            elif diff is None:
+                names[h] = f"{method} (config {h})"
+            else:
+                names[h] = f"{method} ({text})" if text else method
+        counts = defaultdict(int)
+        for name in names.values():
+            counts[name] += 1
+        for h, name in names.items():  # two configs that look alike (an older Config version)
+            base[(method, h)] = f"{name} [{h}]" if counts[name] > 1 else name
+
+    labels, footnotes = {}, {}
+    for recs in groups.values():
+        seeds = defaultdict(set)
+        for r in recs:
+            seeds[(r.method, r.config_hash)].add(r.seed)
+        for r in recs:
+            label = base[(r.method, r.config_hash)]
+            if len(seeds[(r.method, r.config_hash)]) > 1:
+                label = f"{label[:-1]}, seed={r.seed})" if label.endswith(")") else \
+                    f"{label} (seed={r.seed})"
+            labels[r.path] = label
+            if (r.method, r.config_hash) in hidden:
+                footnotes[r.path] = hidden[(r.method, r.config_hash)]
+    return labels, footnotes
+
+
+# ----------------------------------------------------------------------------- the table
+
+def _phase_max(cost: dict[str, Any], key: str) -> float:
+    values = [cost[p][key] for p in PHASES
+              if isinstance(cost.get(p), dict) and _is_number(cost[p].get(key))]
+    return float(max(values)) if values else math.nan
+
+
+def _number(x: Any) -> float:
+    return float(x) if _is_number(x) else math.nan
+
+
+def row(record: Record, label: str | None = None) -> dict[str, Any]:
+    """The leaderboard row of one record (base units: seconds and bytes)."""
+    d = record.data
+    m, c = d["metrics"], d["cost"]
+    storage = c.get("storage_bytes") if isinstance(c.get("storage_bytes"), dict) else {}
+    memory, disk = _number(storage.get("memory")), _number(storage.get("disk"))
+    train = c.get("train") if isinstance(c.get("train"), dict) else {}
+    r1, r10 = m["recall@1"], m["recall@10"]
+    return {
+        "task": record.task, "preset": record.preset, "spec_hash": record.spec_hash,
+        "label": label or record.method, "method": record.method,
+        "config_hash": record.config_hash, "seed": record.seed,
+        "lds": float(m["lds"]["mean"]), "lds_ci_low": float(m["lds"]["ci95"][0]),
+        "lds_ci_high": float(m["lds"]["ci95"][1]),
+        "recall_at_1": float(r1["value"]), "recall_at_1_chance": _number(r1.get("chance")),
+        "recall_at_10": float(r10["value"]), "recall_at_10_chance": _number(r10.get("chance")),
+        "train_s": _number(train.get("wall_s")), "fit_s": float(c["fit"]["wall_s"]),
+        "score_per_target_s": float(c["score_per_target_s"]),
+        "peak_rss_bytes": _phase_max(c, "peak_rss_bytes"),
+        "cuda_peak_bytes": _phase_max(c, "cuda_peak_bytes"),
+        "storage_bytes": float(np.nansum([memory, disk])) if storage else math.nan,
+        "storage_memory_bytes": memory, "storage_disk_bytes": disk,
+        "n_targets": m["lds"].get("n_targets", len(d["per_target_lds"])),
+        "n_subsets": m["lds"].get("n_subsets"),
+        "created": record.created.isoformat(), "path": str(record.path),
+    }
+
+
+def best_flags(df: pd.DataFrame) -> pd.DataFrame:
+    """True where a row holds the best value of a :data:`BEST` column among the rows of its
+    (task, preset); ties are all marked. A column is marked only where at least two rows have a
+    value and the values are not all equal."""
+    flags = pd.DataFrame(False, index=df.index, columns=list(BEST))
+    for _, group in df.groupby(["task", "preset"], sort=False):
+        for col, how in BEST.items():
+            values = group[col].astype(float).dropna()
+            if len(values) < 2 or np.isclose(values.min(), values.max(), rtol=1e-12, atol=0):
+                continue
+            best = values.max() if how == "max" else values.min()
+            hit = values.index[np.isclose(values.to_numpy(), best, rtol=1e-12, atol=0)]
+            flags.loc[hit, col] = True
+    return flags
+
+
+def table(selection: Selection) -> pd.DataFrame:
+    """One row per shown record, sorted by task, preset and LDS (best first); ``best`` lists
+    (``;``-separated) the columns in which the row is best within its task."""
+    rows = [row(r, selection.labels.get(r.path)) for r in selection.records]
+    df = pd.DataFrame(rows, columns=COLUMNS[:-1])
+    df = df.sort_values(["task", "preset", "lds", "label"], ascending=[True, True, False, True],
+                        kind="stable").reset_index(drop=True)
+    flags = best_flags(df)
+    df["best"] = [";".join(c for c in BEST if flags.at[i, c]) for i in df.index]
+    return df
+
+
+def lds_matrix(df: pd.DataFrame) -> pd.DataFrame:
+    """LDS as methods (row labels) x tasks (``task/preset``), rows by mean LDS over the tasks
+    each was run on."""
+    wide = df.assign(column=df["task"] + "/" + df["preset"]).pivot_table(
+        index="label", columns="column", values="lds", aggfunc="first")
+    return wide.loc[wide.mean(axis=1).sort_values(ascending=False, kind="stable").index]
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _fmt(x: float, scale: float = 1.0) -> str:
+    """A cost in a readable number of digits; a dash where there is none."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    x = x / scale
+    if x == 0:
+        return "0"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    if abs(x) >= 0.01:
+        return f"{x:#.3g}"
+    return f"{x:.2g}"
+
+
+@dataclass
+class _Shown:
+    """One (task, preset) block as text cells, before markup."""
+
+    title: str
+    note: str
+    headers: list[str]
+    rows: list[list[str]]
+    bold: list[list[bool]]
+    footnotes: list[str]
+
+
+def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
+    flags = best_flags(df)
+    blocks = []
+    for (task, preset), g in df.groupby(["task", "preset"], sort=False):
+        # (header, column in df or None, formatter)
+        cols: list[tuple[str, str | None, Any]] = [
+            ("method", None, None),
+            ("LDS", "lds", lambda x: f"{x:+.3f}"),
+            ("95% CI", None, None),
+            ("recall@1", "recall_at_1", lambda x: f"{x:.2f}"),
+            ("recall@10", "recall_at_10", lambda x: f"{x:.2f}"),
+        ]
+        if g["train_s"].notna().any():
+            cols.append(("train (s)", "train_s", _fmt))
+        cols += [("fit (s)", "fit_s", _fmt),
+                 ("per target (ms)", "score_per_target_s", lambda x: _fmt(x, 1e-3)),
+                 ("peak RSS (MiB)", "peak_rss_bytes", lambda x: _fmt(x, MIB))]
+        if g["cuda_peak_bytes"].notna().any():
+            cols.append(("peak GPU (MiB)", "cuda_peak_bytes", lambda x: _fmt(x, MIB)))
+        cols.append(("storage (MiB)", "storage_bytes", lambda x: _fmt(x, MIB)))
+
+        rows, bold, footnotes = [], [], []
+        for i, r in g.iterrows():
+            cells, marks = [], []
+            for header, col, fmt in cols:
+                if header == "method":
+                    cells.append(r["label"])
+                elif header == "95% CI":
+                    cells.append(f"[{r['lds_ci_low']:+.3f}, {r['lds_ci_high']:+.3f}]")
+                else:
+                    cells.append(fmt(r[col]))
+                marks.append(bool(col in BEST and flags.at[i, col]))
+            rows.append(cells)
+            bold.append(marks)
+            hidden = selection.hidden_configs.get(Path(r["path"])) if selection else None
+            if hidden:
+                footnotes.append(f"{r['label']}: {hidden}")
+        first = g.iloc[0]
+        note = (f"spec {first['spec_hash']}; {first['n_subsets']} subsets x {first['n_targets']} "
+                f"targets; random ranking: recall@1 {first['recall_at_1_chance']:.3f}, "
+                f"recall@10 {first['recall_at_10_chance']:.3f}")
+        blocks.append(_Shown(f"{task}/{preset}", note, [c[0] for c in cols], rows, bold, footnotes))
+    return blocks
+
+
+def _overview(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    wide = lds_matrix(df)
+    ci = {(t, lab): (lo, hi) for t, lab, lo, hi in zip(
+        df["task"] + "/" + df["preset"], df["label"], df["lds_ci_low"], df["lds_ci_high"])}
+    best = {c: wide[c].max() for c in wide.columns}
+    rows, bold = [], []
+    for label, values in wide.iterrows():
+        cells, marks = [label], [False]
+        for column, value in values.items():
+            if math.isnan(value):
+                cells.append("–")
+                marks.append(False)
+            else:
+                lo, hi = ci[(column, label)]
+                cells.append(f"{value:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+                marks.append(bool(wide[column].notna().sum() > 1 and value == best[column]))
+        rows.append(cells)
+        bold.append(marks)
+    return ["method", *wide.columns], rows, bold
+
+
+def _md_table(headers: list[str], rows: list[list[str]], bold: list[list[bool]]) -> list[str]:
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    align = ["---"] + ["---:"] * (len(headers) - 1)
+    lines = ["| " + " | ".join(esc(h) for h in headers) + " |", "|" + "|".join(align) + "|"]
+    for cells, marks in zip(rows, bold):
+        lines.append("| " + " | ".join(f"**{esc(c)}**" if b else esc(c)
+                                       for c, b in zip(cells, marks)) + " |")
+    return lines
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+        "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "–": "--"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def _tex_table(headers: list[str], rows: list[list[str]], bold: list[list[bool]]) -> list[str]:
+    lines = [r"\begin{tabular}{l" + "r" * (len(headers) - 1) + "}", r"\toprule",
+             " & ".join(_tex(h) for h in headers) + r" \\", r"\midrule"]
+    for cells, marks in zip(rows, bold):
+        lines.append(" & ".join(rf"\textbf{{{_tex(c)}}}" if b else _tex(c)
+                                for c, b in zip(cells, marks)) + r" \\")
+    return lines + [r"\bottomrule", r"\end{tabular}"]
+
+
+def render(df: pd.DataFrame, fmt: str = "markdown", selection: Selection | None = None) -> str:
+    """The leaderboard ``df`` (from :func:`table`) as markdown (one table per task, after an
+    LDS overview when there are several), csv (every column, full precision) or LaTeX
+    (booktabs tables). Best values are bold; the csv's ``best`` column names them."""
+    if fmt == "csv":
+        return df.to_csv(index=False)
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+    blocks = _blocks(df, selection)
+    out: list[str] = []
+    costs = ("Costs are wall-clock times and memory on the machine that wrote each record; "
+             "storage is what the method holds in memory plus writes to disk. Best per column "
+             "in bold.")
+    if fmt == "markdown":
+        if len(blocks) > 1:
+            out += ["## LDS by task (95% CI)", "", *_md_table(*_overview(df)), ""]
+        for b in blocks:
+            out += [f"## {b.title}", "", b.note, "", *_md_table(b.headers, b.rows, b.bold), ""]
+            if b.footnotes:
+                out += ["Non-default configs: " + "; ".join(b.footnotes), ""]
+        out.append(textwrap.fill(costs, 100))
+    else:
+        out.append("% tdabench leaderboard; needs \\usepackage{booktabs}. " + costs)
+        if len(blocks) > 1:
+            out += ["", "% LDS by task (95% CI)", *_tex_table(*_overview(df))]
+        for b in blocks:
+            out += ["", f"% {b.title}: {b.note}", *_tex_table(b.headers, b.rows, b.bold)]
+            if b.footnotes:
+                out.append("% non-default configs: " + "; ".join(b.footnotes))
+    return "\n".join(out) + "\n"

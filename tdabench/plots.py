@@ -1,0 +1,227 @@
+"""Figures from result records (``tdabench plot``), one panel per task, sized for a paper column.
+
+* ``lds``: LDS per method with its 95% bootstrap interval;
+* ``pareto``: LDS against inference time per target (log scale) with the Pareto front (the
+  methods no other method beats on both LDS and time) as a step line;
+* ``per_target_lds``: the distribution over targets of the per-target LDS, per method.
+
+Each method keeps one colour in every figure (sorted method names onto a qualitative
+palette); configs of one method share its colour and are told apart by their row labels. The
+figures are drawn on matplotlib's Agg canvas (no pyplot, no global backend switch) and written
+as PNG (200 dpi) and PDF.
+"""
+
+from __future__ import annotations
+
+import inspect
+import textwrap
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import leaderboard
+from .method import MissingDependency
+
+try:
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+except ImportError as err:  # pragma: no cover - depends on the installation
+    raise MissingDependency("tdabench plot needs matplotlib, which is not installed: "
+                            "pip install 'tdabench[plots]' -c constraints.txt") from err
+
+WIDTH = 3.3  # inches: one column of a two-column paper
+DPI = 200
+FORMATS = ("png", "pdf")
+STYLE = {
+    "font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "xtick.labelsize": 7,
+    "ytick.labelsize": 7, "legend.fontsize": 7, "axes.spines.top": False,
+    "axes.spines.right": False, "axes.linewidth": 0.6, "xtick.major.width": 0.6,
+    "ytick.major.width": 0.6, "lines.linewidth": 0.9, "pdf.fonttype": 42, "savefig.dpi": DPI,
+}
+LABEL_WIDTH = 24  # characters per line of a row label
+
+
+def method_colors(methods: Iterable[str]) -> dict[str, Any]:
+    """One colour per method name: sorted names onto tab10 (tab20 beyond ten methods)."""
+    names = sorted(set(methods))
+    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def pareto_front(cost: Sequence[float], value: Sequence[float]) -> np.ndarray:
+    """Indices of the points no other point dominates (another point dominates when its cost
+    is no higher and its value no lower, one of them strictly), by increasing cost. Points with
+    a NaN are never on the front; identical points are both on it."""
+    cost, value = np.asarray(cost, dtype=float), np.asarray(value, dtype=float)
+    ok = ~(np.isnan(cost) | np.isnan(value))
+    front = []
+    for i in np.flatnonzero(ok):
+        better_or_equal = ok & (cost <= cost[i]) & (value >= value[i])
+        strictly = (cost < cost[i]) | (value > value[i])
+        if not np.any(better_or_equal & strictly):
+            front.append(i)
+    return np.array(sorted(front, key=lambda i: (cost[i], -value[i])), dtype=int)
+
+
+def wrap_label(label: str, width: int = LABEL_WIDTH) -> str:
+    """A row label on lines of at most ``width`` characters: the method name, then its config."""
+    if len(label) <= width:
+        return label
+    head, sep, rest = label.partition(" (")
+    if not sep:
+        return "\n".join(textwrap.wrap(label, width))
+    return "\n".join([head, *textwrap.wrap("(" + rest, width)])
+
+
+def _groups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    return [(f"{task}/{preset}", g) for (task, preset), g in df.groupby(["task", "preset"], sort=False)]
+
+
+LINE_IN = 0.115  # inches per line of a row label (7 pt text and its leading)
+ROW_GAP_IN = 0.07  # inches between rows
+
+
+def _row_positions(labels: Sequence[str]) -> tuple[np.ndarray, float]:
+    """y centres (in inches from the bottom) of rows whose labels have these many lines, and
+    the total height: a two-line label gets a taller row, so labels never overlap."""
+    heights = np.array([LINE_IN * (label.count("\n") + 1) + ROW_GAP_IN for label in labels])
+    return np.cumsum(heights) - heights / 2, float(heights.sum())
+
+
+def _rows_figure(df: pd.DataFrame) -> tuple[Figure, list[Any], list[tuple[str, pd.DataFrame, np.ndarray]]]:
+    """A column-wide figure with one panel per task, each tall enough for its (wrapped) rows;
+    rows sorted by LDS, best at the top. Returns the panels and each one's rows and y."""
+    groups, heights = [], []
+    for title, g in _groups(df):
+        g = g.sort_values("lds", kind="stable")
+        y, height = _row_positions([wrap_label(lab) for lab in g["label"]])
+        groups.append((title, g, y))
+        heights.append(height)
+    fig = Figure(figsize=(WIDTH, sum(heights) + 0.42 * len(groups) + 0.3), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, (title, g, y), height in zip(axes, groups, heights):
+        ax.set_yticks(y, [wrap_label(lab) for lab in g["label"]])
+        ax.set_ylim(0, height)
+        ax.tick_params(axis="y", length=0)
+        ax.set_title(title, loc="left", fontweight="bold")
+        ax.axvline(0, color="0.55", lw=0.6, ls=":", zorder=0)
+        ax.grid(axis="x", lw=0.3, alpha=0.5)
+    return fig, list(axes), groups
+
+
+def plot_lds(df: pd.DataFrame, colors: dict[str, Any]) -> Figure:
+    """LDS per method with its 95% interval, one panel per task."""
+    fig, axes, groups = _rows_figure(df)
+    for ax, (_, g, ys) in zip(axes, groups):
+        for y, (_, r) in zip(ys, g.iterrows()):
+            ax.errorbar(r["lds"], y, xerr=[[r["lds"] - r["lds_ci_low"]], [r["lds_ci_high"] - r["lds"]]],
+                        fmt="o", ms=3.5, color=colors[r["method"]], capsize=1.8, elinewidth=0.9)
+    axes[-1].set_xlabel("LDS (mean over targets, 95% CI)")
+    return fig
+
+
+def plot_per_target(df: pd.DataFrame, per_target: dict[str, Sequence[float]],
+                    colors: dict[str, Any]) -> Figure:
+    """Box plots of the per-target LDS per method (white dot: the mean, i.e. the LDS)."""
+    fig, axes, groups = _rows_figure(df)
+    horizontal = ({"orientation": "horizontal"}
+                  if "orientation" in inspect.signature(axes[0].boxplot).parameters else {"vert": False})
+    for ax, (_, g, ys) in zip(axes, groups):
+        data = [np.asarray(per_target[p], dtype=float) for p in g["path"]]
+        boxes = ax.boxplot(data, positions=ys, widths=0.12, patch_artist=True,
+                           showmeans=True, manage_ticks=False, **horizontal,
+                           medianprops={"color": "black", "lw": 0.9},
+                           meanprops={"marker": "o", "markerfacecolor": "white",
+                                      "markeredgecolor": "black", "markersize": 2.5, "mew": 0.5},
+                           flierprops={"marker": ".", "markersize": 2, "alpha": 0.6},
+                           whiskerprops={"lw": 0.7}, capprops={"lw": 0.7},
+                           boxprops={"lw": 0.7})
+        for patch, method in zip(boxes["boxes"], g["method"]):
+            patch.set_facecolor(colors[method])
+            patch.set_alpha(0.75)
+    axes[-1].set_xlabel("per-target LDS (Spearman over subsets)")
+    fig.supxlabel("box: quartiles; bar: median; white dot: mean (= LDS)", fontsize=7)
+    return fig
+
+
+def _wrap_items(items: Sequence[str], width: int = 52) -> str:
+    """``items`` joined by commas on lines of at most ``width`` characters, breaking inside an
+    item only when it is longer than a line by itself."""
+    lines: list[str] = []
+    for k, item in enumerate(items):
+        item = item if k in (0, len(items) - 1) else item + ","
+        if lines and len(lines[-1]) + 1 + len(item) <= width:
+            lines[-1] += " " + item
+        else:
+            lines += textwrap.wrap(item, width)
+    return "\n".join(lines)
+
+
+def plot_pareto(df: pd.DataFrame, colors: dict[str, Any]) -> Figure:
+    """LDS against inference time per target on a log axis, one panel per task; the Pareto
+    front (maximise LDS, minimise time) is a step line. Its points are numbered by time (up and
+    to the left of each, a region no point can occupy, or it would be on the front instead) and
+    named under the panel."""
+    groups = _groups(df)
+    fig = Figure(figsize=(WIDTH, 2.3 * len(groups) + 0.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
+    for ax, (title, g) in zip(axes, groups):
+        ms = g["score_per_target_s"].to_numpy() * 1e3
+        # a time below the clock's resolution (0) is drawn at a floor, not dropped off a log axis
+        positive = ms[ms > 0]
+        ms = np.maximum(ms, positive.min() / 2 if positive.size else 1e-3)
+        lds = g["lds"].to_numpy()
+        for x, (_, r) in zip(ms, g.iterrows()):
+            ax.errorbar(x, r["lds"], yerr=[[r["lds"] - r["lds_ci_low"]], [r["lds_ci_high"] - r["lds"]]],
+                        fmt="none", ecolor=colors[r["method"]], elinewidth=0.6, alpha=0.45, zorder=2)
+            ax.plot(x, r["lds"], "o", ms=3.5, color=colors[r["method"]], zorder=4)
+        ax.set_xscale("log")
+        lo, hi = np.nanmin(ms), np.nanmax(ms)
+        ax.set_xlim(lo / 4, hi * 3)
+        front = pareto_front(ms, lds)
+        ax.step(np.append(ms[front], hi * 3), np.append(lds[front], lds[front][-1]), where="post",
+                color="black", lw=0.8, zorder=3)
+        ax.plot(ms[front], lds[front], "o", ms=6, mfc="none", mec="black", mew=0.7, zorder=5)
+        labels = g["label"].to_numpy()
+        for k, i in enumerate(front, 1):
+            ax.annotate(str(k), (ms[i], lds[i]), xytext=(-2.5, 2.5), textcoords="offset points",
+                        ha="right", va="bottom", fontsize=7, fontweight="bold", zorder=6)
+        key = _wrap_items(["Pareto front:", *(f"{k} {labels[i]}" for k, i in enumerate(front, 1))])
+        ax.set_xlabel(f"time per target (ms, log scale)\n{key}", loc="left")
+        ax.axhline(0, color="0.55", lw=0.6, ls=":", zorder=0)
+        ax.set_title(title, loc="left", fontweight="bold")
+        ax.set_ylabel("LDS")
+        ax.grid(lw=0.3, alpha=0.5)
+    shown = sorted(set(df["method"]))
+    handles = [Line2D([], [], ls="", marker="o", ms=3.5, color=colors[m], label=m) for m in shown]
+    handles.append(Line2D([], [], color="black", lw=0.8, marker="o", ms=6, mfc="none", mec="black",
+                          mew=0.7, label="Pareto front"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False,
+               handletextpad=0.3, columnspacing=1.0)
+    return fig
+
+
+def plot_all(selection: leaderboard.Selection, out_dir: Path | str) -> list[Path]:
+    """Draw the three figures for the records in ``selection``; returns the files written."""
+    df = leaderboard.table(selection)
+    per_target = {str(r.path): r.data["per_target_lds"] for r in selection.records}
+    colors = method_colors(df["method"])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    with matplotlib.rc_context(STYLE):
+        figures = {"lds": plot_lds(df, colors), "pareto": plot_pareto(df, colors),
+                   "per_target_lds": plot_per_target(df, per_target, colors)}
+        for name, fig in figures.items():
+            for fmt in FORMATS:
+                path = out_dir / f"{name}.{fmt}"
+                fig.savefig(path, dpi=DPI, metadata={"Date": None} if fmt == "pdf" else None)
+                written.append(path)
+    return written

@@ -1,0 +1,301 @@
+"""`tdabench leaderboard` and `tdabench plot`: reading, grouping, labelling, rendering, figures."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tdabench import cli, leaderboard
+from tdabench.registry import register_method
+
+SPEC_A = "aaaaaaaaaaaaaaaa"
+SPEC_B = "bbbbbbbbbbbbbbbb"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_record(root: Path, *, task: str = "toy", preset: str = "tiny", spec: str = SPEC_A,
+                method: str = "m1", config: dict | None = None, config_hash: str | None = None,
+                seed: int = 0, created: str = "2026-01-01T00:00:00+00:00", lds: float = 0.1,
+                ci: tuple[float, float] | None = None, r1: float = 0.5, r10: float = 0.9,
+                fit: float = 1.0, per_target: float = 1e-3, rss: int = 500 * 2**20,
+                storage: int = 1000, train: float | None = None, name: str | None = None) -> Path:
+    """Write a small but complete synthetic result record; returns its path."""
+    config = {"x": 1} if config is None else config
+    config_hash = config_hash or f"{zlib.crc32(json.dumps(config, sort_keys=True).encode()):08x}"
+    rng = np.random.default_rng(zlib.crc32(f"{method} {config_hash} {seed} {spec}".encode()))
+    per_target_lds = (lds + 0.2 * rng.standard_normal(20)).tolist()
+    phase = {"wall_s": fit, "cpu_s": fit, "peak_rss_bytes": rss, "peak_rss_delta_bytes": rss // 2,
+             "cuda_peak_bytes": None}
+    cost = {"fit": phase, "score": {**phase, "wall_s": per_target * 20, "peak_rss_bytes": rss // 2},
+            "score_per_target_s": per_target, "storage_bytes": {"disk": 0, "memory": storage}}
+    if train is not None:
+        cost["train"] = {**phase, "wall_s": train}
+    lo, hi = ci or (lds - 0.05, lds + 0.05)
+    record = {
+        "schema": 1, "task": task, "preset": preset, "spec_hash": spec, "spec": {"task": task},
+        "bank": {"n_subsets": 10}, "method": method, "config": config, "config_hash": config_hash,
+        "seed": seed, "protocol": {},
+        "metrics": {"lds": {"mean": lds, "ci95": [lo, hi], "n_targets": 20, "n_subsets": 10},
+                    "recall@1": {"value": r1, "chance": 0.05},
+                    "recall@10": {"value": r10, "chance": 0.3}},
+        "per_target_lds": per_target_lds, "cost": cost, "versions": {}, "created": created,
+    }
+    path = root / task / preset / (name or f"{method}-{config_hash}-s{seed}-{spec[:4]}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+@dataclass
+class LbToyConfig:
+    alpha: float = 1.0
+    beta: str = "x"
+    max_len: int = 8
+
+
+class LbToy:
+    Config = LbToyConfig
+
+
+register_method("lbtoy", LbToy)
+
+
+def test_records_of_two_specs_are_never_mixed_and_the_stale_one_is_reported(tmp_path):
+    make_record(tmp_path, spec=SPEC_A, method="m1", lds=0.5, created="2026-01-01T00:00:00+00:00")
+    make_record(tmp_path, spec=SPEC_A, method="m2", lds=0.4, created="2026-01-01T01:00:00+00:00")
+    make_record(tmp_path, spec=SPEC_B, method="m1", lds=0.2, created="2026-01-02T00:00:00+00:00")
+    make_record(tmp_path, task="other", spec=SPEC_A, method="m1", lds=0.3)
+
+    sel = leaderboard.load([tmp_path])
+    df = leaderboard.table(sel)
+    toy = df[df["task"] == "toy"]
+    assert set(toy["spec_hash"]) == {SPEC_B}  # the newest spec, alone
+    assert toy["lds"].tolist() == [0.2]
+    assert sel.spec_hashes[("other", "tiny")] == SPEC_A and ("other", "tiny") not in sel.stale
+    assert [(h, n) for h, n, _ in sel.stale[("toy", "tiny")]] == [(SPEC_A, 2)]
+    assert any("stale spec " + SPEC_A in w and "--spec" in w for w in sel.warnings())
+
+    old = leaderboard.table(leaderboard.load([tmp_path], tasks=["toy"], specs=[SPEC_A[:6]]))
+    assert set(old["spec_hash"]) == {SPEC_A} and sorted(old["lds"]) == [0.4, 0.5]
+    assert set(old["task"]) == {"toy"}
+    with pytest.raises(ValueError, match="no records for task"):
+        leaderboard.load([tmp_path], tasks=["nope"])
+    with pytest.raises(ValueError, match="spec hash"):
+        leaderboard.load([tmp_path], specs=["ffff"])
+
+
+def test_duplicates_keep_the_newest_record_and_are_reported(tmp_path):
+    old = make_record(tmp_path / "machine1", lds=0.1, created="2026-01-01T00:00:00+00:00",
+                      config_hash="c0ffee00")
+    new = make_record(tmp_path / "machine2", lds=0.3, created="2026-01-03T00:00:00+00:00",
+                      config_hash="c0ffee00")
+    other_seed = make_record(tmp_path / "machine1", lds=0.2, seed=1, config_hash="c0ffee00")
+
+    sel = leaderboard.load([tmp_path])
+    df = leaderboard.table(sel)
+    assert len(df) == 2
+    kept = df[df["seed"] == 0].iloc[0]
+    assert kept["lds"] == 0.3 and kept["path"] == str(new)
+    assert [(k.path, d.path) for k, d in sel.duplicates] == [(new, old)]
+    assert any("duplicate" in w and str(old) in w for w in sel.warnings())
+    # one config run with two seeds: the seed is in the label
+    assert sorted(df["label"]) == ["m1 (seed=0)", "m1 (seed=1)"]
+    assert str(other_seed) in set(df["path"])
+
+
+def test_files_that_are_not_records_are_reported_not_fatal(tmp_path, capsys):
+    good = make_record(tmp_path, lds=0.25)
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "manifest.json").write_text(json.dumps({"spec": {}, "fingerprint": "x"}))
+    incomplete = json.loads(good.read_text())
+    del incomplete["metrics"]["lds"]["ci95"]
+    (tmp_path / "incomplete.json").write_text(json.dumps(incomplete))
+    bad_time = {**json.loads(good.read_text()), "created": "yesterday"}
+    (tmp_path / "badtime.json").write_text(json.dumps(bad_time))
+
+    sel = leaderboard.load([tmp_path, tmp_path / "missing"])
+    reasons = {p.name: r for p, r in sel.skipped}
+    assert "not readable JSON" in reasons["broken.json"]
+    assert "not a tdabench result record" in reasons["list.json"]
+    assert "not a tdabench result record" in reasons["manifest.json"]
+    assert reasons["incomplete.json"] == "incomplete record: no metrics.lds.ci95"
+    assert "ISO timestamp" in reasons["badtime.json"]
+    assert "no such file" in reasons["missing"]
+    assert leaderboard.table(sel)["lds"].tolist() == [0.25]
+
+    code = cli.main(["leaderboard", "--results", str(tmp_path), "--format", "csv"])
+    out, err = capsys.readouterr()
+    assert code == 0 and "skipped" in err and "broken.json" in err
+    assert pd.read_csv(io.StringIO(out))["lds"].tolist() == [0.25]
+    assert cli.main(["leaderboard", "--results", str(tmp_path / "missing")]) == 2
+    assert "no tdabench result records" in capsys.readouterr().err
+
+
+def test_best_value_per_column_is_marked(tmp_path):
+    make_record(tmp_path, method="a", lds=0.30, r1=0.2, fit=5.0, per_target=2e-3, storage=10)
+    make_record(tmp_path, method="b", lds=0.10, r1=0.6, fit=0.5, per_target=3e-3, storage=10,
+                train=7.0)
+    make_record(tmp_path, method="c", lds=0.20, r1=0.4, fit=1.0, per_target=1e-3, storage=20)
+    make_record(tmp_path, task="other", method="a", lds=-0.5, r1=0.1, fit=9.0)
+    make_record(tmp_path, task="other", method="b", lds=-0.1, r1=0.2, fit=8.0)
+
+    sel = leaderboard.load([tmp_path])
+    df = leaderboard.table(sel)
+    toy = df[df["task"] == "toy"].set_index("method")
+    assert toy.index.tolist() == ["a", "c", "b"]  # sorted by LDS
+    assert "lds" in toy.at["a", "best"].split(";") and "lds" not in toy.at["c", "best"]
+    assert "recall_at_1" in toy.at["b", "best"] and "fit_s" in toy.at["b", "best"]
+    assert "score_per_target_s" in toy.at["c", "best"].split(";")
+    both = {m for m in toy.index if "storage_bytes" in toy.at[m, "best"]}
+    assert both == {"a", "b"}  # ties are all marked
+    assert not any("train_s" in b for b in toy["best"])  # one value only: nothing to compare
+    assert not any("recall_at_10" in b for b in toy["best"])  # all equal
+    other = df[df["task"] == "other"].set_index("method")
+    assert "lds" in other.at["b", "best"]  # best within its own task, not across tasks
+
+    md = leaderboard.render(df, "markdown", sel)
+    assert "| a | **+0.300** |" in md and "| c | +0.200 |" in md
+    assert "## LDS by task" in md and "**-0.100 [-0.150, -0.050]**" in md
+    tex = leaderboard.render(df, "latex", sel)
+    assert r"\textbf{+0.300}" in tex and r"\toprule" in tex and "95\\% CI" in tex
+
+
+def test_config_labels_list_only_non_default_fields(tmp_path):
+    make_record(tmp_path, method="lbtoy", config={"alpha": 1.0, "beta": "x", "max_len": 8},
+                config_hash="00000001", lds=0.1)
+    make_record(tmp_path, method="lbtoy", config={"alpha": 2.0, "beta": "x", "max_len": 8},
+                config_hash="00000002", lds=0.2)
+    make_record(tmp_path, method="lbtoy", config={"alpha": 2.0, "beta": "y", "max_len": 16},
+                config_hash="00000003", lds=0.3)
+    # an older Config version without max_len: its visible fields match #2, so the hash is added
+    make_record(tmp_path, method="lbtoy", config={"alpha": 2.0, "beta": "x"},
+                config_hash="00000004", lds=0.4)
+    make_record(tmp_path, method="ghost", config={"k": 1}, config_hash="0000aaaa", lds=0.0)
+    make_record(tmp_path, method="ghost", config={"k": 2}, config_hash="0000bbbb", lds=0.05)
+    make_record(tmp_path, task="other", method="lbtoy", config={"alpha": 3.0, "beta": "x"},
+                config_hash="00000005", lds=0.1)
+    make_record(tmp_path, task="other", method="solo", config={"alpha": 3.0},
+                config_hash="00000006", lds=0.2)
+    register_method("solo", LbToy)
+
+    sel = leaderboard.load([tmp_path])
+    df = leaderboard.table(sel)
+    labels = dict(zip(df["config_hash"], df["label"]))
+    assert labels["00000001"] == "lbtoy"
+    assert labels["00000002"] == "lbtoy (alpha=2.0) [00000002]"
+    assert labels["00000004"] == "lbtoy (alpha=2.0) [00000004]"
+    assert labels["00000003"] == "lbtoy (alpha=2.0, beta=y, max_len=16)"
+    assert labels["00000005"] == "lbtoy (alpha=3.0)"  # the same method's label in every task
+    assert labels["0000aaaa"] == "ghost (config 0000aaaa)"  # not installed: the config hash
+    assert labels["00000006"] == "solo"  # one config only: plain name, config in a footnote
+    md = leaderboard.render(df, "markdown", sel)
+    assert "Non-default configs: solo: alpha=3.0" in md
+    assert r"max\_len=16" in leaderboard.render(df, "latex", sel)
+    assert leaderboard.config_diff("lbtoy", {"alpha": 1.0, "beta": "z", "gone": 1}) == [
+        ("beta", "z"), ("gone", 1)]
+    assert leaderboard.config_diff("not-installed", {"alpha": 1.0}) is None
+
+
+def test_csv_parses_back_to_the_same_numbers(tmp_path):
+    paths = [make_record(tmp_path, method=f"m{i}", lds=0.1 * i + 1e-7, fit=1.0 / (i + 3),
+                         per_target=3.3e-5 * (i + 1), rss=123456789 + i, train=2.0 ** -i,
+                         storage=7 * i) for i in range(3)]
+    sel = leaderboard.load([tmp_path])
+    df = leaderboard.table(sel)
+    back = pd.read_csv(io.StringIO(leaderboard.render(df, "csv", sel)))
+    assert back.columns.tolist() == leaderboard.COLUMNS
+    back = back.set_index("path")
+    for path in paths:
+        rec = json.loads(path.read_text())
+        got = back.loc[str(path)]
+        np.testing.assert_allclose(
+            [got["lds"], got["lds_ci_low"], got["lds_ci_high"], got["recall_at_1"], got["fit_s"],
+             got["train_s"], got["score_per_target_s"], got["peak_rss_bytes"], got["storage_bytes"]],
+            [rec["metrics"]["lds"]["mean"], *rec["metrics"]["lds"]["ci95"],
+             rec["metrics"]["recall@1"]["value"], rec["cost"]["fit"]["wall_s"],
+             rec["cost"]["train"]["wall_s"], rec["cost"]["score_per_target_s"],
+             rec["cost"]["fit"]["peak_rss_bytes"], rec["cost"]["storage_bytes"]["memory"]],
+            rtol=1e-15)
+    assert back.loc[str(paths[2]), "best"].split(";")[0] == "lds"
+    assert np.isnan(back["cuda_peak_bytes"]).all()
+
+
+def test_a_real_record_from_results_is_read(tmp_path):
+    real = REPO / "results" / "chatterbot" / "tiny" / "random-bd048884-s0.json"
+    if not real.exists():
+        pytest.skip("reference record not present")
+    shutil.copy(real, tmp_path / real.name)
+    sel = leaderboard.load([tmp_path])
+    assert not sel.skipped
+    row = leaderboard.table(sel).iloc[0]
+    data = json.loads(real.read_text())
+    assert row["lds"] == data["metrics"]["lds"]["mean"] and row["label"] == "random"
+    assert row["peak_rss_bytes"] == max(data["cost"][p]["peak_rss_bytes"] for p in ("fit", "score"))
+
+
+def test_pareto_front_is_exactly_the_non_dominated_points():
+    from tdabench.plots import pareto_front
+
+    cost = [1.0, 2.0, 3.0, 2.0, 4.0, 0.5, np.nan, 5.0, 4.0]
+    value = [0.1, 0.3, 0.2, 0.3, 0.5, 0.0, 0.9, 0.5, 0.4]
+    # 2 is beaten by 1 (cheaper, better); 7 by 4 (same value, cheaper); 8 by 4 (same cost,
+    # better); 6 has no cost; 1 and 3 are the same point: neither dominates the other
+    assert pareto_front(cost, value).tolist() == [5, 0, 1, 3, 4]
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        c, v = rng.integers(0, 8, 30).astype(float), rng.integers(0, 6, 30).astype(float)  # ties
+        front = set(pareto_front(c, v).tolist())
+        for i in range(30):
+            dominated = any(c[j] <= c[i] and v[j] >= v[i] and (c[j] < c[i] or v[j] > v[i])
+                            for j in range(30))
+            assert (i in front) == (not dominated)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    with open(path, "rb") as f:
+        head = f.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_plots_are_written_as_png_and_pdf(tmp_path, capsys):
+    for task in ("toy", "other"):
+        for i, method in enumerate(["random", "bm25", "lbtoy"]):
+            make_record(tmp_path / "res", task=task, method=method, lds=0.1 * i,
+                        per_target=10.0 ** (i - 4), train=3.0 if method == "lbtoy" else None)
+    make_record(tmp_path / "res", method="lbtoy", config={"alpha": 2.0, "beta": "a long value"},
+                config_hash="0000000f", lds=0.05, per_target=1e-2)
+
+    code = cli.main(["plot", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "figs")])
+    printed = capsys.readouterr().out.split()
+    assert code == 0
+    names = sorted(Path(p).name for p in printed)
+    assert names == sorted(f"{n}.{e}" for n in ("lds", "pareto", "per_target_lds")
+                           for e in ("png", "pdf"))
+    for p in map(Path, printed):
+        assert p.stat().st_size > 5000
+        if p.suffix == ".pdf":
+            assert p.read_bytes()[:5] == b"%PDF-"
+        else:
+            width, height = _png_size(p)
+            assert width == round(3.3 * 200) and height > 400  # a column wide, at 200 dpi
+
+
+def test_method_colours_are_one_mapping():
+    from tdabench.plots import method_colors
+
+    colors = method_colors(["tfidf", "bm25", "random", "bm25"])
+    assert list(colors) == ["bm25", "random", "tfidf"]
+    assert len(set(colors.values())) == 3
+    assert method_colors(["random", "tfidf", "bm25"]) == colors
