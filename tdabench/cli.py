@@ -41,6 +41,8 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="the method's seed (default: 0)")
     p.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
                    help="set a method config field, e.g. --config similarity=cosine")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="a trained checkpoint for methods that take one (same as --config checkpoint=PATH)")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -74,15 +76,22 @@ def cmd_groundtruth(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    record, path = runner.run(args.method, args.task, args.preset, args.seed,
-                              _assignments(args.config), _assignments(args.spec_overrides),
-                              args.workers, args.results_dir, args.bank, args.group_score)
+    record, path = runner.run(args.method, args.task, args.preset, args.seed, _method_config(args),
+                              _assignments(args.spec_overrides), args.workers, args.results_dir,
+                              args.bank, args.group_score)
     print(runner.summary(record))
     print(f"record: {path}")
 
 
+def _method_config(args: argparse.Namespace) -> dict[str, str]:
+    config = _assignments(args.config)
+    if args.checkpoint:
+        config["checkpoint"] = args.checkpoint
+    return config
+
+
 def cmd_train(args: argparse.Namespace) -> None:
-    path = runner.train(args.method, args.task, args.preset, args.seed, _assignments(args.config),
+    path = runner.train(args.method, args.task, args.preset, args.seed, _method_config(args),
                         _assignments(args.spec_overrides), args.workers)
     print(f"trained {args.method} for {args.task}/{args.preset}: {path}")
 

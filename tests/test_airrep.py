@@ -155,3 +155,13 @@ def test_training_end_to_end_is_cached_and_resumable(micro, tmp_path, capsys, tr
     (Path(longer).parent / "final").rename(Path(longer).parent / "final-old")
     runner.train("airrep", "micro", "micro", config={**config, "epochs": "3"})
     assert "resuming after epoch 3" in capsys.readouterr().out
+
+
+def test_the_cli_takes_a_checkpoint(released_checkpoint, micro, tmp_path, capsys):
+    from tdabench import cli
+
+    path, _, _ = released_checkpoint
+    assert cli.main(["run", "--method", "airrep", "--task", "micro", "--preset", "micro", "--workers", "1",
+                     "--checkpoint", str(path), "--results-dir", str(tmp_path)]) == 0
+    record = json.loads(next(tmp_path.rglob("airrep-*.json")).read_text())
+    assert record["config"]["checkpoint"] == str(path)
