@@ -19,11 +19,11 @@ for building new pools.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from tdabench import data
 from tdabench.data import DataError
 from tdabench.groundtruth import PublishedGroundTruth
 from tdabench.spec import PAPER_MODEL, PAPER_RECIPE, DataSpec, Example, GroundTruthSpec, TaskSpec
@@ -71,20 +71,12 @@ def to_example(row: dict, index: int, default_source: str) -> Example:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """All rows of a JSONL file; a malformed line is reported with its line number."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row)
-    return rows
+    """All rows of a JSONL file; the first malformed line is reported with its number."""
+    rows, errors = data.read_jsonl(path)
+    if errors:
+        lineno, problem = errors[0]
+        raise DataError(f"{path}:{lineno}: {problem}")
+    return [row for _, row in rows]
 
 
 def read_examples(path: Path, source: str) -> list[Example]:

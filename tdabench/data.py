@@ -40,6 +40,26 @@ def examples_fingerprint(examples: list[Example]) -> str:
     return h.hexdigest()
 
 
+def read_jsonl(path: Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
+    """The JSON-object lines of a file as (line number, object), and the malformed ones as
+    (line number, what is wrong); blank lines are skipped. Callers decide how to report."""
+    rows, errors = [], []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                errors.append((lineno, f"not valid JSON ({err.msg})"))
+                continue
+            if isinstance(row, dict):
+                rows.append((lineno, row))
+            else:
+                errors.append((lineno, f"expected a JSON object, got {type(row).__name__}"))
+    return rows, errors
+
+
 def fetch_package_archive(package: str, version: str, filename: str, sha256: str) -> Path:
     """Download one pinned file of a package from the Python package index and verify it.
 

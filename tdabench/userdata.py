@@ -11,11 +11,10 @@ file's sha256 is part of the spec, so editing the file makes a new ground-truth 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import presets
-from .data import DataError, balanced_split
+from .data import DataError, balanced_split, read_jsonl
 from .spec import DataSpec, Example
 from .store import sha256_file
 from .task import Task, TaskData
@@ -25,30 +24,21 @@ SPLITS = {"pool", "target", "warmup"}
 
 def read_records(path: Path) -> list[tuple[Example, str | None]]:
     """(example, split or None) for every line; raises DataError listing every bad line."""
-    records, errors = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                errors.append(f"line {lineno}: not valid JSON ({err.msg})")
-                continue
-            if not isinstance(row, dict):
-                errors.append(f"line {lineno}: expected a JSON object")
-                continue
-            bad = [k for k in ("prompt", "response") if not isinstance(row.get(k), str) or not row[k]]
-            if bad:
-                errors.append(f"line {lineno}: missing or empty string field(s) {bad}")
-                continue
-            split = row.get("split")
-            if split is not None and split not in SPLITS:
-                errors.append(f"line {lineno}: split must be one of {sorted(SPLITS)}, not {split!r}")
-                continue
-            ex = Example(str(row.get("id", f"line{lineno:06d}")), row["prompt"], row["response"],
-                         str(row.get("source", "default")))
-            records.append((ex, split))
+    rows, errors = read_jsonl(path)
+    records = []
+    for lineno, row in rows:
+        bad = [k for k in ("prompt", "response") if not isinstance(row.get(k), str) or not row[k]]
+        if bad:
+            errors.append((lineno, f"missing or empty string field(s) {bad}"))
+            continue
+        split = row.get("split")
+        if split is not None and split not in SPLITS:
+            errors.append((lineno, f"split must be one of {sorted(SPLITS)}, not {split!r}"))
+            continue
+        ex = Example(str(row.get("id", f"line{lineno:06d}")), row["prompt"], row["response"],
+                     str(row.get("source", "default")))
+        records.append((ex, split))
+    errors = [f"line {lineno}: {problem}" for lineno, problem in sorted(errors)]
     if errors:
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
         shown = "\n  ".join(errors[:20]) + more
