@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tdabench import metrics
 from tdabench.groundtruth import TrainingBankSpec, build_training_bank
 from tdabench.method import FitContext, example_text, require
-from tdabench.spec import Example, spec_hash, stable_hash
+from tdabench.spec import Example, setup_hash, stable_hash
 from tdabench.store import atomic_write_json, cache_dir
 
 TRAINING_FIELDS = ("base_model", "max_length", "n_splits", "n_dev", "subsets_per_split", "fraction",
@@ -205,7 +205,7 @@ class AirRep:
         c = asdict(self.config)
         key = stable_hash({k: c[k] for k in TRAINING_FIELDS})
         spec = context.spec
-        return cache_dir() / "airrep" / f"{spec.task}-{spec.preset}-{spec_hash(spec)}" / key
+        return cache_dir() / "airrep" / f"{spec.task}-{spec.preset}-{setup_hash(spec)}" / key
 
     def train(self, context: FitContext) -> None:
         """Train this task's AirRep unless a checkpoint is given or already trained."""
@@ -251,7 +251,8 @@ def train_airrep(method: AirRep, context: FitContext, root: Path) -> None:
     c = method.config
     tb = TrainingBankSpec(n_splits=c.n_splits, n_dev=c.n_dev, n_subsets=c.subsets_per_split,
                           fraction=c.fraction, seed=c.train_seed)
-    splits = build_training_bank(context.spec, context.data, tb, context.workers)
+    splits = build_training_bank(context.spec, context.data, tb, context.workers,
+                                 context.executor, context.address)
     pool_texts = method._texts(context.data.pool)
     position = {ex.id: i for i, ex in enumerate(context.data.pool)}  # dev targets are pool examples
     prepared = [(np.array([position[ex.id] for ex in d.targets]), bank.membership,

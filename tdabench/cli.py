@@ -33,6 +33,12 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
                    help="ground-truth worker processes, one torch thread each (default: %(default)s)")
     p.add_argument("--bank", type=Path, default=None,
                    help="ground-truth bank directory (default: under $TDABENCH_CACHE)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where fine-tunes run (ground truth, a method's own banks): local worker "
+                        "processes or Ray (pip install 'tdabench[ray]'; default: %(default)s)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="Ray cluster to use (e.g. auto, HOST:6379); default: start a local Ray "
+                        "instance with --workers CPUs")
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
@@ -43,6 +49,12 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
                    help="set a method config field, e.g. --config similarity=cosine")
     p.add_argument("--checkpoint", default=None, metavar="PATH",
                    help="a trained checkpoint for methods that take one (same as --config checkpoint=PATH)")
+
+
+def _add_correlation_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--correlation", choices=["spearman", "kendall", "pearson"], default="spearman",
+                   help="correlation over subsets in the LDS (default: spearman); records made with "
+                        "another correlation are never ranked together")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -64,10 +76,26 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(f"  {name:<14} {doc.splitlines()[0] if doc else ''}")
 
 
+def _subset_slice(text: str) -> slice:
+    """``A:B`` (either end may be left out) as a slice of subset indices."""
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() or not p.strip() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected a subset range A:B (e.g. 0:50), got {text!r}")
+    return slice(*(int(p) if p.strip() else None for p in parts))
+
+
 def cmd_groundtruth(args: argparse.Namespace) -> None:
     bank = runner.groundtruth(args.task, args.preset, _assignments(args.spec_overrides),
-                              args.workers, args.bank)
+                              args.workers, args.bank, args.executor, args.address, args.subsets)
     m, r, t = bank.losses.shape
+    if not bank.complete:
+        import numpy as np
+
+        done = int(np.isfinite(bank.losses).all(axis=2).sum())
+        print(f"part of the ground truth for {args.task}/{args.preset}: {done} of {m * r} "
+              f"fine-tunes at {bank.path}; build the others (e.g. other --subsets ranges on "
+              "other machines) and join the parts with `tdabench merge-banks`")
+        return
     labels = bank.labels()
     print(f"ground truth for {args.task}/{args.preset}: {m} subsets x {r} seeds x {t} targets "
           f"at {bank.path}")
@@ -75,10 +103,35 @@ def cmd_groundtruth(args: argparse.Namespace) -> None:
           f"(std per target) {labels.std(axis=1).mean():.4f}")
 
 
+def cmd_plan(args: argparse.Namespace) -> None:
+    from . import plan
+
+    estimate = plan.plan(args.task, args.preset, _assignments(args.spec_overrides), args.subsets,
+                         args.seeds, args.workers, args.fine_tunes)
+    print(plan.render(estimate))
+
+
+def cmd_merge_banks(args: argparse.Namespace) -> None:
+    from .groundtruth import MERGE_ATOL, merge_banks
+
+    atol = MERGE_ATOL if args.atol is None else args.atol
+    report = merge_banks(args.sources, args.into, atol)
+    print(f"merged {len(report.sources)} bank(s) into {report.into}: {report.found} loss files, "
+          f"{report.unique} distinct fine-tunes of {report.total}, {report.written} written")
+    if report.duplicates:
+        print(f"  {report.duplicates} fine-tune(s) found in more than one bank, kept once; largest "
+              f"difference between copies {report.max_abs_diff:.3g} (atol {atol:g})")
+    for note in report.notes:
+        print(f"  note: {note}")
+    if not report.complete:
+        print(f"  {report.total - report.unique} fine-tune(s) still missing: run `tdabench "
+              f"groundtruth ... --bank {report.into}` to compute them")
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     record, path = runner.run(args.method, args.task, args.preset, args.seed, _method_config(args),
                               _assignments(args.spec_overrides), args.workers, args.results_dir,
-                              args.bank, args.group_score)
+                              args.bank, args.group_score, args.correlation, args.executor, args.address)
     print(runner.summary(record))
     print(f"record: {path}")
 
@@ -90,9 +143,47 @@ def _method_config(args: argparse.Namespace) -> dict[str, str]:
     return config
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    grid = {key: [v.strip() for v in values.split(",")] for key, values in _assignments(args.grid).items()}
+    trials, path = runner.tune(args.method, args.task, grid, args.preset, args.seed, _method_config(args),
+                               _assignments(args.spec_overrides), args.workers, args.bank,
+                               args.correlation, args.results_dir, args.executor, args.address)
+    print(f"{args.method} on {args.task}/{args.preset}: LDS on the {trials[0]['n_tuning_subsets']} "
+          "tuning subsets (the test subsets are not touched)")
+    for trial in trials:
+        setting = " ".join(f"{k}={trial[k]}" for k in grid)
+        print(f"  {trial['tuning_lds']:+.4f} [{trial['ci_low']:+.4f}, {trial['ci_high']:+.4f}]  {setting}")
+    best = " ".join(f"--config {k}={trials[0][k]}" for k in grid)
+    print(f"trials: {path}\nbest: tdabench run --method {args.method} --task {args.task} "
+          f"--preset {args.preset} {best}")
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from . import leaderboard
+
+    selection = leaderboard.load(args.results or [Path("results")], [args.task], args.spec)
+    records = {}
+    for name in (args.a, args.b):
+        found = [r for r in selection.records if selection.labels.get(r.path, r.method) == name
+                 or r.method == name]
+        if len(found) != 1:
+            have = sorted({selection.labels.get(r.path, r.method) for r in selection.records})
+            raise ValueError(f"{len(found)} records match {name!r} for {args.task}; "
+                             f"choose one of: {', '.join(have)}")
+        records[name] = found[0].path
+    out = runner.compare(records[args.a], records[args.b], args.n_boot)
+    print(f"{args.a} - {args.b} on {args.task}: LDS {out['lds_a']:+.4f} - {out['lds_b']:+.4f} "
+          f"= {out['lds_a'] - out['lds_b']:+.4f} (paired bootstrap)")
+    for key in ("over_targets", "over_subsets"):
+        if key in out:
+            t = out[key]
+            print(f"  {key.replace('_', ' '):<13} 95% CI [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]  "
+                  f"p = {t['p_value']:.4f}")
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     path = runner.train(args.method, args.task, args.preset, args.seed, _method_config(args),
-                        _assignments(args.spec_overrides), args.workers)
+                        _assignments(args.spec_overrides), args.workers, args.executor, args.address)
     print(f"trained {args.method} for {args.task}/{args.preset}: {path}")
 
 
@@ -151,7 +242,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("groundtruth", help="build (or resume) a task's counterfactual ground truth")
     _add_task_args(p)
+    p.add_argument("--subsets", type=_subset_slice, default=None, metavar="A:B",
+                   help="build only subsets A..B-1 (e.g. 0:50), for a bank built in parts on "
+                        "several machines; join the parts with `tdabench merge-banks`")
     p.set_defaults(func=cmd_groundtruth)
+
+    p = sub.add_parser("plan", help="time a few fine-tunes here and estimate a bank's cost")
+    p.add_argument("--task", required=True, help="task name (see `tdabench list`)")
+    p.add_argument("--preset", default="tiny", help="task preset (default: tiny)")
+    p.add_argument("--set", dest="spec_overrides", action="append", default=[],
+                   metavar="FIELD=VALUE", help="override a spec field")
+    p.add_argument("--subsets", type=int, default=None, metavar="M",
+                   help="subsets in the bank (default: the spec's groundtruth.n_subsets)")
+    p.add_argument("--seeds", type=int, default=None, metavar="R",
+                   help="training seeds per subset (default: the spec's groundtruth.n_seeds)")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="workers the wall time is estimated for (default: %(default)s)")
+    p.add_argument("--fine-tunes", type=int, default=2, metavar="K",
+                   help="fine-tunes to time (default: %(default)s)")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("merge-banks", help="join ground-truth banks built in parts into one")
+    p.add_argument("sources", nargs="+", type=Path, metavar="SRC", help="bank directories")
+    p.add_argument("--into", type=Path, required=True, metavar="DST",
+                   help="the merged bank (created, or completed if it exists)")
+    p.add_argument("--atol", type=float, default=None,
+                   help="largest difference tolerated between two copies of one fine-tune's "
+                        "losses (default: 1e-4)")
+    p.set_defaults(func=cmd_merge_banks)
 
     p = sub.add_parser("train", help="train a learned method (e.g. airrep) for a task")
     _add_method_args(p)
@@ -163,7 +281,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where result records go (default: ./results)")
     p.add_argument("--group-score", choices=["sum", "attention"], default=None,
                    help="force this group score (default: the method's own, else the sum)")
+    _add_correlation_arg(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("tune", help="grid search of a method's config on the bank's tuning subsets only")
+    _add_method_args(p)
+    p.add_argument("--grid", action="append", default=[], required=True, metavar="FIELD=V1,V2",
+                   help="config values to try, e.g. --grid similarity=dot,cosine (repeatable)")
+    p.add_argument("--results-dir", type=Path, default=Path("results"),
+                   help="the trials go to RESULTS_DIR/TASK/PRESET/tuning/METHOD.csv")
+    _add_correlation_arg(p)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("compare", help="paired bootstrap test of two methods' LDS on the same bank")
+    p.add_argument("a", help="method (or leaderboard label) A")
+    p.add_argument("b", help="method (or leaderboard label) B")
+    p.add_argument("--task", required=True, help="TASK or TASK/PRESET")
+    p.add_argument("--results", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
+                   help="directory trees of result records (default: ./results)")
+    p.add_argument("--spec", nargs="+", action="extend", default=[], metavar="HASH",
+                   help="the spec hash (or prefix) to compare on (default: the newest)")
+    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("reproduce", help="every method on every offline task of a preset (resumes)")
     p.add_argument("--preset", default="tiny")

@@ -2,11 +2,16 @@
 
 A job's worker writes its own result (atomically), so an executor only schedules and reports
 progress: killing it loses at most the jobs that were running.
+
+Two executors share one contract: :func:`run_local` (this machine's processes, the default, no
+extra dependency) and :func:`run_ray` (a local Ray instance or a Ray cluster; ``pip install
+"tdabench[ray]"``). ``ray`` is imported only inside the Ray path.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
@@ -66,3 +71,144 @@ def run_local(jobs: Sequence[Any], init: Callable[..., Any], init_args: tuple,
                 raise
     finally:
         bar.close()
+
+
+# --- Ray --------------------------------------------------------------------------------------
+
+def require_ray() -> Any:
+    """``ray``, or the project's MissingDependency naming the extra that installs it."""
+    try:
+        import ray
+    except ImportError as err:
+        from .method import MissingDependency  # lazy: executors stays a leaf module
+
+        raise MissingDependency(
+            'the Ray executor needs the Python package \'ray\', which is not installed: '
+            'pip install "tdabench[ray]" -c constraints.txt') from err
+    return ray
+
+
+class _RayWorker:
+    """A Ray actor holding one worker's state: ``init`` runs once per actor (and again if the
+    actor is restarted after its process died), with one torch thread."""
+
+    def __init__(self, setup: tuple[Callable[..., Any], tuple]) -> None:
+        torch.set_num_threads(1)
+        init, args = setup
+        self.state = init(*args)
+
+    def run(self, work: Callable[[Any, Any], Any], job: Any) -> Any:
+        return work(self.state, job)
+
+
+def default_resources(cluster: dict[str, float]) -> dict[str, float]:
+    """One CPU per job, and one GPU per job where the cluster has GPUs."""
+    return {"num_cpus": 1, "num_gpus": 1 if cluster.get("GPU", 0) >= 1 else 0}
+
+
+def ray_capacity(cluster: dict[str, float], resources: dict[str, float]) -> int:
+    """How many jobs asking for ``resources`` fit on the cluster at once."""
+    fits = []
+    for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+        if resources.get(key):
+            fits.append(int(cluster.get(name, 0) // resources[key]))
+    return min(fits) if fits else 1
+
+
+def _connect_ray(ray: Any, address: str | None, workers: int) -> bool:
+    """Connect to Ray; returns whether this call started the instance (and so shuts it down).
+
+    ``address=None`` and no running instance: start a local one with ``num_cpus=workers``.
+    An instance this process already joined (``ray.init`` called before) is reused as is.
+    """
+    if ray.is_initialized():
+        return False
+    if address is None:
+        ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    return True
+
+
+def run_ray(jobs: Sequence[Any], init: Callable[..., Any], init_args: tuple,
+            work: Callable[[Any, Any], Any], workers: int = 1, desc: str = "jobs",
+            address: str | None = None, resources: dict[str, float] | None = None,
+            max_retries: int = 2, on_result: Callable[[Any, Any], None] | None = None) -> None:
+    """Run ``work(state, job)`` for every job on Ray actors, ``state = init(*init_args)`` once per
+    actor (one torch thread each).
+
+    Each job is dispatched once, to one idle actor, which asks for ``resources`` (default
+    :func:`default_resources`: one CPU, and one GPU where the cluster has them). If an actor's
+    process dies mid-job, Ray restarts the actor (``init`` again) and retries the job on it, up
+    to ``max_retries`` times; should that fail too, the actor is replaced and the job resubmitted
+    (at most ``max_retries`` more times). A job is only ever resubmitted after its worker died,
+    so two workers never run the same job at once. An exception raised by ``work`` itself is
+    re-raised here. ``on_result(job, result)`` runs in this process for every finished job.
+
+    ``address=None`` starts a local Ray instance with ``num_cpus=workers`` (shut down at the
+    end); otherwise this connects to the cluster at ``address`` (e.g. ``"auto"`` or
+    ``"HOST:6379"``). ``init``, ``work`` and the job objects must be importable/picklable on
+    every node.
+    """
+    if not jobs:
+        return
+    ray = require_ray()
+    started = _connect_ray(ray, address, workers)
+    actors: list[Any] = []
+    running: dict[Any, tuple[int, int]] = {}  # object ref -> (actor slot, job index)
+    bar = tqdm(total=len(jobs), desc=desc, unit="job", dynamic_ncols=True)
+    try:
+        cluster = ray.cluster_resources()
+        options = dict(resources) if resources is not None else default_resources(cluster)
+        n_actors = min(workers, ray_capacity(cluster, options), len(jobs))
+        if n_actors < 1:
+            raise ValueError(f"no Ray node can take a job asking for {options}; cluster: {cluster}")
+        actor_cls = ray.remote(_RayWorker).options(
+            max_restarts=max_retries, max_task_retries=max_retries, **options)
+        setup = ray.put((init, init_args))
+        actors = [actor_cls.remote(setup) for _ in range(n_actors)]
+        _dispatch(ray, actors, running, lambda: actor_cls.remote(setup), jobs, work, max_retries,
+                  on_result, bar)
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        if running:  # interrupted: wait until the killed workers have stopped writing
+            ray.wait(list(running), num_returns=len(running), timeout=60)
+        bar.close()
+        if started:
+            ray.shutdown()
+
+
+def _dispatch(ray: Any, actors: list[Any], running: dict[Any, tuple[int, int]],
+              new_actor: Callable[[], Any], jobs: Sequence[Any], work: Callable[[Any, Any], Any],
+              max_retries: int, on_result: Callable[[Any, Any], None] | None, bar: Any) -> None:
+    """Keep every actor busy with one job at a time until all jobs are done; ``running`` maps
+    the object ref of each job in flight to its actor slot and job index."""
+    queue = deque(range(len(jobs)))
+    resubmitted = [0] * len(jobs)
+
+    def submit(slot: int) -> None:
+        if queue:
+            index = queue.popleft()
+            running[actors[slot].run.remote(work, jobs[index])] = (slot, index)
+
+    for slot in range(len(actors)):
+        submit(slot)
+    while running:
+        (ref,), _ = ray.wait(list(running), num_returns=1)
+        slot, index = running.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayActorError as err:  # the worker died and Ray's retries ran out
+            if resubmitted[index] >= max_retries:
+                raise RuntimeError(f"job {jobs[index]!r} lost its worker {max_retries + 1} times "
+                                   f"over; last error: {err}") from err
+            resubmitted[index] += 1
+            ray.kill(actors[slot])
+            actors[slot] = new_actor()
+            queue.appendleft(index)
+        else:
+            if on_result is not None:
+                on_result(jobs[index], result)
+            bar.update()
+        submit(slot)

@@ -1,4 +1,5 @@
-"""Shared machinery of the gradient-based attribution methods (graddot, gradcos, tracin, trak, ekfac).
+"""Shared machinery of the gradient-based attribution methods (graddot, gradcos, tracin, trak, ekfac,
+logra, less).
 
 * :func:`reference_model`: the task's base target LM fine-tuned on the **whole pool** with the
   task's recipe (``lm.finetune``, seeded, one torch thread), cached as safetensors under
@@ -14,6 +15,7 @@
   library's output becomes a (T, N) float64 array with the protocol's sign (higher = the pool
   example helps the target more, i.e. lowers its loss). :data:`NATIVE` records each library's
   orientation and sign.
+* :class:`GaussianProjection`: a seeded (P, k) Gaussian random projection, drawn once.
 """
 
 from __future__ import annotations
@@ -272,6 +274,23 @@ def per_example_gradients(model: torch.nn.Module, modules: dict[str, torch.nn.Li
     return out
 
 
+# --- random projection ----------------------------------------------------------------------
+
+class GaussianProjection:
+    """A seeded Johnson-Lindenstrauss projection from P to k dimensions: ``x @ R`` with R a (P, k)
+    float32 matrix of N(0, 1/k) entries, drawn **once** here (not per call), so every projected
+    batch uses the same R; the same seed, P and k give the same R. Dot products are preserved in
+    expectation. R takes P x k x 4 bytes."""
+
+    def __init__(self, n_in: int, n_out: int, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.matrix = torch.randn(n_in, n_out, generator=generator) / math.sqrt(n_out)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, P) -> (n, k)."""
+        return x.float() @ self.matrix
+
+
 # --- library output -> (T, N), higher = more helpful ----------------------------------------
 
 # Native orientation and sign of each library's scores. Sign +1: a positive native score already
@@ -289,6 +308,11 @@ NATIVE = {
     # moves the parameters by -H^-1 grad(train loss), so a positive score means it lowers the
     # measurement (the target's loss): helpful.
     "kronfluence": ("TN", +1),
+    # dattri 0.3.0, BlockProjectedIFAttributor.attribute (LoGra): (n_train, n_test),
+    # g_train^T H^-1 g_test with g the gradients of the losses its task computes (ours: the train
+    # example's summed response-token cross-entropy, the target's mean). A step along -g_train
+    # lowers the target's loss when the product is positive: helpful.
+    "dattri": ("NT", +1),
 }
 
 

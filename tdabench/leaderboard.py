@@ -38,8 +38,9 @@ MIB = 2**20
 
 # The columns of :func:`table`, in order (also the header of the csv output).
 COLUMNS = [
-    "task", "preset", "spec_hash", "label", "method", "config_hash", "seed",
-    "lds", "lds_ci_low", "lds_ci_high", "recall_at_1", "recall_at_1_chance",
+    "task", "preset", "spec_hash", "protocol_hash", "label", "method", "config_hash", "seed",
+    "lds", "lds_ci_low", "lds_ci_high", "lds_ci_subsets_low", "lds_ci_subsets_high",
+    "noise_ceiling", "noise_ceiling_low", "noise_ceiling_high", "recall_at_1", "recall_at_1_chance",
     "recall_at_10", "recall_at_10_chance", "train_s", "fit_s", "score_per_target_s",
     "peak_rss_bytes", "cuda_peak_bytes", "storage_bytes", "storage_memory_bytes",
     "storage_disk_bytes", "n_targets", "n_subsets", "created", "path", "best",
@@ -84,6 +85,13 @@ class Record:
     @property
     def spec_hash(self) -> str:
         return self.data["spec_hash"]
+
+    @property
+    def bank_key(self) -> str:
+        """What records must share to be ranked together: the spec hash and, for records that
+        declare one, the evaluation protocol's hash (``SPEC/PROTOCOL``)."""
+        protocol = self.data.get("protocol_hash")
+        return f"{self.spec_hash}/{protocol}" if protocol else self.spec_hash
 
     @property
     def method(self) -> str:
@@ -212,7 +220,7 @@ class Selection:
                            f"{newest.isoformat()}) not shown; showing spec {shown} "
                            f"(pick another with --spec {spec})")
         for kept, dropped in self.duplicates:
-            out.append(f"{kept.task}/{kept.preset} spec {kept.spec_hash}: duplicate "
+            out.append(f"{kept.task}/{kept.preset} spec {kept.bank_key}: duplicate "
                        f"{kept.method} config {kept.config_hash} seed {kept.seed}: kept {kept.path} "
                        f"({kept.created.isoformat()}), ignored {dropped.path} "
                        f"({dropped.created.isoformat()})")
@@ -238,7 +246,7 @@ def select(records: Sequence[Record], tasks: Sequence[str] | None = None,
         records = kept
     by_spec: dict[tuple[str, str], dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
-        by_spec[(r.task, r.preset)][r.spec_hash].append(r)
+        by_spec[(r.task, r.preset)][r.bank_key].append(r)
     for spec in specs or ():
         if not any(h.startswith(spec) for hashes in by_spec.values() for h in hashes):
             raise ValueError(f"no records with spec hash {spec!r} (for the tasks selected)")
@@ -385,12 +393,19 @@ def row(record: Record, label: str | None = None) -> dict[str, Any]:
     memory, disk = _number(storage.get("memory")), _number(storage.get("disk"))
     train = c.get("train") if isinstance(c.get("train"), dict) else {}
     r1, r10 = m["recall@1"], m["recall@10"]
+    by_subsets = m["lds"].get("ci95_subsets") or [math.nan, math.nan]
+    ceiling = (d.get("bank") or {}).get("noise_ceiling") or {}
+    ceiling_ci = ceiling.get("ceiling_ci95") or [math.nan, math.nan]
     return {
         "task": record.task, "preset": record.preset, "spec_hash": record.spec_hash,
+        "protocol_hash": d.get("protocol_hash"),
         "label": label or record.method, "method": record.method,
         "config_hash": record.config_hash, "seed": record.seed,
         "lds": float(m["lds"]["mean"]), "lds_ci_low": float(m["lds"]["ci95"][0]),
         "lds_ci_high": float(m["lds"]["ci95"][1]),
+        "lds_ci_subsets_low": _number(by_subsets[0]), "lds_ci_subsets_high": _number(by_subsets[1]),
+        "noise_ceiling": _number(ceiling.get("ceiling")),
+        "noise_ceiling_low": _number(ceiling_ci[0]), "noise_ceiling_high": _number(ceiling_ci[1]),
         "recall_at_1": float(r1["value"]), "recall_at_1_chance": _number(r1.get("chance")),
         "recall_at_10": float(r10["value"]), "recall_at_10_chance": _number(r10.get("chance")),
         "train_s": _number(train.get("wall_s")), "fit_s": float(c["fit"]["wall_s"]),
@@ -478,6 +493,10 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
             ("method", None, None),
             ("LDS", "lds", lambda x: f"{x:+.3f}"),
             ("95% CI", None, None),
+        ]
+        if g["lds_ci_subsets_low"].notna().any():
+            cols.append(("CI over subsets", None, None))
+        cols += [
             ("recall@1", "recall_at_1", lambda x: f"{x:.2f}"),
             ("recall@10", "recall_at_10", lambda x: f"{x:.2f}"),
         ]
@@ -498,6 +517,9 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
                     cells.append(r["label"])
                 elif header == "95% CI":
                     cells.append(f"[{r['lds_ci_low']:+.3f}, {r['lds_ci_high']:+.3f}]")
+                elif header == "CI over subsets":
+                    cells.append("–" if math.isnan(r["lds_ci_subsets_low"]) else
+                                 f"[{r['lds_ci_subsets_low']:+.3f}, {r['lds_ci_subsets_high']:+.3f}]")
                 else:
                     cells.append(fmt(r[col]))
                 marks.append(bool(col in BEST and flags.at[i, col]))
@@ -507,9 +529,12 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
             if hidden:
                 footnotes.append(f"{r['label']}: {hidden}")
         first = g.iloc[0]
-        note = (f"spec {first['spec_hash']}; {first['n_subsets']} subsets x {first['n_targets']} "
+        note = (f"spec {first['spec_hash']}; {first['n_subsets']} test subsets x {first['n_targets']} "
                 f"targets; random ranking: recall@1 {first['recall_at_1_chance']:.3f}, "
                 f"recall@10 {first['recall_at_10_chance']:.3f}")
+        if not math.isnan(first["noise_ceiling"]):
+            note += (f"; noise ceiling (highest LDS the ground truth allows) {first['noise_ceiling']:.3f} "
+                     f"[{first['noise_ceiling_low']:.3f}, {first['noise_ceiling_high']:.3f}]")
         blocks.append(_Shown(f"{task}/{preset}", note, [c[0] for c in cols], rows, bold, footnotes))
     return blocks
 
@@ -532,6 +557,14 @@ def _overview(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[b
                 marks.append(bool(wide[column].notna().sum() > 1 and value == best[column]))
         rows.append(cells)
         bold.append(marks)
+    ceilings = df.assign(column=df["task"] + "/" + df["preset"]).groupby("column").first()
+    if ceilings["noise_ceiling"].notna().any():  # the reference every row is measured against
+        cells = ["(noise ceiling)"]
+        for column in wide.columns:
+            value, lo, hi = ceilings.loc[column, ["noise_ceiling", "noise_ceiling_low", "noise_ceiling_high"]]
+            cells.append("–" if math.isnan(value) else f"{value:.3f} [{lo:.3f}, {hi:.3f}]")
+        rows.append(cells)
+        bold.append([False] * len(cells))
     return ["method", *wide.columns], rows, bold
 
 

@@ -3,6 +3,11 @@
 Model output (the protocol's): for a target x, the mean token cross-entropy of x's response
 tokens given its prompt. Fine-tuning minimises the same cross-entropy over response tokens
 only (prompt tokens are masked), averaged over the response tokens of each batch.
+
+Partial fine-tuning (``trainable="top:K"``) never changes the bottom blocks, so their output
+for an example is the same in every fine-tune: :func:`cache_frozen` computes it once and
+attaches it to the encoded example, and every later forward pass (training steps, target
+losses) runs only the top K blocks from there.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +34,13 @@ SCRATCH_SPECIALS = ["<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"]
 @dataclass(frozen=True)
 class Encoded:
     """One tokenised example: ``ids`` = prompt tokens then response tokens; the first
-    ``n_prompt`` of them carry no loss."""
+    ``n_prompt`` of them carry no loss. ``hidden`` (set by :func:`cache_frozen`): the
+    (len(ids), d) hidden states entering block ``layer``, which no fine-tune changes."""
 
     ids: tuple[int, ...]
     n_prompt: int
+    hidden: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    layer: int = 0
 
 
 @dataclass
@@ -101,7 +109,9 @@ def encode(tokenizer, examples: Sequence[Example], spec: ModelSpec) -> list[Enco
 
 
 def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (IGNORE off the response)."""
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (IGNORE off the response);
+    for examples from :func:`cache_frozen` also their zero-padded ``hidden`` states and the
+    ``layer`` (a 0-d tensor) that they enter."""
     width = max(len(e.ids) for e in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
@@ -111,7 +121,80 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         ids[i, :n] = torch.tensor(e.ids)
         labels[i, e.n_prompt:n] = ids[i, e.n_prompt:n]
         mask[i, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    out = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    first = batch[0]
+    if first.hidden is not None:
+        if any(e.hidden is None or e.layer != first.layer for e in batch):
+            raise ValueError("a batch mixes examples with and without cached hidden states")
+        hidden = first.hidden.new_zeros((len(batch), width, first.hidden.shape[-1]))
+        for i, e in enumerate(batch):
+            hidden[i, :len(e.ids)] = e.hidden
+        out.update(hidden=hidden, layer=torch.tensor(first.layer))
+    return out
+
+
+# --- running some of the blocks -------------------------------------------------------------
+
+@contextlib.contextmanager
+def _only_blocks(model: torch.nn.Module, start: int, final_norm: bool, stop: int | None = None
+                 ) -> Iterator[torch.nn.Module]:
+    """The model body with only blocks ``start:stop`` (and the final norm if ``final_norm``):
+    its forward then maps the hidden states entering block ``start`` (``inputs_embeds``) to
+    those leaving block ``stop - 1``. Positions, the causal mask and rotary embeddings are the
+    body's own, so the result is what the whole body computes there."""
+    body = model.base_model
+    layers, norm = body.layers, body.norm
+    body.layers = torch.nn.ModuleList(list(layers)[start:stop])
+    if not final_norm:
+        body.norm = torch.nn.Identity()
+    try:
+        yield body
+    finally:
+        body.layers, body.norm = layers, norm
+
+
+def frozen_blocks(model: torch.nn.Module, spec: ModelSpec) -> int:
+    """How many bottom blocks fine-tuning never changes: 0 for ``all``, L - K for ``top:K``."""
+    trained = {id(p) for p in trainable_parameters(model, spec)}
+    for i, layer in enumerate(model.base_model.layers):
+        if any(id(p) in trained for p in layer.parameters()):
+            return i
+    return len(model.base_model.layers)
+
+
+def cache_frozen(model: torch.nn.Module, spec: ModelSpec, encoded: Sequence[Encoded], pad_id: int,
+                 batch_size: int = 64) -> list[Encoded]:
+    """``encoded`` with the hidden states leaving the frozen bottom blocks attached, so that
+    training and evaluation run only the blocks that fine-tuning changes.
+
+    Computed once, in length-sorted batches (deterministic); the tensors are (len(ids), d) each.
+    Where nothing is frozen (``trainable="all"``), or the states are already attached, the
+    examples come back unchanged. The result matches the full forward pass to float rounding
+    (about 1e-6: padding widths differ), not bit for bit; every use of the cached examples is
+    deterministic.
+    """
+    n_frozen = frozen_blocks(model, spec)
+    if n_frozen == 0 or all(e.hidden is not None and e.layer == n_frozen for e in encoded):
+        return list(encoded)
+    plain = [Encoded(e.ids, e.n_prompt) for e in encoded]
+    out: list[Encoded] = list(plain)
+    model.eval()
+    with torch.no_grad(), _only_blocks(model, 0, final_norm=False, stop=n_frozen) as body:
+        for chunk in _length_batches(plain, batch_size):
+            batch = collate([plain[i] for i in chunk], pad_id)
+            hidden = body(input_ids=batch["input_ids"],
+                          attention_mask=batch["attention_mask"]).last_hidden_state
+            for row, i in enumerate(chunk):
+                e = plain[i]
+                out[i] = Encoded(e.ids, e.n_prompt, hidden[row, :len(e.ids)].clone(), n_frozen)
+    return out
+
+
+def _length_batches(encoded: Sequence[Encoded], batch_size: int) -> list[list[int]]:
+    """Indices of ``encoded`` in batches of similar length (shortest first, stable), so that
+    little of a batch is padding."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 # --- loss -----------------------------------------------------------------------------------
@@ -121,9 +204,15 @@ def token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
     says which example each of the K response tokens belongs to.
 
     The LM head runs only at response positions: on small models it is most of a step's cost.
+    A batch with cached ``hidden`` states (:func:`cache_frozen`) runs only the blocks above them.
     """
-    hidden = model.base_model(input_ids=batch["input_ids"],
-                              attention_mask=batch["attention_mask"]).last_hidden_state
+    if "hidden" in batch:
+        with _only_blocks(model, int(batch["layer"]), final_norm=True) as body:
+            hidden = body(inputs_embeds=batch["hidden"],
+                          attention_mask=batch["attention_mask"]).last_hidden_state
+    else:
+        hidden = model.base_model(input_ids=batch["input_ids"],
+                                  attention_mask=batch["attention_mask"]).last_hidden_state
     next_labels = batch["labels"][:, 1:]
     rows, cols = (next_labels != IGNORE).nonzero(as_tuple=True)
     logits = model.get_output_embeddings()(hidden[rows, cols]).float()
@@ -132,16 +221,19 @@ def token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
 
 def response_losses(model: torch.nn.Module, encoded: Sequence[Encoded], pad_id: int,
                     batch_size: int = 64) -> np.ndarray:
-    """Mean response-token cross-entropy of each example, shape (len(encoded),)."""
+    """Mean response-token cross-entropy of each example, shape (len(encoded),).
+
+    Examples are batched by length (half of a batch in input order was padding, which the
+    forward pass computes all the same), so the result does not depend on their order.
+    """
     model.eval()
     out = np.empty(len(encoded), dtype=np.float64)
     with torch.no_grad():
-        for start in range(0, len(encoded), batch_size):
-            chunk = encoded[start:start + batch_size]
-            losses, rows = token_losses(model, collate(chunk, pad_id))
+        for chunk in _length_batches(encoded, batch_size):
+            losses, rows = token_losses(model, collate([encoded[i] for i in chunk], pad_id))
             sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, rows, losses.double())
             counts = torch.bincount(rows, minlength=len(chunk)).double()
-            out[start:start + len(chunk)] = (sums / counts).numpy()
+            out[chunk] = (sums / counts).numpy()
     return out
 
 
@@ -159,34 +251,56 @@ def trainable_parameters(model: torch.nn.Module, spec: ModelSpec) -> list[torch.
     raise ValueError(f"unknown trainable setting {spec.trainable!r}; use 'all' or 'top:K'")
 
 
+def training_batches(encoded: Sequence[Encoded], recipe: FinetuneRecipe, seed: int,
+                     pad_id: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The collated batches of a fine-tune, in its order: every epoch a fresh permutation of
+    ``encoded`` from a generator seeded with ``seed``, cut into ``recipe.batch_size`` pieces."""
+    rng = np.random.default_rng(seed)
+    for _ in range(recipe.epochs):
+        order = rng.permutation(len(encoded))
+        for start in range(0, len(order), recipe.batch_size):
+            yield collate([encoded[i] for i in order[start:start + recipe.batch_size]], pad_id)
+
+
+def train_step(model: torch.nn.Module, params: list[torch.nn.Parameter],
+               optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
+               grad_clip: float | None) -> None:
+    """One optimisation step: forward, mean response-token loss, backward, clipping, update."""
+    losses, _ = token_losses(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    losses.mean().backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    optimizer.step()
+
+
+def prepare_training(model: torch.nn.Module, params: list[torch.nn.Parameter],
+                     recipe: FinetuneRecipe) -> torch.optim.Optimizer:
+    """Mark ``params`` (only) as trainable, switch to training mode, return a fresh AdamW.
+
+    Parameters outside ``params`` get no gradient: backward stops below the lowest trained one.
+    """
+    if recipe.schedule != "constant":
+        raise ValueError(f"unknown schedule {recipe.schedule!r}; only 'constant' is implemented")
+    trained = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trained)
+    model.train()
+    return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
 def finetune(model: torch.nn.Module, params: list[torch.nn.Parameter], encoded: Sequence[Encoded],
              recipe: FinetuneRecipe, seed: int, pad_id: int, full_sequence: bool = False) -> None:
     """Fine-tune ``model`` in place: AdamW, constant lr, grad clipping, seeded shuffling.
 
     ``full_sequence=True`` trains on every token (language-model warm-up) instead of the response.
     """
-    if recipe.schedule != "constant":
-        raise ValueError(f"unknown schedule {recipe.schedule!r}; only 'constant' is implemented")
     if full_sequence:
         encoded = [Encoded(e.ids, 0) for e in encoded]
+    optimizer = prepare_training(model, params, recipe)
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    # Parameters outside ``params`` get no gradient: backward stops below the lowest trained one.
-    trained = {id(p) for p in params}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in trained)
-    optimizer = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
-    model.train()
-    for _ in range(recipe.epochs):
-        order = rng.permutation(len(encoded))
-        for start in range(0, len(order), recipe.batch_size):
-            batch = collate([encoded[i] for i in order[start:start + recipe.batch_size]], pad_id)
-            losses, _ = token_losses(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            losses.mean().backward()
-            if recipe.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-            optimizer.step()
+    for batch in training_batches(encoded, recipe, seed, pad_id):
+        train_step(model, params, optimizer, batch, recipe.grad_clip)
     model.eval()
 
 

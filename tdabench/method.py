@@ -53,6 +53,8 @@ class FitContext:
     workdir: Path
     seed: int = 0
     workers: int = 1  # processes a method may use to build training ground truth
+    executor: str = "local"  # where those processes run: "local" or "ray"
+    address: str | None = None  # the Ray cluster's address (None: a local Ray instance)
 
 
 @runtime_checkable

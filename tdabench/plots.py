@@ -30,6 +30,7 @@ try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullFormatter
 except ImportError as err:  # pragma: no cover - depends on the installation
     raise MissingDependency("tdabench plot needs matplotlib, which is not installed: "
                             "pip install 'tdabench[plots]' -c constraints.txt") from err
@@ -224,4 +225,56 @@ def plot_all(selection: leaderboard.Selection, out_dir: Path | str) -> list[Path
                 path = out_dir / f"{name}.{fmt}"
                 fig.savefig(path, dpi=DPI, metadata={"Date": None} if fmt == "pdf" else None)
                 written.append(path)
+    return written
+
+
+def plot_scaling(scaling: dict[str, Any]) -> Figure:
+    """Fit and score time against pool size on log-log axes, one panel each: one line per
+    method (its colour in every figure), the gradient methods' reference fine-tune (which grows
+    with the pool too) dashed in black on the fit panel, and a grey dotted guide of slope 1
+    (time proportional to the pool).
+
+    ``scaling``: ``{"sizes": [N, ...], "methods": {name: {"fit_s": [...], "score_s": [...]}},
+    "reference_s": [...] (optional), "n_targets": T}``, as the scaling benchmark writes it.
+    """
+    sizes = np.asarray(scaling["sizes"], dtype=float)
+    methods = scaling["methods"]
+    colors = method_colors(methods)
+    fig = Figure(figsize=(WIDTH, 2.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 2, sharex=True)
+    panels = (("fit_s", "fit"), ("score_s", f"score ({scaling.get('n_targets', '?')} targets)"))
+    for ax, (phase, title) in zip(axes, panels):
+        lines = [np.asarray(methods[name][phase], dtype=float) for name in sorted(methods)]
+        for name, seconds in zip(sorted(methods), lines):
+            ax.plot(sizes, seconds, "o-", ms=3, color=colors[name], label=name)
+        if phase == "fit_s" and scaling.get("reference_s"):
+            ax.plot(sizes, scaling["reference_s"], "s--", ms=3, color="black", label="reference fine-tune")
+        start = float(np.exp(np.mean([np.log(s[0]) for s in lines if s[0] > 0])))
+        ax.plot(sizes, start * sizes / sizes[0], ":", color="0.55", lw=0.8, label="proportional to pool")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(sizes, [f"{n:,.0f}" for n in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_title(title, loc="left", fontweight="bold")
+        ax.set_xlabel("pool size")
+        ax.grid(lw=0.3, alpha=0.5)
+    axes[0].set_ylabel("seconds (wall)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, frameon=False,
+               handletextpad=0.3, columnspacing=1.0)
+    return fig
+
+
+def write_scaling_figure(scaling: dict[str, Any], out_dir: Path | str, name: str = "scaling") -> list[Path]:
+    """Draw :func:`plot_scaling` and write it as ``out_dir/<name>.png`` and ``.pdf``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    with matplotlib.rc_context(STYLE):
+        fig = plot_scaling(scaling)
+        for fmt in FORMATS:
+            path = out_dir / f"{name}.{fmt}"
+            fig.savefig(path, dpi=DPI, metadata={"Date": None} if fmt == "pdf" else None)
+            written.append(path)
     return written

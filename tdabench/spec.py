@@ -91,7 +91,7 @@ class GroundTruthSpec:
     n_seeds: int = 1
     seed: int = 0
     source: str = "finetune"
-    stream: str | None = None  # "training" for a method's training bank; None for evaluation
+    stream: str | None = None  # "training" (a method's training bank), "datamodel"; None: evaluation
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,15 @@ def spec_hash(spec: TaskSpec) -> str:
     spec class keeps the hashes, banks and records of existing specs valid.
     """
     return stable_hash(drop_none(spec.to_dict()))
+
+
+def setup_hash(spec: TaskSpec) -> str:
+    """Hash of the task, data, model and recipe: the spec without its evaluation ground truth.
+
+    The key of artefacts that never see the evaluation bank (a method's training bank, a
+    trained AirRep), so that changing how the evaluation bank is built does not retrain them.
+    """
+    return stable_hash(drop_none({**spec.to_dict(), "groundtruth": None}))
 
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -54,6 +54,12 @@ def atomic_write_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def read_json(path: Path) -> Any:
     with open(path) as f:
         return json.load(f)

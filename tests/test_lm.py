@@ -66,3 +66,28 @@ def test_top_k_trainable_selects_the_last_blocks(micro):
     top = lm.trainable_parameters(model, replace(spec.model, trainable="top:1"))
     expected = list(model.base_model.layers[-1].parameters()) + list(model.base_model.norm.parameters())
     assert [id(p) for p in top] == [id(p) for p in expected]
+
+
+def test_cached_frozen_blocks_give_the_same_losses_and_fine_tune(micro):
+    """Partial fine-tuning with the frozen blocks' output cached once equals running them."""
+    from dataclasses import replace
+
+    _, spec, data = micro
+    model_spec = replace(spec.model, n_layers=2, trainable="top:1")
+    tlm = lm.load_base_model(model_spec, data.warmup, data.pool)
+    pad = tlm.tokenizer.pad_token_id
+    assert lm.frozen_blocks(tlm.model, model_spec) == 1
+    plain = lm.encode(tlm.tokenizer, data.targets, model_spec)
+    cached = lm.cache_frozen(tlm.model, model_spec, plain, pad)
+    assert all(e.hidden is not None and e.layer == 1 for e in cached)
+    np.testing.assert_allclose(lm.response_losses(tlm.model, cached, pad),
+                               lm.response_losses(tlm.model, plain, pad), rtol=1e-5)
+    start = {k: v.clone() for k, v in tlm.model.state_dict().items()}
+    params = lm.trainable_parameters(tlm.model, model_spec)
+    lm.finetune(tlm.model, params, plain, spec.finetune, seed=1, pad_id=pad)
+    after_plain = lm.response_losses(tlm.model, plain, pad)
+    tlm.model.load_state_dict(start)
+    lm.finetune(tlm.model, params, cached, spec.finetune, seed=1, pad_id=pad)
+    np.testing.assert_allclose(lm.response_losses(tlm.model, cached, pad), after_plain, rtol=1e-4)
+    full = replace(model_spec, trainable="all")  # nothing frozen: nothing cached
+    assert lm.cache_frozen(tlm.model, full, plain, pad)[0].hidden is None

@@ -21,7 +21,13 @@ def test_run_writes_a_complete_record(micro, tmp_path):
     assert path.parent == tmp_path / "micro" / "micro"
     m = record["metrics"]
     assert -1 <= m["lds"]["mean"] <= 1 and m["lds"]["ci95"][0] <= m["lds"]["mean"] <= m["lds"]["ci95"][1]
-    assert m["lds"]["n_subsets"] == 6 and m["lds"]["n_targets"] == 12
+    assert m["lds"]["n_subsets"] == 4 and m["lds"]["n_targets"] == 12  # subsets 0 and 5 tune
+    assert m["lds"]["ci95_subsets"][0] <= m["lds"]["ci95_subsets"][1]
+    ceiling = record["bank"]["noise_ceiling"]
+    assert 0 <= ceiling["ceiling"] <= 1 and -1 <= ceiling["split_half_r"] <= 1
+    assert record["protocol"]["correlation"].startswith("spearman") and record["protocol_hash"]
+    with np.load(path.with_suffix(".npz")) as saved:
+        assert saved["group_scores"].shape == saved["labels"].shape == (12, 4)
     assert len(record["per_target_lds"]) == 12
     assert 0 <= m["recall@1"]["value"] <= 1 and 0 < m["recall@10"]["chance"] <= 1
     for phase in ("fit", "score"):
@@ -131,7 +137,9 @@ def test_attention_pooling_can_be_forced_for_any_method(micro, tmp_path):
     rng = np.random.default_rng(0)
     scores = rng.standard_normal((len(data.targets), len(data.pool)))
     bank = build_bank(spec, data)
-    expected = metrics.lds(metrics.attention_pooled_group_scores(scores, bank.membership), bank.labels())
+    test = ~runner.tuning_subsets(len(bank.membership))  # LDS is reported on the test subsets
+    pooled_scores = metrics.attention_pooled_group_scores(scores, bank.membership[test])
+    expected = metrics.lds(pooled_scores, bank.labels()[:, test])
     assert pooled["metrics"]["lds"]["mean"] == pytest.approx(expected)
     with pytest.raises(ValueError, match="group_score"):
         runner.run("random", "micro", "micro", results_dir=tmp_path, group_score="max")

@@ -1,0 +1,126 @@
+"""logra: LoGra (Choe et al., 2024), influence functions on low-rank projected gradients (dattri).
+
+dattri 0.3.0's ``LoGraAttributor`` at the reference model (the base LM fine-tuned on the whole
+pool, :func:`tdabench.gradients.reference_model`). For each tracked linear layer (``tracked``:
+``"mlp"`` or ``"linear"``, as for graddot) LoGra projects the layer's per-token input a and
+output gradient d by two seeded Gaussian matrices of sqrt(``proj_dim``) rows each, so that an
+example's layer gradient sum_t d_t a_t^T becomes a ``proj_dim``-vector without ever being
+formed (dattri computes it inside the layer's backward). Features: projected gradients of the pool
+example's summed response-token cross-entropy and of the target's mean response-token
+cross-entropy (the protocol's model output). ``hessian="eFIM"`` preconditions each layer by the
+inverse of its projected empirical Fisher (mean of g g^T over the pool) plus ``damping`` times its
+mean eigenvalue; ``"Identity"`` skips it (a projected gradient dot product).
+
+score(x, z) = g_x^T (F + damping)^-1 g_z, returned by dattri as (n_train, n_test); positive =
+a step on z lowers the target's loss = helpful, so :func:`tdabench.gradients.to_scores` only
+transposes it. Pool features (N x layers x ``proj_dim`` float32) are held in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from tdabench import gradients, lm
+from tdabench.method import FitContext, require
+from tdabench.spec import Example
+
+HESSIANS = ("eFIM", "Identity")
+
+
+def eager():
+    """dattri's compressor is ``torch.compile``-d: on CPU every new sequence-length shape compiled
+    for seconds (15 s of a 20 s fit on the micro task); run it eagerly instead."""
+    return torch.compiler.set_stance("force_eager")
+
+
+class _LossModel(torch.nn.Module):
+    """The LM as dattri's LoGra wants it: called on a dict batch, it returns ``.loss``, the mean
+    over the batch of each target's measurement. dattri rescales per-example gradients by the
+    batch size (it assumes a batch-mean loss), so each example's feature is the gradient of its
+    own loss."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.lm = model
+
+    def forward(self, **batch: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(loss=gradients.measurement(self.lm, batch).mean())
+
+
+def _train_loss(model: _LossModel, batch: dict[str, torch.Tensor], device: str) -> torch.Tensor:
+    """Mean over the batch of each pool example's summed response-token cross-entropy."""
+    return gradients.train_losses(model.lm, batch).mean()
+
+
+class LoGra:
+    @dataclass
+    class Config:
+        tracked: str = gradients.DEFAULT_TRACKED  # "mlp" or "linear"
+        proj_dim: int = 1024  # per layer: a perfect square, sqrt(proj_dim) rows per factor
+        hessian: str = "eFIM"  # "eFIM" (projected empirical Fisher) or "Identity"
+        damping: float = 0.1  # fraction of each layer's mean Fisher eigenvalue added to its diagonal
+        batch_size: int = 32  # examples per forward/backward pass
+        projector_seed: int = 0
+
+    def __init__(self, config: Config) -> None:
+        if config.tracked not in gradients.TRACKED:
+            raise ValueError(f"tracked must be one of {list(gradients.TRACKED)}, not {config.tracked!r}")
+        if config.hessian not in HESSIANS:
+            raise ValueError(f"hessian must be one of {list(HESSIANS)}, not {config.hessian!r}")
+        if math.isqrt(config.proj_dim) ** 2 != config.proj_dim or config.proj_dim <= 0:
+            raise ValueError(f"proj_dim must be a positive perfect square (LoGra projects the "
+                             f"two factors to sqrt(proj_dim) each), not {config.proj_dim}")
+        self.config = config
+
+    def _loader(self, examples: list[Example]) -> DataLoader:
+        tokenizer = self.reference.lm.tokenizer
+        encoded = lm.encode(tokenizer, examples, self.model_spec)
+        pad = tokenizer.pad_token_id
+        return DataLoader(encoded, batch_size=self.config.batch_size, shuffle=False,
+                          collate_fn=lambda b: lm.collate(b, pad))
+
+    def fit(self, pool: list[Example], context: FitContext) -> None:
+        require("dattri", "logra", "logra")
+        from dattri.algorithm.logra import LoGraAttributor
+        from dattri.task import AttributionTask
+
+        c = self.config
+        torch.manual_seed(context.seed)
+        self.reference = gradients.reference_model(context)
+        self.model_spec = context.spec.model
+        model = self.reference.lm.model
+        modules = gradients.tracked_modules(model, self.model_spec, c.tracked)
+        model.requires_grad_(False)  # backward stops below the lowest tracked layer
+        for p in gradients.tracked_parameters(modules).values():
+            p.requires_grad_(True)
+        cache = context.workdir / "logra"  # dattri's batch metadata; without it, in the working dir
+        shutil.rmtree(cache, ignore_errors=True)  # dattri would read a previous fit's metadata
+        wrapped = _LossModel(model)
+        task = AttributionTask(loss_func=_train_loss, model=wrapped,
+                               checkpoints=[str(self.reference.checkpoints[-1])],
+                               checkpoints_load_func=lambda m, _: m.eval())  # already loaded
+        self.attributor = LoGraAttributor(task, layer_names=[f"lm.{name}" for name in modules],
+                                          hessian=c.hessian, damping=c.damping, device="cpu",
+                                          proj_dim=c.proj_dim, offload="cpu", cache_dir=str(cache))
+        self.attributor.sparsifier_kwargs["proj_seed"] = c.projector_seed
+        self.pool_loader = self._loader(pool)
+        with eager():
+            self.attributor.cache(self.pool_loader)
+        self.n_pool = len(pool)
+        # what dattri's CPU offload holds, as attributes the harness's storage count can see
+        offload = self.attributor.offload_manager
+        self.pool_gradients = getattr(offload, "cached_gradients", {})  # batch -> (B, features)
+        self.pool_ifvp = getattr(offload, "cached_ifvp", {})  # batch -> (B, features)
+        self.preconditioners = getattr(offload, "preconditioners", [])  # per layer
+
+    def score(self, targets: list[Example]) -> np.ndarray:
+        with eager():
+            native = self.attributor.attribute(self.pool_loader, self._loader(targets))  # (N, T)
+        return gradients.to_scores(native, "dattri", len(targets), self.n_pool)

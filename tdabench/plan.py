@@ -1,0 +1,180 @@
+"""What a ground-truth bank will cost: a short timed run on this machine, then arithmetic.
+
+``tdabench plan`` loads the task's data and base model (timed apart: a one-off per machine or
+worker), fine-tunes a couple of subsets exactly as a bank build would (one torch thread, losses
+written into a temporary directory that is deleted afterwards, never into a cached bank), and
+scales the mean time per fine-tune to the whole bank and a number of workers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .spec import TaskSpec, override, spec_hash
+
+
+@dataclass
+class Measurement:
+    """Seconds measured on this machine for one task spec.
+
+    ``data_s``: loading the task's examples; ``model_s``: loading the base model (building and
+    caching it first when it is not cached yet, e.g. a scratch model's warm-up); ``worker_init_s``:
+    what each worker pays once (model from the cache, pool and targets tokenised);
+    ``finetune_s``: each timed fine-tune, target losses included; ``device``: where it ran.
+    """
+
+    data_s: float
+    model_s: float
+    worker_init_s: float
+    finetune_s: list[float]
+    device: str = "cpu"
+    model_was_cached: bool = True
+
+    @property
+    def per_finetune_s(self) -> float:
+        return statistics.fmean(self.finetune_s)
+
+
+@dataclass
+class Estimate:
+    """The cost of a bank of ``n_subsets`` x ``n_seeds`` fine-tunes on ``workers`` workers."""
+
+    spec: TaskSpec
+    measurement: Measurement
+    n_subsets: int
+    n_seeds: int
+    workers: int
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def jobs(self) -> int:
+        return self.n_subsets * self.n_seeds
+
+    @property
+    def device_hours(self) -> float:
+        """Core-hours (CPU, one thread per fine-tune) or GPU-hours of the fine-tunes alone."""
+        return self.jobs * self.measurement.per_finetune_s / 3600
+
+    @property
+    def wall_s(self) -> float:
+        """Wall time with ``workers`` workers: their one-off start, then rounds of fine-tunes."""
+        m = self.measurement
+        return m.worker_init_s + math.ceil(self.jobs / self.workers) * m.per_finetune_s
+
+
+def measure(spec: TaskSpec, load_data, n_finetunes: int = 2) -> Measurement:
+    """Time the data load, the base model load, one worker's start and ``n_finetunes``
+    fine-tunes of the bank's first subsets (in a temporary directory)."""
+    from . import groundtruth as gt
+    from . import lm
+
+    if n_finetunes < 1:
+        raise ValueError("plan needs at least one timed fine-tune")
+    if spec.groundtruth.source != "finetune":
+        raise ValueError(f"{spec.task}/{spec.preset} imports published ground truth; to plan "
+                         "regenerating it, add --set groundtruth.source=finetune")
+    with lm.torch_threads(1):
+        start = time.perf_counter()
+        data = load_data(spec.data)
+        data_s = time.perf_counter() - start
+        cached = _model_cached(spec, data)
+        start = time.perf_counter()
+        lm.load_base_model(spec.model, data.warmup, data.pool)
+        model_s = time.perf_counter() - start
+        timed = override(spec, {"groundtruth.n_subsets": str(max(n_finetunes, spec.groundtruth.n_subsets))})
+        membership = gt.sample_subsets(data, timed)
+        with tempfile.TemporaryDirectory(prefix="tdabench-plan-") as tmp:
+            start = time.perf_counter()
+            state = gt._init_trainer(data, [(timed, Path(tmp), membership, data.targets)])
+            init_s = time.perf_counter() - start
+            device = next(state.lm.model.parameters()).device.type
+            times = []
+            for subset in range(n_finetunes):
+                start = time.perf_counter()
+                gt._train_subset(state, (0, subset, 0))
+                times.append(time.perf_counter() - start)
+    return Measurement(data_s, model_s, init_s, times, device, cached)
+
+
+def _model_cached(spec: TaskSpec, data) -> bool:
+    """Whether the base model is already built (scratch models are built on first use)."""
+    from . import lm
+    from .store import cache_dir
+
+    if spec.model.init != "scratch":
+        return True
+    key = lm.base_model_key(spec.model, data.warmup, data.pool)
+    return (cache_dir() / "models" / key / "tdabench_model.json").exists()
+
+
+def estimate(spec: TaskSpec, m: Measurement, n_subsets: int | None = None,
+             n_seeds: int | None = None, workers: int = 1) -> Estimate:
+    """Scale a measurement to a bank of ``n_subsets`` x ``n_seeds`` (default: the spec's)."""
+    if workers < 1:
+        raise ValueError("workers must be at least 1")
+    gt = spec.groundtruth
+    est = Estimate(spec, m, n_subsets or gt.n_subsets, n_seeds or gt.n_seeds, workers)
+    unit = "GPU" if m.device == "cuda" else "core (one torch thread)"
+    est.assumptions = [
+        f"every fine-tune costs the mean of the {len(m.finetune_s)} timed here "
+        f"({', '.join(f'{t:.2f}' for t in m.finetune_s)} s), target losses included: same "
+        "subset size, recipe and targets as the bank",
+        f"one {unit} per fine-tune; the {workers} worker(s) each have one to themselves and run "
+        "in parallel without slowing each other (shared memory bandwidth and other load "
+        "lower the real speed-up)",
+        "each worker starts once, in parallel with the others: the model load and "
+        "tokenisation measured here, plus a new process's imports (torch, transformers: a few "
+        "seconds, not measured here)",
+        "the data load and a first build of the base model happen once per machine (cached "
+        "after), and are not in the totals",
+    ]
+    cores = os.cpu_count() or 1
+    if m.device == "cpu" and workers > cores:
+        est.assumptions.append(f"this machine has {cores} cores: {workers} workers need a "
+                               "larger machine or a Ray cluster (--executor ray --address ...)")
+    return est
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def render(est: Estimate) -> str:
+    """The estimate and its assumptions, as printed by ``tdabench plan``."""
+    m, spec = est.measurement, est.spec
+    unit = "GPU-hours" if m.device == "cuda" else "core-hours"
+    built = "" if m.model_was_cached else " (built and cached now: later runs only load it)"
+    lines = [
+        f"plan for {spec.task}/{spec.preset} (spec {spec_hash(spec)}; measured on this machine, "
+        f"{m.device}, one torch thread)",
+        f"  measured: data load {m.data_s:.1f} s; base model {m.model_s:.1f} s{built}; "
+        f"worker start (load + tokenise) {m.worker_init_s:.1f} s; "
+        f"{m.per_finetune_s:.2f} s per fine-tune (mean of {len(m.finetune_s)})",
+        f"  bank: {est.n_subsets} subsets x {est.n_seeds} seed(s) = {est.jobs} fine-tunes",
+        f"  cost: {est.device_hours:.3g} {unit} of fine-tuning",
+        f"  wall: {_duration(est.wall_s)} on {est.workers} worker(s)",
+        "  assumptions:",
+    ]
+    lines += [f"    - {a}" for a in est.assumptions]
+    return "\n".join(lines)
+
+
+def plan(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | None = None,
+         n_subsets: int | None = None, n_seeds: int | None = None, workers: int = 1,
+         n_finetunes: int = 2) -> Estimate:
+    """Measure ``task``/``preset`` on this machine and estimate its bank's cost."""
+    from .registry import get_task
+
+    t = get_task(task)
+    spec = override(t.spec(preset), spec_overrides or {})
+    return estimate(spec, measure(spec, t.load, n_finetunes), n_subsets, n_seeds, workers)

@@ -1,0 +1,196 @@
+"""Ground-truth throughput: the worker's fine-tuning loop against the bare training steps.
+
+One subset, as a ground-truth worker runs it (``groundtruth._train_subset``: reload the base
+weights, fine-tune on the subset, the loss of every target, write it), is timed against the
+raw training steps on the same batches (forward, backward, clipping and the AdamW step, from
+the same starting weights: the fine-tuned weights then give bit-identical target losses, which
+the test checks). The subset is then run again part by part (reload the base weights, collate,
+raw steps, evaluate the targets) and overhead = 1 - raw / (sum of the parts), so that both sides
+come from the same pass on a machine whose load varies.
+The worker's one-off start (load the model, tokenise pool and targets) is reported apart and
+amortised over the 50 subsets each of 2 workers builds for a 100-subset bank.
+
+Presets (chatterbot): ``tiny`` in full; ``small`` (SmolLM2-135M, top 2 blocks trained) on a
+reduced pool of 320 (subsets of 32: 4 steps) and 24 targets, as the worker runs it today and
+with the frozen bottom blocks' hidden states cached (``lm.cache_frozen``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tdabench import groundtruth, lm
+from tdabench.runner import load_task
+
+SUBSETS_PER_WORKER = 50  # a 100-subset bank on 2 workers
+SIZES = {  # preset -> (spec overrides, subsets timed) at full and smoke sizes
+    ("tiny", True): ({}, 3),
+    ("tiny", False): ({}, 1),
+    ("small", True): ({"data.n_pool": "320", "data.n_targets": "24"}, 1),
+    ("small", False): ({"data.n_pool": "40", "data.n_targets": "6", "groundtruth.fraction": "0.25"}, 1),
+}
+
+
+class Trainer:
+    """A ground-truth worker's state for one preset, built by ``groundtruth._init_trainer``."""
+
+    def __init__(self, preset: str, full: bool, bank: Path) -> None:
+        overrides, self.n_subsets = SIZES[(preset, full)]
+        _, self.spec, data = load_task("chatterbot", preset, overrides)
+        self.membership = groundtruth.sample_subsets(data, self.spec)
+        (bank / "losses").mkdir(parents=True)
+        self.bank = bank
+        lm.load_base_model(self.spec.model, data.warmup, data.pool)  # built once per cache, not timed
+        start = time.perf_counter()
+        self.state = groundtruth._init_trainer(data, [(self.spec, bank, self.membership, data.targets)])
+        self.init_s = time.perf_counter() - start
+        self.n_examples = len(data.pool) + len(data.targets)
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.state.lm.model
+
+    @property
+    def pad(self) -> int:
+        return self.state.lm.tokenizer.pad_token_id
+
+    def members(self, m: int) -> list[int]:
+        return np.flatnonzero(self.membership[m]).tolist()
+
+    def cache_frozen(self) -> float:
+        """Attach the frozen blocks' hidden states to the measured subsets' examples and the
+        targets (what ``_init_trainer`` would do for the whole pool); returns seconds per
+        example."""
+        job = self.state.banks[0]
+        needed = sorted({i for m in range(self.n_subsets) for i in self.members(m)})
+        start = time.perf_counter()
+        cached = lm.cache_frozen(self.model, self.spec.model, [self.state.pool[i] for i in needed], self.pad)
+        targets = lm.cache_frozen(self.model, self.spec.model, job.targets, self.pad)
+        per_example = (time.perf_counter() - start) / (len(needed) + len(targets))
+        for i, e in zip(needed, cached):
+            self.state.pool[i] = e
+        self.state.banks[0] = replace(job, targets=targets)
+        return per_example
+
+    def subset(self, m: int) -> float:
+        """Seconds for one subset, exactly as the worker runs it."""
+        start = time.perf_counter()
+        groundtruth._train_subset(self.state, (0, m, 0))
+        return time.perf_counter() - start
+
+    def parts(self, m: int) -> dict[str, float]:
+        """The same subset again, part by part: reload, collation, raw steps, evaluation."""
+        model, spec, pad = self.model, self.spec, self.pad
+        out: dict[str, float] = {}
+        start = time.perf_counter()
+        model.load_state_dict(self.state.initial_state)
+        out["reload_s"] = time.perf_counter() - start
+        trained = {id(p) for p in lm.trainable_parameters(model, spec.model)}
+        names = {n for n, p in model.named_parameters() if id(p) in trained}
+        start = time.perf_counter()  # what the reload costs when only the trained weights are reset
+        model.load_state_dict({k: v for k, v in self.state.initial_state.items() if k in names}, strict=False)
+        out["reload_trained_only_s"] = time.perf_counter() - start
+        seed = groundtruth.training_seed(spec, m, 0)
+        start = time.perf_counter()
+        batches = list(lm.training_batches([self.state.pool[i] for i in self.members(m)],
+                                           spec.finetune, seed, pad))
+        out["collate_s"] = time.perf_counter() - start
+        params = lm.trainable_parameters(model, spec.model)
+        optimizer = lm.prepare_training(model, params, spec.finetune)
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        for batch in batches:
+            lm.train_step(model, params, optimizer, batch, spec.finetune.grad_clip)
+        out["raw_s"] = time.perf_counter() - start
+        model.eval()
+        start = time.perf_counter()
+        losses = lm.response_losses(model, self.state.banks[0].targets, pad)
+        out["eval_s"] = time.perf_counter() - start
+        written = np.load(groundtruth._loss_path(self.bank, m, 0))
+        np.testing.assert_array_equal(losses, written)  # same batches, same fine-tune, bit for bit
+        out["tokens"] = float(sum(int(b["attention_mask"].sum()) for b in batches))
+        out["steps"] = float(len(batches))
+        return out
+
+
+def _report(perf: Any, key: str, trainer: Trainer, subset_s: list[float], parts: list[dict[str, float]],
+            one_off_s: float, note: str) -> float:
+    """Summarise the timed subsets; returns the overhead fraction."""
+    mean = {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
+    subset = float(np.mean(subset_s))
+    total = sum(mean[k] for k in ("reload_s", "collate_s", "raw_s", "eval_s"))
+    overhead = 1 - mean["raw_s"] / total
+    amortised = one_off_s / SUBSETS_PER_WORKER
+    values = {"subset_s": subset, **mean, "parts_s": total, "overhead": overhead,
+              "worker_start_s": one_off_s, "worker_start_per_subset_s": amortised,
+              "subsets_timed": len(subset_s), "tokens_per_s": mean["tokens"] / subset,
+              "raw_tokens_per_s": mean["tokens"] / mean["raw_s"], "n_pool_and_targets": trainer.n_examples,
+              "note": note}
+    perf.add("groundtruth", key,
+             f"{key}: {subset:.2f} s/subset as the worker runs it ({values['tokens_per_s']:,.0f} train "
+             f"tok/s); raw steps {mean['raw_s']:.2f} s ({values['raw_tokens_per_s']:,.0f} tok/s); overhead "
+             f"{overhead:.1%} of {total:.2f} s (reload {mean['reload_s'] / total:.1%}, collate "
+             f"{mean['collate_s'] / total:.1%}, eval {mean['eval_s'] / total:.1%}; reloading only the "
+             f"trained weights: {mean['reload_trained_only_s'] / total:.1%}) [target < 15%]; worker "
+             f"start {one_off_s:.1f} s = {amortised:.2f} s/subset over {SUBSETS_PER_WORKER}; {note}",
+             **values)
+    return overhead
+
+
+def _time_subsets(benchmark: Any, trainer: Trainer, first: int) -> tuple[list[float], list[dict[str, float]]]:
+    subsets = iter(range(first, first + trainer.n_subsets))
+    times: dict[int, float] = {}
+
+    def run(m: int) -> None:
+        times[m] = trainer.subset(m)
+
+    benchmark.pedantic(run, setup=lambda: ((next(subsets),), {}), rounds=trainer.n_subsets)
+    return list(times.values()), [trainer.parts(m) for m in times]
+
+
+@pytest.fixture(scope="module")
+def small(perf, tmp_path_factory) -> Trainer:
+    return Trainer("small", perf.full, tmp_path_factory.mktemp("bank-small"))
+
+
+@pytest.mark.benchmark(group="ground truth: one subset")
+def test_tiny_subset(benchmark, perf, tmp_path):
+    trainer = Trainer("tiny", perf.full, tmp_path / "bank")
+    subset_s, parts = _time_subsets(benchmark, trainer, 0)
+    overhead = _report(perf, "chatterbot/tiny", trainer, subset_s, parts, trainer.init_s,
+                       f"800 pool, 100 targets, subsets of {len(trainer.members(0))}")
+    assert 0 < overhead < 1
+
+
+@pytest.mark.slow
+@pytest.mark.benchmark(group="ground truth: one subset")
+def test_small_subset_as_the_worker_runs_it(benchmark, perf, small):
+    subset_s, parts = _time_subsets(benchmark, small, 0)
+    _report(perf, "chatterbot/small", small, subset_s, parts, small.init_s,
+            f"reduced: {small.n_examples - len(small.state.banks[0].targets)} pool, "
+            f"{len(small.state.banks[0].targets)} targets, subsets of {len(small.members(0))}; "
+            "full forward through the 28 frozen blocks")
+
+
+@pytest.mark.slow
+@pytest.mark.benchmark(group="ground truth: one subset")
+def test_small_subset_with_cached_frozen_blocks(benchmark, perf, small):
+    """The same subsets with ``lm.cache_frozen`` applied to pool and targets at worker start
+    (the change proposed for ``groundtruth._init_trainer``); their losses must be those of the
+    uncached fine-tune, which wrote them first."""
+    files = {m: groundtruth._loss_path(small.bank, m, 0) for m in range(small.n_subsets)}
+    uncached = {m: np.load(f) for m, f in files.items() if f.exists()}
+    per_example = small.cache_frozen()
+    subset_s, parts = _time_subsets(benchmark, small, 0)
+    for m, losses in uncached.items():
+        np.testing.assert_allclose(np.load(files[m]), losses, rtol=1e-5)
+    one_off = small.init_s + per_example * small.n_examples
+    _report(perf, "chatterbot/small cached", small, subset_s, parts, one_off,
+            f"reduced as above; frozen-block states {per_example:.3f} s/example, once per worker")
