@@ -75,7 +75,7 @@ def test_run_on_a_local_copy_of_the_paper_data(tmp_path):
     root = write_benchmark(tmp_path / "airrep-test", name="alpaca")
     record, path = runner.run("random", "alpaca", "paper", spec_overrides={"data.options.path": str(root)},
                               results_dir=tmp_path / "results", bank_path=tmp_path / "bank")
-    assert record["bank"]["source"] == "published" and record["metrics"]["lds"]["n_subsets"] == 80  # tests
+    assert record["bank"]["source"] == "published" and record["metrics"]["lds"]["n_subsets"] == 80
     assert path.exists()
 
 
