@@ -212,7 +212,12 @@ class Selection:
         return [r for recs in self.groups.values() for r in recs]
 
     def warnings(self) -> list[str]:
-        out = [f"skipped {path}: {reason}" for path, reason in self.skipped]
+        # other JSON files in a results tree (configs, benchmark figures) get one line, not one each
+        foreign = [path for path, reason in self.skipped if reason.startswith("not a tdabench result")]
+        out = [f"skipped {path}: {reason}" for path, reason in self.skipped if path not in foreign]
+        if foreign:
+            names = ", ".join(str(p) for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            out.append(f"skipped {len(foreign)} JSON file(s) that are not result records ({names})")
         for (task, preset), others in self.stale.items():
             shown = self.spec_hashes[(task, preset)]
             for spec, n, newest in others:
