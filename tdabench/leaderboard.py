@@ -298,6 +298,15 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+def is_reference(method: str) -> bool:
+    """Whether a method is a reference (its class sets ``REFERENCE = True``: e.g. a datamodel,
+    whose cost is retraining, not inference) rather than an attribution method to rank."""
+    try:
+        return bool(getattr(get_method(method), "REFERENCE", False))
+    except Exception:  # not installed: an ordinary method
+        return False
+
+
 def _config_defaults(method: str) -> tuple[list[str], dict[str, Any]] | None:
     """Field names (in order) and default values of a method's Config; None if the method is
     not installed (or its Config cannot be built with defaults)."""

@@ -168,12 +168,17 @@ def plot_pareto(df: pd.DataFrame, colors: dict[str, Any]) -> Figure:
     """LDS against inference time per target on a log axis, one panel per task; the Pareto
     front (maximise LDS, minimise time) is a step line. Its points are numbered by time (up and
     to the left of each, a region no point can occupy, or it would be on the front instead) and
-    named under the panel."""
+    named under the panel. Reference methods (a datamodel: its cost is retraining) are dashed
+    horizontal lines, off the front."""
     groups = _groups(df)
     fig = Figure(figsize=(WIDTH, 2.3 * len(groups) + 0.5), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
+    references = {m for m in df["method"].unique() if leaderboard.is_reference(m)}
     for ax, (title, g) in zip(axes, groups):
+        for _, r in g[g["method"].isin(references)].iterrows():  # no inference cost to place
+            ax.axhline(r["lds"], color=colors[r["method"]], lw=0.9, ls="--", zorder=1)
+        g = g[~g["method"].isin(references)]
         ms = g["score_per_target_s"].to_numpy() * 1e3
         # a time below the clock's resolution (0) is drawn at a floor, not dropped off a log axis
         positive = ms[ms > 0]
@@ -201,7 +206,8 @@ def plot_pareto(df: pd.DataFrame, colors: dict[str, Any]) -> Figure:
         ax.set_ylabel("LDS")
         ax.grid(lw=0.3, alpha=0.5)
     shown = sorted(set(df["method"]))
-    handles = [Line2D([], [], ls="", marker="o", ms=3.5, color=colors[m], label=m) for m in shown]
+    handles = [Line2D([], [], ls="--", lw=0.9, color=colors[m], label=f"{m} (reference)") if m in references
+               else Line2D([], [], ls="", marker="o", ms=3.5, color=colors[m], label=m) for m in shown]
     handles.append(Line2D([], [], color="black", lw=0.8, marker="o", ms=6, mfc="none", mec="black",
                           mew=0.7, label="Pareto front"))
     fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False,

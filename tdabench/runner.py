@@ -310,7 +310,7 @@ def summary(record: dict[str, Any]) -> str:
     ]
     if "ci95_subsets" in m["lds"]:
         slo, shi = m["lds"]["ci95_subsets"]
-        lines.append(f"{'':<23} over subsets [{slo:+.4f}, {shi:+.4f}]")
+        lines.append(f"{'':<28} over subsets [{slo:+.4f}, {shi:+.4f}]")
     ceiling = record.get("bank", {}).get("noise_ceiling")
     if ceiling:
         clo, chi = ceiling["ceiling_ci95"]
