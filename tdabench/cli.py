@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import registry, runner
+from . import metrics, registry, runner
 from .data import DataError
 from .groundtruth import BankMismatch
 from .method import MissingDependency
@@ -161,7 +161,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from . import leaderboard
 
-    selection = leaderboard.load(args.results or [Path("results")], [args.task], args.spec)
+    selection = leaderboard.load(args.results or _default_roots(), [args.task], args.spec)
     records = {}
     for name in (args.a, args.b):
         found = [r for r in selection.records if selection.labels.get(r.path, r.method) == name
@@ -171,7 +171,9 @@ def cmd_compare(args: argparse.Namespace) -> None:
             raise ValueError(f"{len(found)} records match {name!r} for {args.task}; "
                              f"choose one of: {', '.join(have)}")
         records[name] = found[0].path
-    out = runner.compare(records[args.a], records[args.b], args.n_boot)
+    from .compare import compare
+
+    out = compare(records[args.a], records[args.b], args.n_boot)
     print(f"{args.a} - {args.b} on {args.task}: LDS {out['lds_a']:+.4f} - {out['lds_b']:+.4f} "
           f"= {out['lds_a'] - out['lds_b']:+.4f} (paired bootstrap)")
     for key in ("over_targets", "over_subsets"):
@@ -187,10 +189,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"trained {args.method} for {args.task}/{args.preset}: {path}")
 
 
+def _default_roots() -> list[Path]:
+    """The record trees read when no --results is given: the reference set (``./results``,
+    where it exists) and the user's results (where ``tdabench run`` writes)."""
+    from .record import REFERENCE_RESULTS, user_results_dir
+
+    roots = [root for root in (REFERENCE_RESULTS, user_results_dir()) if root.is_dir()]
+    return roots or [REFERENCE_RESULTS]
+
+
 def _load_records(args: argparse.Namespace):
     from . import leaderboard
 
-    selection = leaderboard.load(args.results or [Path("results")], args.task, args.spec)
+    selection = leaderboard.load(args.results or _default_roots(), args.task, args.spec)
     for warning in selection.warnings():
         print(f"tdabench: warning: {warning}", file=sys.stderr)
     return selection
@@ -214,8 +225,10 @@ def cmd_plot(args: argparse.Namespace) -> None:
         print(path)
 
 def _add_records_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
-                   help="directory trees of result records, merged (default: ./results)")
+    p.add_argument("--results", "--results-dir", dest="results", type=Path, nargs="+",
+                   action="extend", default=[], metavar="DIR",
+                   help="directory trees of result records, merged (default: ./results where it "
+                        "exists and the user results, $TDABENCH_RESULTS or $TDABENCH_CACHE/results)")
     p.add_argument("--task", nargs="+", action="extend", default=[], metavar="TASK",
                    help="only these tasks (TASK or TASK/PRESET; default: all)")
     p.add_argument("--spec", nargs="+", action="extend", default=[], metavar="HASH",
@@ -227,7 +240,9 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     configs = {}
     if args.configs.exists():
         configs = {k: v for k, v in json.loads(args.configs.read_text()).items() if not k.startswith("_")}
-    written = runner.reproduce(args.preset, args.task or None, args.method or None, configs,
+    from .reproduce import reproduce
+
+    written = reproduce(args.preset, args.task or None, args.method or None, configs,
                                args.results_dir, args.workers)
     print(f"{len(written)} new record(s) under {args.results_dir}")
 
@@ -277,9 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one method on one task and write its result record")
     _add_method_args(p)
-    p.add_argument("--results-dir", type=Path, default=Path("results"),
-                   help="where result records go (default: ./results)")
-    p.add_argument("--group-score", choices=["sum", "attention"], default=None,
+    p.add_argument("--results-dir", type=Path, default=None,
+                   help="where result records go (default: $TDABENCH_RESULTS, else "
+                        "$TDABENCH_CACHE/results; the reference set ./results is written only by "
+                        "`tdabench reproduce` or when named here)")
+    p.add_argument("--group-score", choices=sorted(metrics.GROUP_SCORES), default=None,
                    help="force this group score (default: the method's own, else the sum)")
     _add_correlation_arg(p)
     p.set_defaults(func=cmd_run)
@@ -288,8 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(p)
     p.add_argument("--grid", action="append", default=[], required=True, metavar="FIELD=V1,V2",
                    help="config values to try, e.g. --grid similarity=dot,cosine (repeatable)")
-    p.add_argument("--results-dir", type=Path, default=Path("results"),
-                   help="the trials go to RESULTS_DIR/TASK/PRESET/tuning/METHOD.csv")
+    p.add_argument("--results-dir", type=Path, default=None,
+                   help="the trials go to RESULTS_DIR/TASK/PRESET/tuning/METHOD.csv (default: "
+                        "the user results, as for run)")
     _add_correlation_arg(p)
     p.set_defaults(func=cmd_tune)
 
@@ -297,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="method (or leaderboard label) A")
     p.add_argument("b", help="method (or leaderboard label) B")
     p.add_argument("--task", required=True, help="TASK or TASK/PRESET")
-    p.add_argument("--results", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
-                   help="directory trees of result records (default: ./results)")
+    p.add_argument("--results", "--results-dir", dest="results", type=Path, nargs="+",
+                   action="extend", default=[], metavar="DIR",
+                   help="directory trees of result records (default: as for leaderboard)")
     p.add_argument("--spec", nargs="+", action="extend", default=[], metavar="HASH",
                    help="the spec hash (or prefix) to compare on (default: the newest)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
@@ -310,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", nargs="+", action="extend", default=[], help="only these methods")
     p.add_argument("--configs", type=Path, default=Path("results/configs.json"),
                    help="method config overrides, JSON {method: {field: value}} (default: %(default)s)")
-    p.add_argument("--results-dir", type=Path, default=Path("results"))
+    p.add_argument("--results-dir", type=Path, default=Path("results"),
+                   help="where the reference records go (default: %(default)s)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.set_defaults(func=cmd_reproduce)
 

@@ -16,7 +16,6 @@ the newest is kept and the others are reported.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import math
@@ -30,7 +29,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .registry import get_method
+from .record import Record, RecordError
+from .record import load as load_record
 
 PHASES = ("train", "fit", "score", "score_groups")
 FORMATS = ("markdown", "csv", "latex")
@@ -39,11 +39,12 @@ MIB = 2**20
 # The columns of :func:`table`, in order (also the header of the csv output).
 COLUMNS = [
     "task", "preset", "spec_hash", "protocol_hash", "label", "method", "config_hash", "seed",
-    "lds", "lds_ci_low", "lds_ci_high", "lds_ci_subsets_low", "lds_ci_subsets_high",
+    "reference", "lds", "lds_ci_low", "lds_ci_high", "lds_ci_subsets_low", "lds_ci_subsets_high",
     "noise_ceiling", "noise_ceiling_low", "noise_ceiling_high", "recall_at_1", "recall_at_1_chance",
-    "recall_at_10", "recall_at_10_chance", "train_s", "fit_s", "score_per_target_s",
+    "recall_at_10", "recall_at_10_chance", "train_s", "train_cached", "fit_s", "score_per_target_s",
     "peak_rss_bytes", "cuda_peak_bytes", "storage_bytes", "storage_memory_bytes",
-    "storage_disk_bytes", "n_targets", "n_subsets", "created", "path", "best",
+    "storage_disk_bytes", "n_targets", "n_subsets", "host", "commit", "commit_dirty", "created",
+    "path", "best",
 ]
 # Columns whose best value is marked within each (task, preset): higher or lower is better.
 BEST = {
@@ -52,58 +53,49 @@ BEST = {
     "storage_bytes": "min",
 }
 
-_NUMBER = (int, float)
-# dotted key -> expected type; what a record must have to be put on a leaderboard.
-_REQUIRED: dict[str, Any] = {
-    "task": str, "preset": str, "spec_hash": str, "method": str, "config": dict,
-    "config_hash": str, "seed": int, "created": str,
-    "metrics.lds.mean": _NUMBER, "metrics.lds.ci95": list,
-    "metrics.recall@1.value": _NUMBER, "metrics.recall@10.value": _NUMBER,
-    "cost.fit.wall_s": _NUMBER, "cost.score.wall_s": _NUMBER, "cost.score_per_target_s": _NUMBER,
-    "per_target_lds": list,
-}
 
 
 # ----------------------------------------------------------------------------- reading records
 
 @dataclass
-class Record:
-    """One valid result record and where it was read from."""
+class Entry:
+    """One readable result record and where it was read from."""
 
     path: Path
-    data: dict[str, Any]
-    created: dt.datetime
+    record: Record
+
+    @property
+    def created(self) -> dt.datetime:
+        return self.record.created_at
 
     @property
     def task(self) -> str:
-        return self.data["task"]
+        return self.record.task
 
     @property
     def preset(self) -> str:
-        return self.data["preset"]
+        return self.record.preset
 
     @property
     def spec_hash(self) -> str:
-        return self.data["spec_hash"]
+        return self.record.spec_hash
 
     @property
     def bank_key(self) -> str:
-        """What records must share to be ranked together: the spec hash and, for records that
-        declare one, the evaluation protocol's hash (``SPEC/PROTOCOL``)."""
-        protocol = self.data.get("protocol_hash")
-        return f"{self.spec_hash}/{protocol}" if protocol else self.spec_hash
+        """What records must share to be ranked together: ``SPEC/PROTOCOL`` hashes."""
+        return f"{self.spec_hash}/{self.record.protocol_hash}"
 
     @property
     def method(self) -> str:
-        return self.data["method"]
+        return self.record.method
 
     @property
     def config_hash(self) -> str:
-        return self.data["config_hash"]
+        return self.record.config_hash
 
     @property
     def seed(self) -> int:
-        return self.data["seed"]
+        return self.record.seed
 
     @property
     def order(self) -> tuple[dt.datetime, str]:
@@ -111,58 +103,10 @@ class Record:
         return self.created, str(self.path)
 
 
-def _get(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not isinstance(obj, dict) or part not in obj:
-            raise KeyError(dotted)
-        obj = obj[part]
-    return obj
-
-
-def _is_number(x: Any) -> bool:
-    return isinstance(x, _NUMBER) and not isinstance(x, bool)
-
-
-def parse_created(text: str) -> dt.datetime:
-    """An ISO timestamp as an aware datetime (naive ones are taken as UTC)."""
-    when = dt.datetime.fromisoformat(text)
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
-
-
-def validate(obj: Any) -> str | None:
-    """Why ``obj`` (parsed JSON) is not a usable tdabench result record; None if it is one."""
-    if not isinstance(obj, dict):
-        return f"not a tdabench result record (a JSON {type(obj).__name__}, not an object)"
-    if "spec_hash" not in obj or "metrics" not in obj:
-        return "not a tdabench result record (no spec_hash or metrics)"
-    for key, kind in _REQUIRED.items():
-        try:
-            value = _get(obj, key)
-        except KeyError:
-            return f"incomplete record: no {key}"
-        if kind is _NUMBER:
-            ok = _is_number(value)
-        else:
-            ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if not ok:
-            expected = "number" if kind is _NUMBER else kind.__name__
-            return f"bad record: {key} is {type(value).__name__}, expected {expected}"
-    ci = obj["metrics"]["lds"]["ci95"]
-    if len(ci) != 2 or not all(_is_number(x) for x in ci):
-        return "bad record: metrics.lds.ci95 is not a pair of numbers"
-    if not all(_is_number(x) for x in obj["per_target_lds"]):
-        return "bad record: per_target_lds holds non-numbers"
-    try:
-        parse_created(obj["created"])
-    except ValueError:
-        return f"bad record: created {obj['created']!r} is not an ISO timestamp"
-    return None
-
-
-def read_records(roots: Iterable[Path | str]) -> tuple[list[Record], list[tuple[Path, str]]]:
-    """Every valid record under ``roots`` (directories, or single .json files), and the files
-    (or roots) skipped with the reason. A file reached through two roots is read once."""
-    records: list[Record] = []
+def read_records(roots: Iterable[Path | str]) -> tuple[list[Entry], list[tuple[Path, str]]]:
+    """Every readable record under ``roots`` (directories, or single .json files), and the
+    files (or roots) skipped with the reason. A file reached through two roots is read once."""
+    records: list[Entry] = []
     skipped: list[tuple[Path, str]] = []
     seen: set[Path] = set()
     for root in roots:
@@ -180,15 +124,9 @@ def read_records(roots: Iterable[Path | str]) -> tuple[list[Record], list[tuple[
                 continue
             seen.add(real)
             try:
-                obj = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-                skipped.append((path, f"not readable JSON ({err})"))
-                continue
-            reason = validate(obj)
-            if reason:
-                skipped.append((path, reason))
-            else:
-                records.append(Record(path, obj, parse_created(obj["created"])))
+                records.append(Entry(path, load_record(path)))
+            except RecordError as err:
+                skipped.append((path, str(err)))
     return records, skipped
 
 
@@ -198,17 +136,17 @@ def read_records(roots: Iterable[Path | str]) -> tuple[list[Record], list[tuple[
 class Selection:
     """The records to show, grouped by (task, preset), and what was left out and why."""
 
-    groups: dict[tuple[str, str], list[Record]]
+    groups: dict[tuple[str, str], list[Entry]]
     spec_hashes: dict[tuple[str, str], str]
     # (task, preset) -> the other spec hashes seen, with their record counts and newest time
     stale: dict[tuple[str, str], list[tuple[str, int, dt.datetime]]] = field(default_factory=dict)
-    duplicates: list[tuple[Record, Record]] = field(default_factory=list)  # (kept, dropped)
+    duplicates: list[tuple[Entry, Entry]] = field(default_factory=list)  # (kept, dropped)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     labels: dict[Path, str] = field(default_factory=dict)  # record path -> row label
     hidden_configs: dict[Path, str] = field(default_factory=dict)  # non-default config, no label
 
     @property
-    def records(self) -> list[Record]:
+    def records(self) -> list[Entry]:
         return [r for recs in self.groups.values() for r in recs]
 
     def warnings(self) -> list[str]:
@@ -232,11 +170,11 @@ class Selection:
         return out
 
 
-def _matches(record: Record, tasks: Sequence[str]) -> bool:
+def _matches(record: Entry, tasks: Sequence[str]) -> bool:
     return any(t in (record.task, f"{record.task}/{record.preset}") for t in tasks)
 
 
-def select(records: Sequence[Record], tasks: Sequence[str] | None = None,
+def select(records: Sequence[Entry], tasks: Sequence[str] | None = None,
            specs: Sequence[str] | None = None,
            skipped: Sequence[tuple[Path, str]] = ()) -> Selection:
     """Group ``records`` by (task, preset, spec hash) and pick one spec hash per (task, preset):
@@ -249,7 +187,7 @@ def select(records: Sequence[Record], tasks: Sequence[str] | None = None,
             raise ValueError(f"no records for task(s) {', '.join(tasks)}; records exist for: "
                              f"{', '.join(have) or 'none'}")
         records = kept
-    by_spec: dict[tuple[str, str], dict[str, list[Record]]] = defaultdict(lambda: defaultdict(list))
+    by_spec: dict[tuple[str, str], dict[str, list[Entry]]] = defaultdict(lambda: defaultdict(list))
     for r in records:
         by_spec[(r.task, r.preset)][r.bank_key].append(r)
     for spec in specs or ():
@@ -269,7 +207,7 @@ def select(records: Sequence[Record], tasks: Sequence[str] | None = None,
                          if h != shown), key=lambda item: item[2], reverse=True)
         if others:
             sel.stale[key] = others
-        newest: dict[tuple[str, str, int], Record] = {}
+        newest: dict[tuple[str, str, int], Entry] = {}
         for r in sorted(hashes[shown], key=lambda r: r.order, reverse=True):
             ident = (r.method, r.config_hash, r.seed)
             if ident in newest:
@@ -298,34 +236,11 @@ def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def is_reference(method: str) -> bool:
-    """Whether a method is a reference (its class sets ``REFERENCE = True``: e.g. a datamodel,
-    whose cost is retraining, not inference) rather than an attribution method to rank."""
-    try:
-        return bool(getattr(get_method(method), "REFERENCE", False))
-    except Exception:  # not installed: an ordinary method
-        return False
-
-
-def _config_defaults(method: str) -> tuple[list[str], dict[str, Any]] | None:
-    """Field names (in order) and default values of a method's Config; None if the method is
-    not installed (or its Config cannot be built with defaults)."""
-    try:
-        config_cls = get_method(method).Config
-        names = [f.name for f in dataclasses.fields(config_cls)]
-        return names, _plain(dataclasses.asdict(config_cls()))
-    except Exception:  # not installed, an optional dependency missing, no defaults: fall back
-        return None
-
-
-def config_diff(method: str, config: dict[str, Any]) -> list[tuple[str, Any]] | None:
-    """The fields of ``config`` that differ from ``method``'s Config defaults, in field order
-    (fields the Config no longer has count as differing); None if the method is not installed."""
-    return _diff(_config_defaults(method), config)
-
-
 def _diff(known: tuple[list[str], dict[str, Any]] | None,
           config: dict[str, Any]) -> list[tuple[str, Any]] | None:
+    """The fields of ``config`` that differ from the defaults in ``known`` (field names in
+    order, defaults: stored in the record), in field order; fields the defaults lack count as
+    differing. None where the record stores no defaults (schema 2)."""
     if known is None:
         return None
     names, defaults = known
@@ -340,22 +255,24 @@ def _format_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def _labels(groups: dict[tuple[str, str], list[Record]]) -> tuple[dict[Path, str], dict[Path, str]]:
+def _labels(groups: dict[tuple[str, str], list[Entry]]) -> tuple[dict[Path, str], dict[Path, str]]:
     """Row label of every record: the method name, with its non-default config fields when the
     method appears with several configs among the records shown (the same config gets the same
     label in every group), and the seed when one config was run with several seeds in a group.
     Also the non-default configs that a plain label hides, for a footnote."""
-    records = [r for recs in groups.values() for r in recs]
+    records = sorted((r for recs in groups.values() for r in recs), key=lambda r: r.order)
     configs: dict[str, dict[str, dict]] = defaultdict(dict)  # method -> config hash -> config
+    known: dict[str, tuple[list[str], dict[str, Any]] | None] = {}  # from the newest record
     for r in records:
-        configs[r.method][r.config_hash] = r.data["config"]
+        configs[r.method][r.config_hash] = r.record.config
+        info = r.record.method_info
+        known[r.method] = (info.config_fields, info.config_defaults) if info else None
     base: dict[tuple[str, str], str] = {}
     hidden: dict[tuple[str, str], str] = {}
     for method, by_hash in configs.items():
         names = {}
-        known = _config_defaults(method)
         for h, config in by_hash.items():
-            diff = _diff(known, config)
+            diff = _diff(known[method], config)
             text = ", ".join(f"{k}={_format_value(v)}" for k, v in diff) if diff else ""
             if len(by_hash) == 1:
                 names[h] = method
@@ -389,59 +306,49 @@ def _labels(groups: dict[tuple[str, str], list[Record]]) -> tuple[dict[Path, str
 
 # ----------------------------------------------------------------------------- the table
 
-def _phase_max(cost: dict[str, Any], key: str) -> float:
-    values = [cost[p][key] for p in PHASES
-              if isinstance(cost.get(p), dict) and _is_number(cost[p].get(key))]
-    return float(max(values)) if values else math.nan
-
-
-def _number(x: Any) -> float:
-    return float(x) if _is_number(x) else math.nan
-
-
-def row(record: Record, label: str | None = None) -> dict[str, Any]:
+def row(entry: Entry, label: str | None = None) -> dict[str, Any]:
     """The leaderboard row of one record (base units: seconds and bytes)."""
-    d = record.data
-    m, c = d["metrics"], d["cost"]
-    storage = c.get("storage_bytes") if isinstance(c.get("storage_bytes"), dict) else {}
-    memory, disk = _number(storage.get("memory")), _number(storage.get("disk"))
-    train = c.get("train") if isinstance(c.get("train"), dict) else {}
-    r1, r10 = m["recall@1"], m["recall@10"]
-    by_subsets = m["lds"].get("ci95_subsets") or [math.nan, math.nan]
-    ceiling = (d.get("bank") or {}).get("noise_ceiling") or {}
-    ceiling_ci = ceiling.get("ceiling_ci95") or [math.nan, math.nan]
+    r = entry.record
+    lds, c = r.metrics.lds, r.cost
+    train = c.phases.get("train")
+    by_subsets = lds.ci95_subsets or [math.nan, math.nan]
+    ceiling = r.bank.noise_ceiling
+    ceiling_ci = ceiling.ceiling_ci95 if ceiling else [math.nan, math.nan]
+    cuda = [p.cuda_peak_bytes for p in c.phases.values() if p.cuda_peak_bytes is not None]
     return {
-        "task": record.task, "preset": record.preset, "spec_hash": record.spec_hash,
-        "protocol_hash": d.get("protocol_hash"),
-        "label": label or record.method, "method": record.method,
-        "config_hash": record.config_hash, "seed": record.seed,
-        "lds": float(m["lds"]["mean"]), "lds_ci_low": float(m["lds"]["ci95"][0]),
-        "lds_ci_high": float(m["lds"]["ci95"][1]),
-        "lds_ci_subsets_low": _number(by_subsets[0]), "lds_ci_subsets_high": _number(by_subsets[1]),
-        "noise_ceiling": _number(ceiling.get("ceiling")),
-        "noise_ceiling_low": _number(ceiling_ci[0]), "noise_ceiling_high": _number(ceiling_ci[1]),
-        "recall_at_1": float(r1["value"]), "recall_at_1_chance": _number(r1.get("chance")),
-        "recall_at_10": float(r10["value"]), "recall_at_10_chance": _number(r10.get("chance")),
-        "train_s": _number(train.get("wall_s")), "fit_s": float(c["fit"]["wall_s"]),
-        "score_per_target_s": float(c["score_per_target_s"]),
-        "peak_rss_bytes": _phase_max(c, "peak_rss_bytes"),
-        "cuda_peak_bytes": _phase_max(c, "cuda_peak_bytes"),
-        "storage_bytes": float(np.nansum([memory, disk])) if storage else math.nan,
-        "storage_memory_bytes": memory, "storage_disk_bytes": disk,
-        "n_targets": m["lds"].get("n_targets", len(d["per_target_lds"])),
-        "n_subsets": m["lds"].get("n_subsets"),
-        "created": record.created.isoformat(), "path": str(record.path),
+        "task": r.task, "preset": r.preset, "spec_hash": r.spec_hash, "protocol_hash": r.protocol_hash,
+        "label": label or r.method, "method": r.method, "config_hash": r.config_hash, "seed": r.seed,
+        "reference": bool(r.method_info and r.method_info.reference),
+        "lds": lds.mean, "lds_ci_low": lds.ci95[0], "lds_ci_high": lds.ci95[1],
+        "lds_ci_subsets_low": by_subsets[0], "lds_ci_subsets_high": by_subsets[1],
+        "noise_ceiling": ceiling.ceiling if ceiling else math.nan,
+        "noise_ceiling_low": ceiling_ci[0], "noise_ceiling_high": ceiling_ci[1],
+        "recall_at_1": r.metrics.recall[1].value, "recall_at_1_chance": r.metrics.recall[1].chance,
+        "recall_at_10": r.metrics.recall[10].value, "recall_at_10_chance": r.metrics.recall[10].chance,
+        "train_s": train.wall_s if train else math.nan, "train_cached": bool(train and train.cached),
+        "fit_s": c.phases["fit"].wall_s, "score_per_target_s": c.score_per_target_s,
+        "peak_rss_bytes": float(max(p.peak_rss_bytes for p in c.phases.values())),
+        "cuda_peak_bytes": float(max(cuda)) if cuda else math.nan,
+        "storage_bytes": float(c.storage.memory + c.storage.disk),
+        "storage_memory_bytes": float(c.storage.memory), "storage_disk_bytes": float(c.storage.disk),
+        "n_targets": lds.n_targets, "n_subsets": lds.n_subsets,
+        "host": r.host.hostname or r.host.platform, "commit": r.code.commit,
+        "commit_dirty": r.code.dirty, "created": entry.created.isoformat(), "path": str(entry.path),
     }
 
 
 def best_flags(df: pd.DataFrame) -> pd.DataFrame:
-    """True where a row holds the best value of a :data:`BEST` column among the rows of its
-    (task, preset); ties are all marked. A column is marked only where at least two rows have a
-    value and the values are not all equal."""
+    """True where a row holds the best value of a :data:`BEST` column among the ranked rows of
+    its (task, preset); ties are all marked. Reference rows and cached phases are never ranked.
+    A column is marked only where at least two rows have a value and they are not all equal."""
     flags = pd.DataFrame(False, index=df.index, columns=list(BEST))
-    for _, group in df.groupby(["task", "preset"], sort=False):
+    ranked = df[~df["reference"].astype(bool)]
+    for _, group in ranked.groupby(["task", "preset"], sort=False):
         for col, how in BEST.items():
-            values = group[col].astype(float).dropna()
+            values = group[col].astype(float)
+            if col == "train_s":
+                values = values[~group["train_cached"].astype(bool)]
+            values = values.dropna()
             if len(values) < 2 or np.isclose(values.min(), values.max(), rtol=1e-12, atol=0):
                 continue
             best = values.max() if how == "max" else values.min()
@@ -451,12 +358,13 @@ def best_flags(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def table(selection: Selection) -> pd.DataFrame:
-    """One row per shown record, sorted by task, preset and LDS (best first); ``best`` lists
-    (``;``-separated) the columns in which the row is best within its task."""
+    """One row per shown record, sorted by task, preset, ranked before reference rows, and LDS
+    (best first); ``best`` lists (``;``-separated) the columns in which the row is best within
+    its task."""
     rows = [row(r, selection.labels.get(r.path)) for r in selection.records]
     df = pd.DataFrame(rows, columns=COLUMNS[:-1])
-    df = df.sort_values(["task", "preset", "lds", "label"], ascending=[True, True, False, True],
-                        kind="stable").reset_index(drop=True)
+    df = df.sort_values(["task", "preset", "reference", "lds", "label"],
+                        ascending=[True, True, True, False, True], kind="stable").reset_index(drop=True)
     flags = best_flags(df)
     df["best"] = [";".join(c for c in BEST if flags.at[i, c]) for i in df.index]
     return df
@@ -464,10 +372,32 @@ def table(selection: Selection) -> pd.DataFrame:
 
 def lds_matrix(df: pd.DataFrame) -> pd.DataFrame:
     """LDS as methods (row labels) x tasks (``task/preset``), rows by mean LDS over the tasks
-    each was run on."""
+    each was run on, reference methods after the ranked ones."""
     wide = df.assign(column=df["task"] + "/" + df["preset"]).pivot_table(
         index="label", columns="column", values="lds", aggfunc="first")
-    return wide.loc[wide.mean(axis=1).sort_values(ascending=False, kind="stable").index]
+    reference = df.groupby("label")["reference"].any().reindex(wide.index)
+    order = pd.DataFrame({"reference": reference, "mean": -wide.mean(axis=1)})
+    return wide.loc[order.sort_values(["reference", "mean"], kind="stable").index]
+
+
+def shown_label(label: str, reference: bool) -> str:
+    """A row label as tables show it: reference rows say so."""
+    return f"{label} (reference)" if reference else label
+
+
+def _provenance(g: pd.DataFrame) -> str:
+    """Where a block's rows were made: host, commit and dates, per (host, commit) group."""
+    parts = []
+    groups = list(g.groupby(["host", g["commit"].fillna("unknown"), g["commit_dirty"].fillna(False)],
+                            sort=False))
+    for (host, commit, dirty), rows in groups:
+        dates = sorted({c[:10] for c in rows["created"]})
+        when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+        text = (f"{host}, commit {commit[:10]}{' + uncommitted changes' if dirty else ''}, {when}")
+        if len(groups) > 1:
+            text += ": " + ", ".join(rows["label"])
+        parts.append(text)
+    return "made on " + "; ".join(parts)
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -528,7 +458,9 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
             cells, marks = [], []
             for header, col, fmt in cols:
                 if header == "method":
-                    cells.append(r["label"])
+                    cells.append(shown_label(r["label"], r["reference"]))
+                elif col == "train_s" and r["train_cached"]:
+                    cells.append("cached")
                 elif header == "95% CI":
                     cells.append(f"[{r['lds_ci_low']:+.3f}, {r['lds_ci_high']:+.3f}]")
                 elif header == "CI over subsets":
@@ -549,6 +481,7 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
         if not math.isnan(first["noise_ceiling"]):
             note += (f"; noise ceiling (highest LDS the ground truth allows) {first['noise_ceiling']:.3f} "
                      f"[{first['noise_ceiling_low']:.3f}, {first['noise_ceiling_high']:.3f}]")
+        note += "; " + _provenance(g)
         blocks.append(_Shown(f"{task}/{preset}", note, [c[0] for c in cols], rows, bold, footnotes))
     return blocks
 
@@ -557,10 +490,12 @@ def _overview(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[b
     wide = lds_matrix(df)
     ci = {(t, lab): (lo, hi) for t, lab, lo, hi in zip(
         df["task"] + "/" + df["preset"], df["label"], df["lds_ci_low"], df["lds_ci_high"])}
-    best = {c: wide[c].max() for c in wide.columns}
+    reference = df.groupby("label")["reference"].any()
+    ranked = wide[~reference.reindex(wide.index).to_numpy()]
+    best = {c: ranked[c].max() for c in wide.columns}
     rows, bold = [], []
     for label, values in wide.iterrows():
-        cells, marks = [label], [False]
+        cells, marks = [shown_label(label, reference[label])], [False]
         for column, value in values.items():
             if math.isnan(value):
                 cells.append("–")
@@ -568,7 +503,8 @@ def _overview(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[b
             else:
                 lo, hi = ci[(column, label)]
                 cells.append(f"{value:+.3f} [{lo:+.3f}, {hi:+.3f}]")
-                marks.append(bool(wide[column].notna().sum() > 1 and value == best[column]))
+                marks.append(bool(not reference[label] and ranked[column].notna().sum() > 1
+                                  and value == best[column]))
         rows.append(cells)
         bold.append(marks)
     ceilings = df.assign(column=df["task"] + "/" + df["preset"]).groupby("column").first()
@@ -623,7 +559,9 @@ def render(df: pd.DataFrame, fmt: str = "markdown", selection: Selection | None 
     out: list[str] = []
     costs = ("Costs are wall-clock times and memory on the machine that wrote each record; "
              "storage is what the method holds in memory plus writes to disk. Best per column "
-             "in bold.")
+             "in bold. Reference rows (a datamodel: its cost is retraining) are set apart and never "
+             "ranked; a cached phase loaded what an earlier run made, so its time is not shown "
+             "or ranked.")
     if fmt == "markdown":
         if len(blocks) > 1:
             out += ["## LDS by task (95% CI)", "", *_md_table(*_overview(df)), ""]

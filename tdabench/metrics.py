@@ -34,6 +34,21 @@ def attention_pooled_group_scores(scores: np.ndarray, membership: np.ndarray) ->
     return out
 
 
+# Group scores by name (``tdabench run --group-score NAME``): the function (T, N) scores x (M, N)
+# membership -> (T, M), and the description a record states. Adding a pooling is one line here.
+GROUP_SCORES = {
+    "sum": (sum_group_scores, "sum of per-example scores over the subset"),
+    "attention": (attention_pooled_group_scores,
+                  "attention pooling of per-example scores (softmax of |s| over the subset)"),
+}
+
+
+def check_group_score(name: str) -> None:
+    """Refuse a group score that :data:`GROUP_SCORES` does not name, listing those it does."""
+    if name not in GROUP_SCORES:
+        raise ValueError(f"group_score must be one of {', '.join(GROUP_SCORES)}, not {name!r}")
+
+
 CORRELATIONS = ("spearman", "kendall", "pearson")
 
 

@@ -174,7 +174,7 @@ def plot_pareto(df: pd.DataFrame, colors: dict[str, Any]) -> Figure:
     fig = Figure(figsize=(WIDTH, 2.3 * len(groups) + 0.5), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
-    references = {m for m in df["method"].unique() if leaderboard.is_reference(m)}
+    references = set(df.loc[df["reference"].astype(bool), "method"])
     for ax, (title, g) in zip(axes, groups):
         for _, r in g[g["method"].isin(references)].iterrows():  # no inference cost to place
             ax.axhline(r["lds"], color=colors[r["method"]], lw=0.9, ls="--", zorder=1)
@@ -218,7 +218,7 @@ def plot_pareto(df: pd.DataFrame, colors: dict[str, Any]) -> Figure:
 def plot_all(selection: leaderboard.Selection, out_dir: Path | str) -> list[Path]:
     """Draw the three figures for the records in ``selection``; returns the files written."""
     df = leaderboard.table(selection)
-    per_target = {str(r.path): r.data["per_target_lds"] for r in selection.records}
+    per_target = {str(r.path): r.record.per_target_lds for r in selection.records}
     colors = method_colors(df["method"])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

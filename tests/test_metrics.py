@@ -42,18 +42,22 @@ def test_lds_rejects_mismatched_shapes():
 
 
 def test_sign_convention_true_effects_score_one():
-    """Scores equal to each example's true loss reduction give LDS 1; negated, -1."""
+    """Losses made by a loop over each subset's members (no matrix product), through a
+    monotone but non-linear loss: scores equal to each example's true loss reduction rank the
+    subsets exactly as the labels do (LDS 1); negated, -1; unrelated scores, about 0."""
     rng = np.random.default_rng(1)
     T, N, M, k = 8, 40, 25, 10
     effect = rng.normal(size=(T, N))  # how much example n lowers target t's loss
-    subsets = np.stack([rng.choice(N, k, replace=False) for _ in range(M)])
-    ind = np.zeros((M, N))
-    np.put_along_axis(ind, subsets, 1.0, axis=1)
-    losses = 5.0 - effect @ ind.T  # (T, M): more helpful examples -> lower loss
-    labels = -losses
-    groups = metrics.sum_group_scores(effect, ind)
-    assert metrics.lds(groups, labels) == pytest.approx(1.0)
+    subsets = [rng.choice(N, k, replace=False) for _ in range(M)]
+    losses = np.array([[np.exp(-0.1 * sum(effect[t, n] for n in s)) for s in subsets] for t in range(T)])
+    labels = -losses  # more helpful examples -> lower loss -> higher label
+    ind = np.zeros((M, N), dtype=bool)
+    for m, s in enumerate(subsets):
+        ind[m, s] = True
+    assert metrics.lds(metrics.sum_group_scores(effect, ind), labels) == pytest.approx(1.0)
     assert metrics.lds(metrics.sum_group_scores(-effect, ind), labels) == pytest.approx(-1.0)
+    unrelated = metrics.lds(metrics.sum_group_scores(rng.normal(size=(T, N)), ind), labels)
+    assert abs(unrelated) < 0.3
 
 
 def test_sum_and_attention_pooled_group_scores_match_loops():
@@ -98,9 +102,11 @@ def test_recall_chance_is_the_hypergeometric_probability():
     assert hits.mean() == pytest.approx(metrics.recall_chance(pool_src, target_src, 10), abs=0.01)
 
 
-def test_bootstrap_interval_brackets_the_mean_and_is_seeded():
+def test_bootstrap_interval_brackets_the_mean_and_depends_only_on_resampling_noise():
     values = np.random.default_rng(5).normal(0.3, 0.2, size=200)
     low, high = metrics.bootstrap_ci(values)
     assert low < values.mean() < high
     assert high - low == pytest.approx(2 * 1.96 * values.std() / np.sqrt(200), rel=0.2)
-    assert metrics.bootstrap_ci(values) == (low, high)
+    other = metrics.bootstrap_ci(values, seed=1)
+    assert other != (low, high)  # the seed is used
+    np.testing.assert_allclose(other, (low, high), atol=0.005)  # resampling noise only

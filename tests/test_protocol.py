@@ -11,6 +11,8 @@ import pytest
 from scipy.stats import kendalltau, pearsonr
 
 from tdabench import cli, metrics, runner
+from tdabench.compare import compare
+from tdabench.protocol import protocol_hash, tuning_subsets
 from tdabench.registry import register_method
 
 
@@ -84,7 +86,9 @@ def test_subset_bootstrap_and_paired_tests():
     bad = rng.normal(size=labels.shape)
     low, high = metrics.bootstrap_ci_subsets(good, labels)
     assert low < metrics.lds(good, labels) < high
-    assert metrics.bootstrap_ci_subsets(good, labels) == (low, high)  # seeded
+    other_seed = metrics.bootstrap_ci_subsets(good, labels, seed=1)
+    assert other_seed != (low, high)  # the seed is used...
+    np.testing.assert_allclose(other_seed, (low, high), atol=0.02)  # ...and moves it by resampling noise
     same = metrics.paired_bootstrap_targets(metrics.lds_per_target(good, labels),
                                             metrics.lds_per_target(good, labels))
     assert same["mean"] == 0 and same["p_value"] == 1.0
@@ -96,8 +100,8 @@ def test_subset_bootstrap_and_paired_tests():
 
 
 def test_tuning_split_is_a_fixed_rule_that_survives_a_growing_bank():
-    assert runner.tuning_subsets(10).tolist() == [True] + [False] * 4 + [True] + [False] * 4
-    assert np.array_equal(runner.tuning_subsets(200)[:100], runner.tuning_subsets(100))
+    assert tuning_subsets(10).tolist() == [True] + [False] * 4 + [True] + [False] * 4
+    assert np.array_equal(tuning_subsets(200)[:100], tuning_subsets(100))
 
 
 class SeenSubsets:
@@ -128,7 +132,7 @@ def test_tune_sees_only_the_tuning_subsets_and_run_only_the_test_subsets(micro, 
 
     _, spec, data = micro
     bank = build_bank(spec, data)
-    tuning = runner.tuning_subsets(len(bank.membership))
+    tuning = tuning_subsets(len(bank.membership))
     register_method("seen", SeenSubsets)
     SeenSubsets.seen.clear()
     assert cli.main(["tune", "--method", "seen", "--task", "micro", "--preset", "micro",
@@ -161,9 +165,45 @@ def test_compare_and_protocols_that_never_mix(micro, tmp_path, capsys):
     record, path = runner.run("random", "micro", "micro", results_dir=tmp_path, correlation="kendall")
     assert path.name.endswith("-kendall.json") and record["protocol"]["correlation"].startswith("kendall")
     sel = leaderboard.load([tmp_path])
-    assert len({r.data["protocol_hash"] for r in sel.records}) == 1  # one protocol shown...
+    assert len({r.record.protocol_hash for r in sel.records}) == 1  # one protocol shown...
     assert any("stale spec" in w for w in sel.warnings())  # ...and the other reported
     spearman = json.loads(path.with_name(path.name.replace("-kendall", "")).read_text())
     with pytest.raises(ValueError, match="protocol_hash"):
-        runner.compare(path, path.with_name(path.name.replace("-kendall", "")))
-    assert spearman["protocol_hash"] != record["protocol_hash"]
+        compare(path, path.with_name(path.name.replace("-kendall", "")))
+    assert spearman["protocol_hash"] == protocol_hash("spearman") != record["protocol_hash"]
+    assert record["protocol_hash"] == protocol_hash("kendall")
+
+
+def test_protocol_hash_is_a_version_not_the_wording():
+    from tdabench import protocol
+
+    assert protocol.protocol_hash("spearman") == protocol.protocol_hash("spearman", protocol.PROTOCOL_VERSION)
+    assert protocol.protocol_hash("spearman", 2) != protocol.protocol_hash("spearman", 1)
+    assert protocol.protocol_hash("kendall") != protocol.protocol_hash("spearman")
+    text = protocol.protocol("spearman")
+    assert text["correlation"].startswith("spearman") and "m % 5" in text["subsets"]
+    with pytest.raises(ValueError, match="unknown correlation 'distance'"):
+        protocol.protocol_hash("distance")
+
+
+def _equal_methods(rng, n_targets=30, n_subsets=60):
+    """Labels and two methods of equal quality (independent noise of the same size)."""
+    truth = rng.normal(size=(n_targets, n_subsets))
+    labels = truth + rng.normal(size=truth.shape)
+    return labels, truth + 1.5 * rng.normal(size=truth.shape), truth + 1.5 * rng.normal(size=truth.shape)
+
+
+def test_paired_bootstraps_rarely_find_a_difference_where_there_is_none():
+    """With no true difference, p < 0.05 should happen in about 5% of experiments."""
+    rng = np.random.default_rng(11)
+    over_targets, over_subsets = [], []
+    for i in range(300):
+        labels, a, b = _equal_methods(rng)
+        pa, pb = metrics.lds_per_target(a, labels), metrics.lds_per_target(b, labels)
+        over_targets.append(metrics.paired_bootstrap_targets(pa, pb, n_boot=1000, seed=i)["p_value"])
+        if i < 60:
+            test = metrics.paired_bootstrap_subsets(a, b, labels, n_boot=200, seed=i)
+            over_subsets.append(test["p_value"])
+    assert np.mean(np.array(over_targets) < 0.05) < 0.09  # 5% +- 1.3% (binomial s.e.)
+    assert np.mean(np.array(over_subsets) < 0.05) < 0.15  # 60 experiments: 5% +- 2.8%
+    assert np.mean(np.array(over_targets) < 0.5) > 0.3  # not a test that never rejects anything

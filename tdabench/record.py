@@ -1,0 +1,428 @@
+"""The result record: one typed dataclass, written by the runner and read everywhere else.
+
+A record is one JSON file per (task, spec, method, config, seed, correlation); :func:`save`
+writes it, :func:`load` / :func:`from_dict` read it back as a :class:`Record`, checking every
+field's type and upgrading older schemas (or refusing them with one line that says why).
+Everything a table or a figure needs is stored at write time (whether the method is a
+reference, its config defaults, where the record was made), so the same file renders the same
+whatever is installed.
+
+JSON layout (schema 3): ``metrics`` holds ``lds`` and ``recall@<k>``; ``cost`` holds one object
+per timed phase (``train``, ``fit``, ``score``, ``score_groups``; ``cached: true`` where the
+phase loaded an artefact instead of computing it), ``score_per_target_s`` and
+``storage_bytes``. ``tdabench.load_records(path)`` flattens records into a DataFrame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import subprocess
+import types
+import typing
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+from .protocol import RECALL_KS, protocol_hash
+from .store import atomic_write_json, cache_dir
+
+SCHEMA = 3
+RESULTS_ENV = "TDABENCH_RESULTS"
+REFERENCE_RESULTS = Path("results")  # the committed reference set: only `tdabench reproduce` writes it
+# Schema 2 hashed the protocol's English text; these are the hashes of the only text it had,
+# which is protocol version 1 (a record with another hash was made under an earlier protocol).
+SCHEMA2_PROTOCOLS = {"14e7f769": "spearman", "77feba30": "kendall", "945f1476": "pearson"}
+
+
+class RecordError(ValueError):
+    """A file that is not a readable tdabench result record (the message says why)."""
+
+
+class RecordWriteError(ValueError):
+    """The results directory cannot take a record (the message names it and the fix)."""
+
+
+@dataclass
+class Phase:
+    """The cost of one timed phase (seconds, bytes). ``cached``: the phase loaded an artefact
+    made earlier (a trained model, a bank) instead of computing it: its time is not its cost."""
+
+    wall_s: float
+    cpu_s: float
+    peak_rss_bytes: int
+    peak_rss_delta_bytes: int
+    cuda_peak_bytes: int | None = None
+    cached: bool = False
+
+
+@dataclass
+class Storage:
+    disk: int
+    memory: int
+
+
+@dataclass
+class Cost:
+    """Timed phases by name, inference time per target, and what the method keeps."""
+
+    phases: dict[str, Phase]
+    score_per_target_s: float
+    storage: Storage
+
+    @staticmethod
+    def _in(obj: dict) -> dict:
+        rest = {k: v for k, v in obj.items() if k not in ("score_per_target_s", "storage_bytes")}
+        return {"phases": rest, "score_per_target_s": obj.get("score_per_target_s"),
+                "storage": obj.get("storage_bytes")}
+
+    def _out(self) -> dict:
+        return {**{k: _to_json(v) for k, v in self.phases.items()},
+                "score_per_target_s": self.score_per_target_s, "storage_bytes": _to_json(self.storage)}
+
+
+@dataclass
+class Lds:
+    mean: float
+    ci95: list[float]
+    n_targets: int
+    n_subsets: int
+    ci95_subsets: list[float] | None = None
+
+
+@dataclass
+class Recall:
+    value: float
+    chance: float
+
+
+@dataclass
+class Metrics:
+    """LDS on the test subsets and recall@k (keys ``recall@<k>`` in JSON)."""
+
+    lds: Lds
+    recall: dict[int, Recall]
+
+    @staticmethod
+    def _in(obj: dict) -> dict:
+        recall = {int(k.split("@", 1)[1]): v for k, v in obj.items()
+                  if k.startswith("recall@") and k.split("@", 1)[1].isdigit()}
+        for k in RECALL_KS:
+            if k not in recall:
+                raise RecordError(f"incomplete record: no metrics.recall@{k}")
+        return {"lds": obj.get("lds"), "recall": recall}
+
+    def _out(self) -> dict:
+        return {"lds": _to_json(self.lds), **{f"recall@{k}": _to_json(r) for k, r in self.recall.items()}}
+
+
+@dataclass
+class NoiseCeiling:
+    split_half_r: float
+    ceiling: float
+    ceiling_ci95: list[float]
+
+
+@dataclass
+class Bank:
+    """The ground-truth bank the LDS was measured on."""
+
+    path: str
+    n_subsets: int
+    n_test_subsets: int
+    n_seeds: int
+    fraction: float
+    source: str
+    subset_sizes: list[int]
+    n_pool: int
+    n_targets: int
+    noise_ceiling: NoiseCeiling | None = None
+
+
+@dataclass
+class MethodInfo:
+    """What rendering needs to know about the method, stored when the record is written:
+    ``reference`` (a datamodel: its cost is retraining; shown apart, never ranked) and its
+    Config's fields in order with their defaults (rows list only non-default fields)."""
+
+    reference: bool
+    config_fields: list[str]
+    config_defaults: dict[str, Any]
+
+
+@dataclass
+class Host:
+    hostname: str | None
+    platform: str
+    cpus: int | None
+
+
+@dataclass
+class Code:
+    """The tdabench source the record was made with: its git commit where it is a checkout,
+    and whether it had uncommitted changes (None: not a git checkout)."""
+
+    commit: str | None = None
+    dirty: bool | None = None
+
+
+@dataclass
+class Record:
+    task: str
+    preset: str
+    spec_hash: str
+    spec: dict[str, Any]
+    bank: Bank
+    method: str
+    config: dict[str, Any]
+    config_hash: str
+    seed: int
+    method_info: MethodInfo | None  # None: a schema-2 record, written before it was stored
+    protocol: dict[str, str]
+    protocol_version: int
+    protocol_hash: str
+    metrics: Metrics
+    per_target_lds: list[float]
+    cost: Cost
+    versions: dict[str, str]
+    host: Host
+    code: Code
+    created: str
+    schema: int = SCHEMA
+
+    def __post_init__(self) -> None:
+        try:
+            parse_created(self.created)
+        except ValueError:
+            raise RecordError(f"bad record: created {self.created!r} is not an ISO timestamp") from None
+        if len(self.metrics.lds.ci95) != 2:
+            raise RecordError("bad record: metrics.lds.ci95 is not a pair of numbers")
+
+    @property
+    def created_at(self) -> dt.datetime:
+        return parse_created(self.created)
+
+    @property
+    def correlation(self) -> str:
+        return self.protocol["correlation"].split()[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (what :func:`save` writes)."""
+        return _to_json(self)
+
+
+# ----------------------------------------------------------------------------- typed conversion
+
+def _to_json(obj: Any) -> Any:
+    if hasattr(obj, "_out"):
+        return obj._out()
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: _to_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_json(v) for v in obj]
+    return obj
+
+
+def _kind(expected: Any) -> str:
+    return getattr(expected, "__name__", str(expected)).replace("NoneType", "null")
+
+
+def _build(expected: Any, value: Any, where: str) -> Any:
+    """``value`` (parsed JSON) as ``expected`` (a type hint), or RecordError naming the field."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        return _build(next(a for a in args if a is not type(None)), value, where)
+    if expected is Any:
+        return value
+    if dataclasses.is_dataclass(expected):
+        if not isinstance(value, dict):
+            raise RecordError(f"bad record: {where} is {type(value).__name__}, expected an object")
+        return _build_dataclass(expected, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecordError(f"bad record: {where} is {type(value).__name__}, expected a list")
+        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecordError(f"bad record: {where} is {type(value).__name__}, expected an object")
+        return {k: _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    ok = (isinstance(value, (int, float)) if expected is float else
+          isinstance(value, expected)) and (expected is bool or not isinstance(value, bool))
+    if not ok:
+        raise RecordError(f"bad record: {where} is {type(value).__name__}, expected {_kind(expected)}")
+    return float(value) if expected is float else value
+
+
+def _build_dataclass(cls: type, obj: dict, where: str) -> Any:
+    if hasattr(cls, "_in"):
+        obj = cls._in(obj)
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        name = f"{where}.{f.name}" if where else f.name
+        if f.name in obj and not (obj[f.name] is None and f.default is not dataclasses.MISSING):
+            kwargs[f.name] = _build(hints[f.name], obj[f.name], name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RecordError(f"incomplete record: no {name}")
+    return cls(**kwargs)
+
+
+# ----------------------------------------------------------------------------- reading
+
+def parse_created(text: str) -> dt.datetime:
+    """An ISO timestamp as an aware datetime (naive ones are taken as UTC)."""
+    when = dt.datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+def _upgrade_2(obj: dict) -> dict:
+    """A schema-2 record in schema 3: the protocol version from its text's hash; no method
+    info, host name or commit (they were not recorded); no phase marked cached."""
+    correlation = SCHEMA2_PROTOCOLS.get(obj.get("protocol_hash"))
+    if correlation is None:
+        raise RecordError(f"schema-2 record made under an earlier protocol (protocol_hash "
+                          f"{obj.get('protocol_hash')!r}, no version covers it): rerun the method")
+    host = obj.get("host") if isinstance(obj.get("host"), dict) else {}
+    return {**obj, "schema": 3, "protocol_version": 1, "protocol_hash": protocol_hash(correlation, 1),
+            "method_info": None, "host": {"hostname": None, **host}, "code": {}}
+
+
+def from_dict(obj: Any) -> Record:
+    """A parsed JSON record as a :class:`Record`: schema 3 as is, schema 2 upgraded; anything
+    else refused with a :class:`RecordError` whose one-line message says why."""
+    if not isinstance(obj, dict):
+        raise RecordError(f"not a tdabench result record (a JSON {type(obj).__name__}, not an object)")
+    if "spec_hash" not in obj or "metrics" not in obj:
+        raise RecordError("not a tdabench result record (no spec_hash or metrics)")
+    schema = obj.get("schema")
+    if schema == 2:
+        obj = _upgrade_2(obj)
+    elif schema != SCHEMA:
+        newer = isinstance(schema, int) and schema > SCHEMA
+        raise RecordError(f"record schema {schema!r} is not readable by this tdabench (it reads 2 "
+                          f"and {SCHEMA}): " + ("upgrade tdabench" if newer else "rerun the method"))
+    return _build_dataclass(Record, obj, "")
+
+
+def load(path: Path | str) -> Record:
+    """Read one record file (see :func:`from_dict`); RecordError names the file's problem."""
+    try:
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RecordError(f"not readable JSON ({err})") from None
+    return from_dict(obj)
+
+
+def load_records(path: Path | str) -> Any:
+    """Every result record under ``path`` (a directory tree or one file) as a pandas DataFrame,
+    one row per record, nested fields flattened to dotted columns (``metrics.lds.mean``,
+    ``cost.fit.wall_s``, ``spec.model.d_model``, ...) plus ``path``. JSON files that are not
+    records are skipped; a record that cannot be read is skipped with a warning."""
+    import pandas as pd
+
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"no such file or directory: {root}")
+    rows = []
+    for file in [root] if root.is_file() else sorted(root.rglob("*.json")):
+        try:
+            rows.append({**load(file).to_dict(), "path": str(file)})
+        except RecordError as err:
+            if not str(err).startswith("not a tdabench result record"):
+                warnings.warn(f"skipped {file}: {err}", stacklevel=2)
+    return pd.json_normalize(rows)
+
+
+# ----------------------------------------------------------------------------- writing
+
+def user_results_dir() -> Path:
+    """Where ``tdabench run`` and ``tune`` write by default: ``$TDABENCH_RESULTS``, else
+    ``results`` under the cache (``$TDABENCH_CACHE``, default ``~/.cache/tdabench``): never the
+    committed reference set in a checkout's ``results/``."""
+    return Path(os.environ.get(RESULTS_ENV) or cache_dir() / "results")
+
+
+def file_name(method: str, config_hash: str, spec_hash: str, seed: int,
+              correlation: str = "spearman") -> str:
+    """``<method>-<config hash>-<spec hash, 8>-s<seed>[-<correlation>].json``: records of
+    other specs, configs, seeds and correlations sit side by side."""
+    suffix = "" if correlation == "spearman" else f"-{correlation}"
+    return f"{method}-{config_hash}-{spec_hash[:8]}-s{seed}{suffix}.json"
+
+
+def check_writable(results_dir: Path | str) -> Path:
+    """Create ``results_dir`` if needed and make sure a file can be written there; done before
+    any compute, so that an unwritable directory costs nothing."""
+    path = Path(results_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".tdabench-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise RecordWriteError(f"cannot write result records to {path} ({err.strerror or err}); "
+                               "pass a writable --results-dir") from None
+    return path
+
+
+def save(record: Record, path: Path, write_extra: Any = None) -> Path:
+    """Write ``record`` (and ``write_extra(path)``, e.g. its .npz) atomically at ``path``. If
+    that fails, the record goes to ``<cache>/unsaved-records/`` instead and RecordWriteError
+    says where; nothing computed is lost."""
+    try:
+        if write_extra:
+            write_extra(path)
+        atomic_write_json(path, record.to_dict())
+        return path
+    except OSError as err:
+        kept = cache_dir() / "unsaved-records" / path.name
+        if write_extra:
+            write_extra(kept)
+        atomic_write_json(kept, record.to_dict())
+        raise RecordWriteError(f"could not write {path} ({err.strerror or err}); the record is "
+                               f"kept at {kept}: copy it (and its .npz) into your results") from None
+
+
+def host() -> Host:
+    return Host(hostname=socket.gethostname() or None, platform=platform.platform(), cpus=os.cpu_count())
+
+
+def code() -> Code:
+    """The git commit of the tdabench source tree, if it is a git checkout (else empty)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                                 timeout=10, check=True)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return Code()
+    return Code(commit, bool(git("status", "--porcelain", "--untracked-files=no")))
+
+
+def method_info(method_cls: type) -> MethodInfo:
+    """What rendering needs about a method, read from its class when the record is written."""
+    config_cls = method_cls.Config
+    defaults = json.loads(json.dumps(dataclasses.asdict(config_cls()), default=str))
+    return MethodInfo(reference=bool(getattr(method_cls, "REFERENCE", False)),
+                      config_fields=[f.name for f in dataclasses.fields(config_cls)],
+                      config_defaults=defaults)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+

@@ -1,0 +1,59 @@
+"""The reference set: every method on every offline task of a preset (``tdabench reproduce``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from . import record, runner
+from .method import MissingDependency, make_config
+from .protocol import protocol_hash
+from .registry import get_method, get_task, method_names, task_names
+from .spec import TaskSpec, spec_hash, stable_hash
+
+
+def current(path: Path, spec: TaskSpec) -> bool:
+    """Whether the record at ``path`` exists and was made for ``spec`` under this version's
+    (Spearman) protocol; a record that cannot be read is not current."""
+    if not path.exists():
+        return False
+    try:
+        rec = record.load(path)
+    except record.RecordError:
+        return False
+    return rec.spec_hash == spec_hash(spec) and rec.protocol_hash == protocol_hash()
+
+
+def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: list[str] | None = None,
+              configs: dict[str, dict[str, str]] | None = None,
+              results_dir: Path | str = record.REFERENCE_RESULTS, workers: int = 1) -> list[Path]:
+    """Run every method on every offline task that has ``preset``, skipping records that exist
+    for the current spec and protocol (so it resumes). ``configs`` maps a method to its config
+    overrides. Methods whose optional dependency is missing are skipped with a message."""
+    configs = configs or {}
+    record.check_writable(results_dir)
+    written = []
+    for task_name in tasks or task_names():
+        task = get_task(task_name)
+        if preset not in task.presets or (tasks is None and task.needs_hub):
+            continue
+        spec = task.spec(preset)
+        for method in methods or method_names():
+            try:
+                cfg = make_config(get_method(method), configs.get(method))
+            except MissingDependency as err:
+                print(f"skip {method}: {err}")
+                continue
+            out = runner.record_path(results_dir, spec, method, stable_hash(dataclasses.asdict(cfg), 8), 0)
+            if current(out, spec):
+                print(f"exists: {out}")
+                continue
+            try:
+                rec, out = runner.run(method, task_name, preset, config=configs.get(method),
+                                      workers=workers, results_dir=results_dir)
+            except MissingDependency as err:
+                print(f"skip {method}: {err}")
+                continue
+            print(runner.summary(rec))
+            written.append(out)
+    return written
