@@ -207,19 +207,21 @@ class AirRep:
         spec = context.spec
         return cache_dir() / "airrep" / f"{spec.task}-{spec.preset}-{setup_hash(spec)}" / key
 
-    def train(self, context: FitContext) -> None:
-        """Train this task's AirRep unless a checkpoint is given or already trained."""
+    def train(self, context: FitContext) -> bool:
+        """Train this task's AirRep unless a checkpoint is given or already trained; True
+        when nothing was trained here (the harness then reports the phase as cached)."""
         if self.config.checkpoint:
             self.checkpoint = self.config.checkpoint
-            return
+            return True
         root = self._trained_dir(context)
         self.checkpoint = str(root / "final")
         if (root / "final" / "config.json").exists():
             print(f"airrep: using the trained checkpoint {root / 'final'}")
-            return
+            return True
         print(f"airrep: no trained checkpoint for {context.spec.task}/{context.spec.preset} yet; "
               f"training one in {root}")
         train_airrep(self, context, root)
+        return False
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         if not hasattr(self, "checkpoint"):

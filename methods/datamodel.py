@@ -71,11 +71,15 @@ class Datamodel:
             n_subsets=self.config.n_subsets, fraction=gt.fraction, n_seeds=1,
             seed=gt.seed + SUBSET_SEED_OFFSET, stream="datamodel"))
 
-    def train(self, context: FitContext) -> None:
+    def train(self, context: FitContext) -> bool:
+        """Build (or load) the datamodel's own bank; True when it was complete already (the
+        harness then reports the phase as cached)."""
         spec = self.bank_spec(context)
         path = cache_dir() / "datamodel-banks" / f"{spec.task}-{spec.preset}-{spec_hash(spec)}"
+        done = len(list((path / "losses").glob("*.npy"))) if (path / "manifest.json").exists() else 0
         self.bank: GroundTruthBank = build_bank(spec, context.data, path, context.workers,
                                                 context.executor, context.address)
+        return done >= self.bank.losses.shape[0] * self.bank.losses.shape[1]
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         if not hasattr(self, "bank"):

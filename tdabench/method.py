@@ -10,7 +10,8 @@ An adapter is a class with:
 * optionally ``score_groups(self, targets, membership) -> (T, M) array`` for methods whose
   group score is not the sum of per-example scores (``membership``: (M, N) bool);
 * optionally ``train(self, context)``: learning the method itself (AirRep's encoder), timed as a
-  phase of its own and reported apart from ``fit``.
+  phase of its own and reported apart from ``fit``; it returns True when it loaded what it
+  trains from a cache instead (the record marks the phase ``cached``: never ranked).
 
 The harness times ``fit`` and ``score``; an adapter never times itself or writes results. It may
 keep train-side files under ``context.workdir``, whose size the harness reports as storage.

@@ -143,3 +143,11 @@ def test_a_bank_built_for_another_spec_is_refused_by_the_cli(micro, tmp_path, ca
 
 def test_builtin_methods_are_found_through_entry_points():
     assert get_method("embedding") is Embedding
+
+
+def test_the_datamodel_bank_is_trained_once_then_reported_as_cached(micro, tmp_path):
+    first, _ = runner.run("datamodel", "micro", "micro", config={"n_subsets": "8"}, results_dir=tmp_path)
+    again, _ = runner.run("datamodel", "micro", "micro", config={"n_subsets": "8"}, results_dir=tmp_path)
+    assert first["cost"]["train"]["cached"] is False and again["cost"]["train"]["cached"] is True
+    assert first["method_info"]["reference"] is True
+    assert again["metrics"]["lds"]["mean"] == first["metrics"]["lds"]["mean"]
