@@ -1,10 +1,13 @@
 """Leaderboards from result records (``tdabench leaderboard``).
 
-Every ``*.json`` file under the given directory trees is read and checked; files that are not
-tdabench result records are skipped and reported with the reason. Records merge across
-machines by putting them in one tree.
+Every ``*.json`` file under the given directory trees is read through :mod:`tdabench.record`
+(typed, older schemas upgraded); files that are not readable records are skipped and reported
+with the reason. Records merge across machines by putting them in one tree. Everything a row
+needs comes from its record (never from the installed methods): reference methods (a
+datamodel) are shown after the ranked rows and never marked best, a phase loaded from a cache
+shows "cached" and is never ranked, and each table says where its rows were made.
 
-Records are grouped by (task, preset, spec hash): records made on different specs of a task (a
+Records are grouped by (task, preset, spec hash, protocol hash): records made on different specs of a task (a
 changed ground truth, model or data) are never compared. For each (task, preset) the spec hash
 with the most recent record is shown and the others are reported as stale, unless ``--spec``
 picks one. Within a group, several records of one (method, config hash, seed) are duplicates:
