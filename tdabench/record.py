@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from .protocol import RECALL_KS, protocol_hash
-from .store import atomic_write_json, cache_dir
+from .store import atomic_write_json, atomic_write_npz, cache_dir
 
 SCHEMA = 3
 RESULTS_ENV = "TDABENCH_RESULTS"
@@ -374,20 +374,23 @@ def check_writable(results_dir: Path | str) -> Path:
     return path
 
 
-def save(record: Record, path: Path, write_extra: Any = None) -> Path:
-    """Write ``record`` (and ``write_extra(path)``, e.g. its .npz) atomically at ``path``. If
-    that fails, the record goes to ``<cache>/unsaved-records/`` instead and RecordWriteError
-    says where; nothing computed is lost."""
+def save(record: Record, path: Path, arrays: dict[str, Any] | None = None) -> Path:
+    """Write ``record`` at ``path`` and ``arrays`` (e.g. its group scores) beside it as
+    ``<path>.npz``, atomically. If that fails, both go to ``<cache>/unsaved-records/`` instead
+    and RecordWriteError says where; nothing computed is lost, nothing half-written is left."""
+    def write(target: Path) -> None:
+        if arrays:
+            atomic_write_npz(target.with_suffix(".npz"), **arrays)
+        atomic_write_json(target, record.to_dict())
+
     try:
-        if write_extra:
-            write_extra(path)
-        atomic_write_json(path, record.to_dict())
+        write(path)
         return path
     except OSError as err:
+        if arrays:
+            path.with_suffix(".npz").unlink(missing_ok=True)
         kept = cache_dir() / "unsaved-records" / path.name
-        if write_extra:
-            write_extra(kept)
-        atomic_write_json(kept, record.to_dict())
+        write(kept)
         raise RecordWriteError(f"could not write {path} ({err.strerror or err}); the record is "
                                f"kept at {kept}: copy it (and its .npz) into your results") from None
 

@@ -29,7 +29,7 @@ from .protocol import (
 )
 from .registry import get_method, get_task
 from .spec import TaskSpec, override, spec_hash, stable_hash
-from .store import atomic_write_bytes, atomic_write_npz, cache_dir, dir_bytes
+from .store import atomic_write_bytes, cache_dir, dir_bytes
 from .task import Task, TaskData
 from .timing import measure
 
@@ -189,11 +189,8 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
         "created": record.now(),
     })
     test = ~tuning_subsets(labels.shape[1])
-
-    def write_npz(path: Path) -> None:
-        atomic_write_npz(path.with_suffix(".npz"), group_scores=group_scores[:, test], labels=labels[:, test])
-
-    out = record.save(rec, record_path(results_dir, spec, method, config_hash, seed, correlation), write_npz)
+    out = record.save(rec, record_path(results_dir, spec, method, config_hash, seed, correlation),
+                      {"group_scores": group_scores[:, test], "labels": labels[:, test]})
     return rec.to_dict(), out
 
 

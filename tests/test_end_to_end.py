@@ -165,6 +165,7 @@ def test_a_failed_final_write_keeps_the_record_in_the_cache(planted, tmp_path, m
     files = sorted(kept.glob("planted-*.json"))
     assert files and str(files[-1]) in str(err.value)
     assert record.load(files[-1]).metrics.lds.mean > 0.5 and files[-1].with_suffix(".npz").exists()
+    assert not list((tmp_path / "res").rglob("*.npz"))  # nothing half-written left behind
     assert json.loads(files[-1].read_text())["schema"] == record.SCHEMA
 
 
