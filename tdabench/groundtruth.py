@@ -205,10 +205,13 @@ class PublishedGroundTruth:
 
 def import_bank(spec: TaskSpec, data: TaskData, published: PublishedGroundTruth,
                 path: Path | None = None) -> GroundTruthBank:
-    """Store published ground truth in the bank format (checked against the spec)."""
+    """Store published ground truth in the bank format (checked against the spec).
+    ``groundtruth.n_subsets=0`` takes as many subsets as were published."""
     membership, losses, provenance = published.membership, published.losses, published.provenance
     path = Path(path) if path else default_bank_path(spec)
     losses = losses[:, None, :] if losses.ndim == 2 else losses
+    if spec.groundtruth.n_subsets == 0:
+        spec = replace(spec, groundtruth=replace(spec.groundtruth, n_subsets=len(membership)))
     gt = spec.groundtruth
     expected_shape = (gt.n_subsets, len(data.pool))
     if membership.shape != expected_shape or losses.shape != (gt.n_subsets, gt.n_seeds, len(data.targets)):
