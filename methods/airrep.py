@@ -79,7 +79,8 @@ class AirRepEncoder(torch.nn.Module):
 def load_encoder(path: str) -> tuple[AirRepEncoder, object]:
     """An AirRep checkpoint (``model_type="airrep"``), or a plain BERT encoder to start from
     (then the projector starts as the identity, so the untrained model ranks like the encoder's
-    mean-pooled embeddings). ``path``: a directory or a hub id. Weights load in fp32 (a bf16
+    mean-pooled embeddings). ``path``: a directory, or a hub id (``id@<commit>`` pins a
+    revision; a bare id fetches the latest). Weights load in fp32 (a bf16
     file converts exactly); BERT's pooler weights are ignored, any other unexpected or missing
     key is refused. The config is read as a ``BertConfig`` and handed to the tokenizer loader,
     so transformers never meets the type ``airrep`` it does not know (it warned on every load)."""
@@ -91,7 +92,8 @@ def load_encoder(path: str) -> tuple[AirRepEncoder, object]:
         try:
             from huggingface_hub import snapshot_download
 
-            folder = Path(snapshot_download(path))
+            repo, _, revision = path.partition("@")
+            folder = Path(snapshot_download(repo, revision=revision or None))
         except Exception as err:
             raise FileNotFoundError(
                 f"AirRep checkpoint {path!r} is neither a directory nor reachable on the Hugging Face "

@@ -253,3 +253,19 @@ def test_airrep_pools_as_configured_and_the_runner_forces_either(released_checkp
     assert "softmax of s over the subset" in forced["protocol"]["group_score"]
     with pytest.raises(ValueError, match="pooling must be one of sum, attention, attention-eval"):
         runner.run("airrep", "micro", "micro", results_dir=tmp_path, config={"pooling": "max"})
+
+
+def test_a_hub_checkpoint_can_be_pinned_to_a_commit(monkeypatch):
+    import huggingface_hub
+
+    asked = []
+
+    def offline(repo, revision=None):
+        asked.append((repo, revision))
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    for path in ("sunweiwei/AirRep-Flan-Small@0123abc", "sunweiwei/AirRep-Flan-Small"):
+        with pytest.raises(FileNotFoundError, match="neither a directory nor reachable"):
+            load_encoder(path)
+    assert asked == [("sunweiwei/AirRep-Flan-Small", "0123abc"), ("sunweiwei/AirRep-Flan-Small", None)]

@@ -269,8 +269,10 @@ def test_the_paper_preset_carries_the_paper_recipe():
 @pytest.mark.parametrize("name", ["flan", "safe"])
 def test_tdabench_run_prints_the_authors_lds(published, tmp_path, capsys, name):
     root, checkpoint = published
+    # on a CPU fp32 is the default; on a GPU (default bf16) ask for fp32, which the transcription uses
+    fp32 = ["--config", "dtype=fp32"] if torch.cuda.is_available() else []
     assert cli.main(["run", "--method", "airrep", "--task", name, "--preset", "paper",
-                     "--set", f"data.options.path={root}", "--checkpoint", str(checkpoint),
+                     "--set", f"data.options.path={root}", "--checkpoint", str(checkpoint), *fp32,
                      "--bank", str(tmp_path / "bank"), "--results-dir", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
     record = json.loads(next((tmp_path / "results").rglob("airrep-*.json")).read_text())
@@ -300,3 +302,11 @@ def test_a_method_without_its_own_evaluation_pooling_keeps_its_group_scores(publ
     labels = -np.array([row["test_loss"] for row in lds]).T
     expected = np.mean([stats.spearmanr(a, b).correlation for a, b in zip(sums, labels)])
     assert m["lds_all_subsets"]["mean"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_regenerating_the_paper_ground_truth_needs_a_subset_count(published, tmp_path):
+    root, _ = published
+    spec = override(paper.FLAN.spec("paper"), {"data.options.path": str(root),
+                                                "groundtruth.source": "finetune"})
+    with pytest.raises(ValueError, match=r"groundtruth\.n_subsets=0 builds nothing.*n_subsets=100"):
+        ensure_bank(paper.FLAN, spec, paper.FLAN.load(spec.data), tmp_path / "bank")
