@@ -2,9 +2,15 @@
 
 Model: a BERT-style encoder, mean pooling over the attention mask, then a trainable
 Linear(d, d) projector; no normalisation. s(x, z) = dot product of the two representations
-(higher = more helpful). Group score (the default ``pooling="attention"``):
-g(x, S) = sum_{z in S} softmax_{z in S}(|s(x, z)|) * s(x, z). Text: "Question: <prompt>\\nAnswer:
-<response>", prompt capped at 256 words, at most 512 tokens.
+(higher = more helpful). Group score (``pooling``): ``attention`` (default, as the authors
+train) g(x, S) = sum_{z in S} softmax_{z in S}(|s(x, z)|) * s(x, z); ``attention-eval`` (as
+their ``scripts/04_evaluate.py`` computes the published LDS) the same without the absolute
+value; ``sum``. On a published bank (the paper tier) the harness's headline LDS uses
+``evaluation_pooling`` = ``attention-eval`` over all subsets, as the paper does.
+Text, as the authors' ``format_item``: "Question: " + the prompt's first 256 words joined by
+single spaces + "\\nAnswer: " + the response, at most 512 tokens. Precision (``dtype``): ``bf16``
+as the authors encode (the default on a GPU) or ``fp32`` (the default on a CPU); the
+representations are cast to fp32 before the dot products, as the authors' ``encode`` does.
 
 Training (``train``, timed apart from ``fit``): the harness builds a training bank for the task
 (``tdabench.groundtruth.build_training_bank``: splits of pool examples as dev targets, subsets
@@ -27,7 +33,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,10 +42,14 @@ import torch.nn.functional as F
 
 from tdabench import metrics
 from tdabench.groundtruth import TrainingBankSpec, build_training_bank
-from tdabench.method import FitContext, example_text, require
+from tdabench.method import FitContext, require
 from tdabench.spec import Example, setup_hash, stable_hash
 from tdabench.store import atomic_write_json, cache_dir
 
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+# Keys of a released checkpoint that the model does not use: the authors' trainer saves an
+# ``AutoModel`` encoder with BERT's pooler, which their loader ignores (mean pooling replaces it).
+IGNORED_KEYS = ("bert.pooler.dense.weight", "bert.pooler.dense.bias")
 TRAINING_FIELDS = ("base_model", "max_length", "n_splits", "n_dev", "subsets_per_split", "fraction",
                    "epochs", "train_encoder", "lr", "warmup_steps", "grad_clip", "subsets_per_step",
                    "dev_per_step", "train_seed")
@@ -55,10 +65,12 @@ class AirRepEncoder(torch.nn.Module):
         self.projector = torch.nn.Linear(d, d)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Mean of the encoder's last hidden states over the attention mask, (B, d)."""
+        """Mean of the encoder's last hidden states over the attention mask, (B, d): padding
+        zeroed, summed in the encoder's dtype, divided by the integer token count (as the
+        authors' ``mean_pooling``; in fp32 the same bits as a multiply by the mask)."""
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask[..., None].to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1)
+        hidden = hidden.masked_fill(~attention_mask[..., None].bool(), 0.0)
+        return hidden.sum(1) / attention_mask.sum(1)[..., None]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.projector(self.pooled(input_ids, attention_mask))
@@ -67,7 +79,11 @@ class AirRepEncoder(torch.nn.Module):
 def load_encoder(path: str) -> tuple[AirRepEncoder, object]:
     """An AirRep checkpoint (``model_type="airrep"``), or a plain BERT encoder to start from
     (then the projector starts as the identity, so the untrained model ranks like the encoder's
-    mean-pooled embeddings). ``path``: a directory or a hub id."""
+    mean-pooled embeddings). ``path``: a directory, or a hub id (``id@<commit>`` pins a
+    revision; a bare id fetches the latest). Weights load in fp32 (a bf16
+    file converts exactly); BERT's pooler weights are ignored, any other unexpected or missing
+    key is refused. The config is read as a ``BertConfig`` and handed to the tokenizer loader,
+    so transformers never meets the type ``airrep`` it does not know (it warned on every load)."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer, BertConfig, BertModel
 
@@ -76,26 +92,29 @@ def load_encoder(path: str) -> tuple[AirRepEncoder, object]:
         try:
             from huggingface_hub import snapshot_download
 
-            folder = Path(snapshot_download(path))
+            repo, _, revision = path.partition("@")
+            folder = Path(snapshot_download(repo, revision=revision or None))
         except Exception as err:
             raise FileNotFoundError(
                 f"AirRep checkpoint {path!r} is neither a directory nor reachable on the Hugging Face "
                 f"hub ({type(err).__name__}); pass a local directory") from err
     config = json.loads((folder / "config.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(folder)
     if config.get("model_type") != "airrep":
+        tokenizer = AutoTokenizer.from_pretrained(folder)
         encoder = AirRepEncoder(BertModel.from_pretrained(folder, add_pooling_layer=False))
         with torch.no_grad():
             encoder.projector.weight.copy_(torch.eye(encoder.projector.in_features))
             encoder.projector.bias.zero_()
         return encoder, tokenizer
     bert_config = BertConfig(**{k: v for k, v in config.items() if k != "model_type"})
+    tokenizer = AutoTokenizer.from_pretrained(folder, config=bert_config)
     encoder = AirRepEncoder(BertModel(bert_config, add_pooling_layer=False))
     if (folder / "model.safetensors").exists():
         state = load_file(folder / "model.safetensors")
     else:
         state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    state = {k.removeprefix("airrep."): v.float() for k, v in state.items()}
+    state = {k.removeprefix("airrep."): v.float() for k, v in state.items()
+             if k.removeprefix("airrep.") not in IGNORED_KEYS}
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if [k for k in missing if "position_ids" not in k] or unexpected:
         raise ValueError(f"{folder} is not an AirRep checkpoint: missing {missing[:5]}, "
@@ -145,7 +164,8 @@ class AirRep:
     @dataclass
     class Config:
         checkpoint: str = ""  # a trained AirRep (directory or hub id); "" = this task's own
-        pooling: str = "attention"  # group score: "attention" (AirRep's) or "sum"
+        pooling: str = "attention"  # group score: "attention" (as trained), "attention-eval" or "sum"
+        dtype: str = field(default_factory=lambda: "bf16" if torch.cuda.is_available() else "fp32")
         batch_size: int = 64
         # training, used when no checkpoint is given
         base_model: str = ""  # encoder to start from; "" = the offline all-MiniLM-L6-v2
@@ -163,9 +183,14 @@ class AirRep:
         dev_per_step: int = 1000
         train_seed: int = 0
 
+    # The group score the authors' evaluation script uses: the paper tier's headline (runner.paper_lds).
+    evaluation_pooling = "attention-eval"
+
     def __init__(self, config: Config) -> None:
-        if config.pooling not in ("attention", "sum"):
-            raise ValueError(f"pooling must be 'attention' or 'sum', not {config.pooling!r}")
+        if config.pooling not in metrics.POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(metrics.POOLINGS)}, not {config.pooling!r}")
+        if config.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {config.dtype!r}")
         self.config = config
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -197,7 +222,7 @@ class AirRep:
 
     @staticmethod
     def _texts(examples: list[Example]) -> list[str]:
-        return [example_text(ex, 256) for ex in examples]
+        return [authors_text(ex) for ex in examples]
 
     # --- the method protocol -----------------------------------------------------------------
 
@@ -227,7 +252,7 @@ class AirRep:
         if not hasattr(self, "checkpoint"):
             self.train(context)
         self.encoder, self.tokenizer = load_encoder(self.checkpoint)
-        self.encoder.to(self.device)
+        self.encoder.to(device=self.device, dtype=DTYPES[self.config.dtype])
         self.pool_embeddings = self._encode(self.encoder, self.tokenizer, self._texts(pool)).cpu().numpy()
 
     def score(self, targets: list[Example]) -> np.ndarray:
@@ -237,9 +262,14 @@ class AirRep:
 
     def score_groups(self, targets: list[Example], membership: np.ndarray) -> np.ndarray:
         scores = self._last[1] if getattr(self, "_last", (None,))[0] is targets else self.score(targets)
-        if self.config.pooling == "sum":
-            return metrics.sum_group_scores(scores, membership)
-        return metrics.attention_pooled_group_scores(scores, membership)
+        return metrics.pooled_group_scores(scores, membership, self.config.pooling)
+
+
+def authors_text(ex: Example, max_prompt_words: int = 256) -> str:
+    """The text AirRep encodes, as the authors' ``format_item``: "Question: " + the prompt's
+    first ``max_prompt_words`` words joined by single spaces + "\\nAnswer: " + the response.
+    (``method.example_text`` keeps a short prompt's whitespace as is.)"""
+    return f"Question: {' '.join(ex.prompt.split()[:max_prompt_words])}\nAnswer: {ex.response}"
 
 
 def _base_model_path(config: AirRep.Config) -> str:

@@ -1,24 +1,29 @@
-"""The AirRep paper's four benchmarks: ``flan``, ``alpaca``, ``tulu``, ``saferlhf``.
+"""The AirRep paper's four benchmarks: ``flan``, ``alpaca``, ``tulu``, ``safe`` (alias ``saferlhf``).
 
 Preset ``paper`` loads the published benchmark data and ground truth of the dataset
-``sunweiwei/airrep-test`` on the Hugging Face hub: per benchmark a folder with ``train.jsonl``
-(the pool), ``test.jsonl`` (the targets) and ``lds.jsonl`` (one row per subset:
-``train_subset``, indices into train.jsonl, and ``test_loss``, one loss per test example, from
-Qwen2.5-0.5B fine-tuned on that subset). The losses are imported as a ground-truth bank, so
-methods are scored against the paper's own ground truth without any retraining. The preset
-also carries the paper's fine-tuning recipe, so that a user with GPUs can regenerate or extend
-the ground truth (``--set groundtruth.source=finetune``).
+``sunweiwei/airrep-test`` on the Hugging Face hub: per benchmark a folder (``flan/``,
+``alpaca/``, ``tulu/``, ``safe/``) with ``train.jsonl`` (the pool), ``test.jsonl`` (the targets)
+and ``lds.jsonl`` (one row per subset: ``train_subset``, indices into train.jsonl, and one loss
+per test example from Qwen2.5-0.5B fine-tuned on that subset, under ``test_loss`` as the
+authors' ``scripts/04_evaluate.py`` reads it, or ``test_score`` as the dataset card shows it).
+The losses are imported as a ground-truth bank, as many subsets as the file holds, so methods
+are scored against the paper's own ground truth without any retraining. The preset also carries
+the paper's fine-tuning recipe, so that a user with GPUs can regenerate or extend the ground
+truth (``--set groundtruth.source=finetune --set groundtruth.n_subsets=100``).
 
-Files come from the hub (``data.options.revision``, default ``main``), or from a local copy of
-the dataset with ``--set data.options.path=DIR`` (DIR/flan/train.jsonl, ...). The sha256 of
-every file read is part of the bank's data fingerprint, so a changed file never reuses a bank.
+Files come from the hub at a pinned commit (``data.options.revision``, a 40-hex commit hash; a
+branch such as ``main`` moves and is refused), or from a local copy of the dataset with ``--set
+data.options.path=DIR`` (DIR/flan/train.jsonl, ...). The revision and the sha256 of every file
+read are the bank's provenance (its manifest's ``model_fingerprint``), so a changed file never
+reuses a bank.
 
-The raw sources named in the paper's code load through ``datasets`` with :func:`raw_examples`,
-for building new pools.
+Records become examples as the authors' ``format_item`` (``scripts/04_evaluate.py``) reads them;
+see :func:`to_example`.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,83 +36,150 @@ from tdabench.store import sha256_file
 from tdabench.task import Task, TaskData
 
 REPO = "sunweiwei/airrep-test"
+# The commit of REPO that this version reads. Its full hash could not be read offline (the hub's
+# pages show a single upload, short id ffe4df8, 19 Aug 2025); until it is filled in here, reading
+# from the hub needs an explicit --set data.options.revision=<40-hex commit hash>.
+PINNED_REVISION = ""
+COMMIT = re.compile(r"[0-9a-f]{40}")
 OFFLINE_TASKS = "chatterbot, bigbench or evalschat"
-RAW_SOURCES = {
-    "flan": "Muennighoff/flan",
-    "alpaca": "yahma/alpaca-cleaned",
-    "saferlhf": "PKU-Alignment/PKU-SafeRLHF-QA",
-    "tulu": "allenai/tulu-v2-sft-mixture",
-}
-PROMPT_FIELDS = ("prompt", "inputs", "instruction", "question")
-RESPONSE_FIELDS = ("response", "targets", "output", "answer")
+FILES = ("train.jsonl", "test.jsonl", "lds.jsonl")
+PROMPT_FIELDS = ("inputs", "prompt", "instruction")  # format_item's order: the first present wins
+RESPONSE_FIELDS = ("response", "targets", "output")
 SOURCE_FIELDS = ("task", "source", "_task_name", "category", "dataset")
+LOSS_FIELDS = ("test_loss", "test_score")
+DATA_PROMPT_WORDS = 100  # format_item caps a data[0] prompt at 100 words
+
+
+def _text(row: dict, field: str) -> str | None:
+    """``row[field]`` if present and not null (it must then be a string)."""
+    value = row.get(field)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"field {field!r} is {type(value).__name__}, expected a string")
+    return value
+
+
+def _messages(row: dict) -> tuple[str | None, str | None]:
+    """The first user and assistant turns of a ``messages`` list (chat records)."""
+    turns = {m.get("role"): m.get("content") for m in reversed(row.get("messages") or [])
+             if isinstance(m, dict)}
+    return turns.get("user"), turns.get("assistant")
+
+
+def prompt_response(row: dict) -> tuple[str, str]:
+    """(prompt, response) of one record, as ``format_item`` of the authors' evaluation script
+    takes them (their trainer's ``format_item`` is the same):
+
+    1. ``data`` = [prompt, response]: the prompt's first 100 words (joined by single spaces);
+    2. ``input``: ``instruction + " " + input`` (an absent instruction counts as "");
+    3. the first present of ``inputs``, ``prompt``, ``instruction`` replaces either, so a record
+       with both ``instruction`` and ``input`` (alpaca's shape) keeps the instruction only;
+    4. response: the first present of ``response``, ``targets``, ``output``, else ``data[1]``.
+
+    Departures, for records the authors' script cannot read the same way: a null field counts as
+    absent (``datasets`` fills absent columns with null; the script would fail on them); a record
+    with neither prompt nor response fields falls back to the first user/assistant turns of
+    ``messages``; a record still without a prompt or a response is refused (the script would
+    encode an empty string).
+    """
+    prompt = response = None
+    if row.get("data") is not None:
+        pair = row["data"]
+        if not (isinstance(pair, list) and len(pair) >= 2 and all(isinstance(t, str) for t in pair[:2])):
+            raise ValueError("field 'data' must be a list [prompt, response] of strings")
+        prompt, response = " ".join(pair[0].split()[:DATA_PROMPT_WORDS]), pair[1]
+    if _text(row, "input") is not None:
+        prompt = (_text(row, "instruction") or "") + " " + row["input"]
+    prompt = next((v for f in PROMPT_FIELDS if (v := _text(row, f)) is not None), prompt)
+    response = next((v for f in RESPONSE_FIELDS if (v := _text(row, f)) is not None), response)
+    if prompt is None and response is None:
+        prompt, response = _messages(row)
+    if not isinstance(prompt, str) or not isinstance(response, str):
+        raise ValueError("no prompt/response fields (expected data, one of "
+                         f"{PROMPT_FIELDS + ('input',)} and one of {RESPONSE_FIELDS}, or messages)")
+    return prompt, response
 
 
 def to_example(row: dict, index: int, default_source: str) -> Example:
-    """Normalise one record of the formats these benchmarks use into an Example.
-
-    Prompt: ``prompt`` | ``inputs`` | ``instruction`` (+ ``input`` when present) | ``question``
-    | the first user turn of ``messages`` | ``data[0]``. Response likewise from ``response`` |
-    ``targets`` | ``output`` | ``answer`` | the first assistant turn | ``data[1]``. Source: the
-    first of ``task``, ``source``, ``_task_name``, ``category``, ``dataset``, else the benchmark.
-    """
-    prompt = next((row[f] for f in PROMPT_FIELDS if isinstance(row.get(f), str)), None)
-    if prompt is not None and row.get("instruction") == prompt and row.get("input"):
-        prompt = f"{prompt} {row['input']}"
-    response = next((row[f] for f in RESPONSE_FIELDS if isinstance(row.get(f), str)), None)
-    if isinstance(row.get("messages"), list):
-        turns = {m.get("role"): m.get("content") for m in reversed(row["messages"])}
-        prompt = prompt if prompt is not None else turns.get("user")
-        response = response if response is not None else turns.get("assistant")
-    if isinstance(row.get("data"), list) and len(row["data"]) >= 2:
-        prompt = prompt if prompt is not None else row["data"][0]
-        response = response if response is not None else row["data"][1]
-    if not isinstance(prompt, str) or not isinstance(response, str):
-        raise ValueError("no prompt/response fields (expected one of "
-                         f"{PROMPT_FIELDS + ('messages', 'data')} and {RESPONSE_FIELDS})")
+    """One record as an Example (:func:`prompt_response`). Source: the first of ``task``,
+    ``source``, ``_task_name``, ``category``, ``dataset``, else the benchmark."""
+    prompt, response = prompt_response(row)
     source = next((str(row[f]) for f in SOURCE_FIELDS if row.get(f) not in (None, "")),
                   default_source)
     return Example(f"{default_source}-{index:06d}", prompt, response, source)
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """All rows of a JSONL file; the first malformed line is reported with its number."""
+def read_jsonl(path: Path) -> list[tuple[int, dict]]:
+    """All rows of a JSONL file with their line numbers; the first malformed line is reported."""
     rows, errors = data.read_jsonl(path)
     if errors:
         lineno, problem = errors[0]
         raise DataError(f"{path}:{lineno}: {problem}")
-    return [row for _, row in rows]
+    return rows
 
 
 def read_examples(path: Path, source: str) -> list[Example]:
     out = []
-    for i, row in enumerate(read_jsonl(path)):
+    for i, (lineno, row) in enumerate(read_jsonl(path)):
         try:
             out.append(to_example(row, i, source))
         except ValueError as err:
-            raise DataError(f"{path}:{i + 1}: {err}") from err
+            raise DataError(f"{path}:{lineno}: {err}") from err
     return out
 
 
+def pinned_revision(options: dict) -> str:
+    """The dataset commit to read from the hub: ``options['revision']``, else
+    :data:`PINNED_REVISION`; it must be a full commit hash."""
+    revision = options.get("revision") or PINNED_REVISION
+    if not revision:
+        raise DataError(
+            f"no pinned revision of the dataset {REPO}: this version does not know its commit hash. "
+            f"Pass --set data.options.revision=<40-hex commit hash> (see "
+            f"https://huggingface.co/datasets/{REPO}/commits/main), or a local copy with "
+            "--set data.options.path=DIR")
+    if not COMMIT.fullmatch(revision):
+        raise DataError(f"data.options.revision={revision!r} is not a commit hash (40 hex digits); a "
+                        "branch or tag can move, so the ground truth would not be pinned")
+    return revision
+
+
 def fetch(benchmark: str, filename: str, options: dict) -> Path:
-    """``benchmark/filename`` from a local copy (``options['path']``) or from the hub."""
+    """``benchmark/filename`` from a local copy (``options['path']``) or from the hub at the
+    pinned revision."""
     if options.get("path"):
         path = Path(options["path"]) / benchmark / filename
         if not path.exists():
             raise DataError(f"{path} does not exist (data.options.path={options['path']!r} should "
-                            f"hold {benchmark}/train.jsonl, test.jsonl and lds.jsonl)")
+                            f"hold {benchmark}/{', '.join(FILES)})")
         return path
+    revision = pinned_revision(options)
     try:
         from huggingface_hub import hf_hub_download
 
         return Path(hf_hub_download(REPO, f"{benchmark}/{filename}", repo_type="dataset",
-                                    revision=options.get("revision", "main")))
+                                    revision=revision))
     except Exception as err:  # offline, unknown revision, hub error: all end the same way
         raise DataError(
-            f"could not fetch {benchmark}/{filename} of the dataset {REPO} from the Hugging Face "
-            f"hub ({type(err).__name__}: {str(err)[:200]}). Without hub access, copy the dataset "
-            f"here and pass --set data.options.path=DIR, or use an offline task ({OFFLINE_TASKS})."
+            f"could not fetch {benchmark}/{filename} of the dataset {REPO} at {revision} from the "
+            f"Hugging Face hub ({type(err).__name__}: {str(err)[:200]}). Without hub access, copy "
+            f"the dataset here and pass --set data.options.path=DIR, or use an offline task "
+            f"({OFFLINE_TASKS})."
         ) from err
+
+
+def subset_losses(row: dict, where: str) -> list:
+    """A row's per-target losses, under ``test_loss`` or ``test_score`` (equal if both)."""
+    found = {k: row[k] for k in LOSS_FIELDS if row.get(k) is not None}
+    if not found:
+        raise DataError(f"{where}: no losses (expected a list under 'test_loss' or 'test_score')")
+    if len(found) == 2 and found["test_loss"] != found["test_score"]:
+        raise DataError(f"{where}: 'test_loss' and 'test_score' disagree; keep one of them")
+    loss = next(iter(found.values()))
+    if not isinstance(loss, list):
+        raise DataError(f"{where}: '{next(iter(found))}' must be a list of losses")
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v) for v in loss):
+        raise DataError(f"{where}: a test loss is null or not a finite number")
+    return loss
 
 
 def make_task(benchmark: str) -> Task:
@@ -123,11 +195,11 @@ def make_task(benchmark: str) -> Task:
         rows = read_jsonl(path)
         membership = np.zeros((len(rows), len(data.pool)), dtype=bool)
         losses = np.empty((len(rows), len(data.targets)))
-        for m, row in enumerate(rows):
-            where = f"{path}:{m + 1}"
-            subset, loss = row.get("train_subset"), row.get("test_loss")
-            if not isinstance(subset, list) or not isinstance(loss, list):
-                raise DataError(f"{where}: expected lists 'train_subset' and 'test_loss'")
+        for m, (lineno, row) in enumerate(rows):
+            where = f"{path}:{lineno}"
+            subset, loss = row.get("train_subset"), subset_losses(row, where)
+            if not isinstance(subset, list):
+                raise DataError(f"{where}: expected a list 'train_subset'")
             idx = np.asarray(subset)
             if idx.size and (idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= len(data.pool)):
                 raise DataError(f"{where}: train_subset must hold indices 0..{len(data.pool) - 1}")
@@ -135,34 +207,26 @@ def make_task(benchmark: str) -> Task:
                 raise DataError(f"{where}: {len(loss)} test losses for {len(data.targets)} targets")
             membership[m, idx] = True
             losses[m] = loss
-        files = {f: sha256_file(fetch(benchmark, f, spec.data.options))
-                 for f in ("train.jsonl", "test.jsonl", "lds.jsonl")}
-        return PublishedGroundTruth(membership, losses, f"{REPO}/{benchmark} sha256 {files}")
+        options = spec.data.options
+        origin = (f"local copy {options['path']}" if options.get("path")
+                  else f"revision {pinned_revision(options)}")
+        files = {f: sha256_file(fetch(benchmark, f, options)) for f in FILES}
+        return PublishedGroundTruth(membership, losses, f"{REPO}/{benchmark} {origin} sha256 {files}")
 
     spec = TaskSpec(
         task=benchmark, preset="paper",
-        data=DataSpec(n_pool=0, n_targets=0, options={"revision": "main"}),
+        data=DataSpec(n_pool=0, n_targets=0, options={"revision": PINNED_REVISION}),
         model=PAPER_MODEL, finetune=PAPER_RECIPE,
-        groundtruth=GroundTruthSpec(n_subsets=100, fraction=0.0, n_seeds=1, source="published"))
+        groundtruth=GroundTruthSpec(n_subsets=0, fraction=0.0, n_seeds=1, source="published"))
     return Task(name=benchmark,
                 description=f"AirRep paper benchmark ({REPO}/{benchmark}; Qwen2.5-0.5B ground "
-                            "truth as published; needs the hub)",
+                            "truth as published; needs the hub or a local copy)",
                 presets={"paper": spec}, load=load, published_groundtruth=published,
                 labels="source task or category of each record, else the benchmark",
                 needs_hub=True)
 
 
-def raw_examples(benchmark: str, split: str = "train", limit: int | None = None,
-                 **load_kwargs) -> list[Example]:
-    """Examples of a benchmark's raw source (``RAW_SOURCES``) through ``datasets``."""
-    import datasets
-
-    ds = datasets.load_dataset(RAW_SOURCES[benchmark], split=split, **load_kwargs)
-    rows = ds if limit is None else ds.select(range(min(limit, len(ds))))
-    return [to_example(dict(row), i, benchmark) for i, row in enumerate(rows)]
-
-
 FLAN = make_task("flan")
 ALPACA = make_task("alpaca")
 TULU = make_task("tulu")
-SAFERLHF = make_task("saferlhf")
+SAFE = make_task("safe")  # the dataset's folder and the card's name; ``saferlhf`` is an alias

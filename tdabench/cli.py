@@ -68,7 +68,7 @@ def cmd_list(args: argparse.Namespace) -> None:
             d, g = spec.data, spec.groundtruth
             size = f"pool {d.n_pool}, targets {d.n_targets}" if d.n_pool else "pool and targets as published"
             truth = (f"{g.n_subsets} subsets x {g.n_seeds} seed(s) of {g.fraction:.0%}"
-                     if g.source == "finetune" else f"{g.n_subsets} published subsets")
+                     if g.source == "finetune" else f"{g.n_subsets or 'all'} published subsets")
             print(f"  {'':<14} preset {preset}: {size}; {truth}; model {spec.model.name or spec.model.init}")
     print("methods:")
     for name in registry.method_names():
@@ -296,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where result records go (default: $TDABENCH_RESULTS, else "
                         "$TDABENCH_CACHE/results; the reference set ./results is written only by "
                         "`tdabench reproduce` or when named here)")
-    p.add_argument("--group-score", choices=sorted(metrics.GROUP_SCORES), default=None,
+    p.add_argument("--group-score", choices=sorted(metrics.POOLINGS), default=None,
                    help="force this group score (default: the method's own, else the sum)")
     _add_correlation_arg(p)
     p.set_defaults(func=cmd_run)

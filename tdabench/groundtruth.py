@@ -205,10 +205,13 @@ class PublishedGroundTruth:
 
 def import_bank(spec: TaskSpec, data: TaskData, published: PublishedGroundTruth,
                 path: Path | None = None) -> GroundTruthBank:
-    """Store published ground truth in the bank format (checked against the spec)."""
+    """Store published ground truth in the bank format (checked against the spec).
+    ``groundtruth.n_subsets=0`` takes as many subsets as were published."""
     membership, losses, provenance = published.membership, published.losses, published.provenance
     path = Path(path) if path else default_bank_path(spec)
     losses = losses[:, None, :] if losses.ndim == 2 else losses
+    if spec.groundtruth.n_subsets == 0:
+        spec = replace(spec, groundtruth=replace(spec.groundtruth, n_subsets=len(membership)))
     gt = spec.groundtruth
     expected_shape = (gt.n_subsets, len(data.pool))
     if membership.shape != expected_shape or losses.shape != (gt.n_subsets, gt.n_seeds, len(data.targets)):
@@ -342,6 +345,10 @@ def build_banks(items: list[tuple[TaskSpec, TaskData, Path | None]], workers: in
             raise ValueError(f"{spec.task}/{spec.preset} uses published ground truth "
                              f"(groundtruth.source={spec.groundtruth.source!r}); it is imported, "
                              "not built. To regenerate it, use --set groundtruth.source=finetune")
+        if spec.groundtruth.n_subsets < 1:
+            raise ValueError(f"{spec.task}/{spec.preset}: groundtruth.n_subsets="
+                             f"{spec.groundtruth.n_subsets} builds nothing (0 means 'as published' "
+                             "for imported ground truth); set it, e.g. --set groundtruth.n_subsets=100")
         if spec.model != first_spec.model or data.pool != first_data.pool or data.warmup != first_data.warmup:
             raise ValueError("banks built together must share the model, pool and warm-up set")
     fingerprint = lm.load_base_model(first_spec.model, first_data.warmup, first_data.pool).fingerprint

@@ -21,32 +21,56 @@ def sum_group_scores(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64) @ np.asarray(membership, dtype=np.float64).T
 
 
-def attention_pooled_group_scores(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
-    """AirRep's pooling: g(x, S) = sum_{z in S} softmax_{z in S}(|s(x, z)|) * s(x, z).
-
-    scores: (T, N); membership: (M, N) bool. Returns (T, M).
-    """
+def _softmax_pooled(scores: np.ndarray, membership: np.ndarray, absolute: bool) -> np.ndarray:
+    """sum_{z in S} softmax_{z in S}(w(s)) * s with w = |.| (``absolute``) or the identity."""
     scores = np.asarray(scores, dtype=np.float64)
     out = np.empty((scores.shape[0], len(membership)))
     for m, members in enumerate(np.asarray(membership, dtype=bool)):  # subsets may differ in size
         s = scores[:, members]
-        out[:, m] = (softmax(np.abs(s), axis=1) * s).sum(axis=1)
+        out[:, m] = (softmax(np.abs(s) if absolute else s, axis=1) * s).sum(axis=1)
     return out
 
 
-# Group scores by name (``tdabench run --group-score NAME``): the function (T, N) scores x (M, N)
-# membership -> (T, M), and the description a record states. Adding a pooling is one line here.
-GROUP_SCORES = {
+def attention_pooled_group_scores(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
+    """AirRep's pooling as trained (``attention``): g(x, S) = sum_{z in S} softmax_{z in S}(|s(x, z)|)
+    * s(x, z) (the authors' trainer and ``AirRep.similarity``).
+
+    scores: (T, N); membership: (M, N) bool. Returns (T, M).
+    """
+    return _softmax_pooled(scores, membership, absolute=True)
+
+
+def attention_eval_pooled_group_scores(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
+    """AirRep's pooling as evaluated in the paper (``attention-eval``): g(x, S) = sum_{z in S}
+    softmax_{z in S}(s(x, z)) * s(x, z), no absolute value (``softmax`` of the authors'
+    ``scripts/04_evaluate.py``, which made the published LDS).
+
+    scores: (T, N); membership: (M, N) bool. Returns (T, M).
+    """
+    return _softmax_pooled(scores, membership, absolute=False)
+
+
+# Group-score poolings by name: name -> (function of (scores, membership), what it computes).
+POOLINGS = {
     "sum": (sum_group_scores, "sum of per-example scores over the subset"),
     "attention": (attention_pooled_group_scores,
                   "attention pooling of per-example scores (softmax of |s| over the subset)"),
+    "attention-eval": (attention_eval_pooled_group_scores,
+                       "attention pooling of per-example scores (softmax of s over the subset, "
+                       "as in the AirRep authors' evaluation script)"),
 }
 
 
+def pooled_group_scores(scores: np.ndarray, membership: np.ndarray, pooling: str) -> np.ndarray:
+    """(T, M) group scores by the pooling named ``pooling`` (a key of :data:`POOLINGS`)."""
+    check_group_score(pooling)
+    return POOLINGS[pooling][0](scores, membership)
+
+
 def check_group_score(name: str) -> None:
-    """Refuse a group score that :data:`GROUP_SCORES` does not name, listing those it does."""
-    if name not in GROUP_SCORES:
-        raise ValueError(f"group_score must be one of {', '.join(GROUP_SCORES)}, not {name!r}")
+    """Refuse a pooling that :data:`POOLINGS` does not name, listing those it does."""
+    if name not in POOLINGS:
+        raise ValueError(f"group_score must be one of {', '.join(POOLINGS)}, not {name!r}")
 
 
 CORRELATIONS = ("spearman", "kendall", "pearson")

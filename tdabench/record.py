@@ -102,11 +102,26 @@ class Recall:
 
 
 @dataclass
+class PaperLds:
+    """The paper-comparable LDS of a published bank: all its subsets, the method authors'
+    evaluation aggregation (``group_score`` says which)."""
+
+    mean: float
+    ci95: list[float]
+    n_targets: int
+    n_subsets: int
+    group_score: str
+
+
+@dataclass
 class Metrics:
-    """LDS on the test subsets and recall@k (keys ``recall@<k>`` in JSON)."""
+    """LDS on the test subsets and recall@k (keys ``recall@<k>`` in JSON); on published ground
+    truth also ``lds_all_subsets``, named the ``headline``."""
 
     lds: Lds
     recall: dict[int, Recall]
+    lds_all_subsets: PaperLds | None = None
+    headline: str | None = None
 
     @staticmethod
     def _in(obj: dict) -> dict:
@@ -115,10 +130,14 @@ class Metrics:
         for k in RECALL_KS:
             if k not in recall:
                 raise RecordError(f"incomplete record: no metrics.recall@{k}")
-        return {"lds": obj.get("lds"), "recall": recall}
+        extra = {k: obj[k] for k in ("lds_all_subsets", "headline") if k in obj}
+        return {"lds": obj.get("lds"), "recall": recall, **extra}
 
     def _out(self) -> dict:
-        return {"lds": _to_json(self.lds), **{f"recall@{k}": _to_json(r) for k, r in self.recall.items()}}
+        extra = {"lds_all_subsets": _to_json(self.lds_all_subsets),
+                 "headline": self.headline} if self.headline else {}
+        return {"lds": _to_json(self.lds), **{f"recall@{k}": _to_json(r) for k, r in self.recall.items()},
+                **extra}
 
 
 @dataclass

@@ -22,6 +22,7 @@ from tdabench.groundtruth import (
     training_splits,
 )
 from tdabench.methods.airrep import (
+    DTYPES,
     AirRepEncoder,
     load_encoder,
     ranknet_loss,
@@ -165,3 +166,106 @@ def test_the_cli_takes_a_checkpoint(released_checkpoint, micro, tmp_path, capsys
                      "--checkpoint", str(path), "--results-dir", str(tmp_path)]) == 0
     record = json.loads(next(tmp_path.rglob("airrep-*.json")).read_text())
     assert record["config"]["checkpoint"] == str(path)
+
+
+# --- the released layout, precision and the pooling variants --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def authors_checkpoint(tmp_path_factory):
+    """A checkpoint as the authors' trainer saves it: bf16, BERT's pooler included."""
+    from paper_fixture import write_checkpoint
+
+    return write_checkpoint(tmp_path_factory.mktemp("released") / "AirRep-Flan-Small")
+
+
+def test_the_released_layout_loads_ignoring_only_the_pooler(authors_checkpoint, tmp_path, capfd):
+    from safetensors.torch import load_file, save_file
+
+    encoder, _ = load_encoder(str(authors_checkpoint))
+    assert "model of type `airrep`" not in capfd.readouterr().err  # transformers' warning is gone
+    state = load_file(authors_checkpoint / "model.safetensors")
+    assert state["projector.weight"].dtype == torch.bfloat16 and "bert.pooler.dense.weight" in state
+    assert torch.equal(encoder.projector.weight, state["projector.weight"].float())
+    assert not any("pooler" in k for k in encoder.state_dict())
+    other = tmp_path / "other"
+    shutil.copytree(authors_checkpoint, other)
+    save_file({**state, "bert.extra.weight": torch.zeros(2)}, other / "model.safetensors")
+    with pytest.raises(ValueError, match=r"not an AirRep checkpoint.*unexpected \['bert\.extra\.weight'\]"):
+        load_encoder(str(other))
+
+
+def test_bf16_encoding_is_offered_and_recorded(authors_checkpoint, micro, tmp_path):
+    from tdabench.method import FitContext, make_config
+    from tdabench.methods.airrep import AirRep
+
+    _, spec, data = micro
+    scores = {}
+    for dtype in ("fp32", "bf16"):
+        method = AirRep(make_config(AirRep, {"checkpoint": str(authors_checkpoint), "dtype": dtype}))
+        method.fit(data.pool[:20], FitContext(spec, data, tmp_path))
+        assert next(method.encoder.parameters()).dtype == DTYPES[dtype]
+        scores[dtype] = method.score(data.targets[:4])
+        assert scores[dtype].dtype == np.float32
+    assert not np.array_equal(scores["fp32"], scores["bf16"])
+    scale = np.abs(scores["fp32"]).max()
+    np.testing.assert_allclose(scores["bf16"], scores["fp32"], rtol=0.1, atol=0.05 * scale)
+    assert make_config(AirRep, {}).dtype == ("bf16" if torch.cuda.is_available() else "fp32")
+    with pytest.raises(ValueError, match="dtype must be one of fp32, bf16"):
+        AirRep(make_config(AirRep, {"dtype": "fp16"}))
+
+
+def _literal_pooling(scores, membership, absolute):
+    """sum_z exp(w_z) / sum_z' exp(w_z') * s_z over each subset, w = |s| or s: element by element."""
+    out = np.zeros((scores.shape[0], len(membership)))
+    for t in range(scores.shape[0]):
+        for m, row in enumerate(membership):
+            s = [scores[t, n] for n in range(len(row)) if row[n]]
+            w = [abs(v) if absolute else v for v in s]
+            total = sum(np.exp(x) for x in w)
+            out[t, m] = sum(np.exp(x) / total * v for x, v in zip(w, s))
+    return out
+
+
+def test_the_pooling_variants_match_their_formulas():
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(4, 12)) * 2  # negative scores separate the two attentions
+    membership = rng.random((5, 12)) < 0.5
+    trained = metrics.pooled_group_scores(scores, membership, "attention")
+    evaluated = metrics.pooled_group_scores(scores, membership, "attention-eval")
+    np.testing.assert_allclose(trained, _literal_pooling(scores, membership, True), rtol=1e-12)
+    np.testing.assert_allclose(evaluated, _literal_pooling(scores, membership, False), rtol=1e-12)
+    np.testing.assert_array_equal(trained, metrics.attention_pooled_group_scores(scores, membership))
+    assert np.abs(trained - evaluated).max() > 0.1
+    np.testing.assert_allclose(metrics.pooled_group_scores(scores, membership, "sum"),
+                               [[scores[t, r].sum() for r in membership] for t in range(4)])
+    with pytest.raises(ValueError, match="group_score must be one of .*not 'max'"):
+        metrics.pooled_group_scores(scores, membership, "max")
+
+
+def test_airrep_pools_as_configured_and_the_runner_forces_either(released_checkpoint, micro, tmp_path):
+    path, _, _ = released_checkpoint
+    record, _ = runner.run("airrep", "micro", "micro", results_dir=tmp_path,
+                           config={"checkpoint": str(path), "pooling": "attention-eval"})
+    forced, _ = runner.run("airrep", "micro", "micro", results_dir=tmp_path, group_score="attention-eval",
+                           config={"checkpoint": str(path)})
+    assert record["metrics"]["lds"]["mean"] == forced["metrics"]["lds"]["mean"]
+    assert "softmax of s over the subset" in forced["protocol"]["group_score"]
+    with pytest.raises(ValueError, match="pooling must be one of sum, attention, attention-eval"):
+        runner.run("airrep", "micro", "micro", results_dir=tmp_path, config={"pooling": "max"})
+
+
+def test_a_hub_checkpoint_can_be_pinned_to_a_commit(monkeypatch):
+    import huggingface_hub
+
+    asked = []
+
+    def offline(repo, revision=None):
+        asked.append((repo, revision))
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    for path in ("sunweiwei/AirRep-Flan-Small@0123abc", "sunweiwei/AirRep-Flan-Small"):
+        with pytest.raises(FileNotFoundError, match="neither a directory nor reachable"):
+            load_encoder(path)
+    assert asked == [("sunweiwei/AirRep-Flan-Small", "0123abc"), ("sunweiwei/AirRep-Flan-Small", None)]

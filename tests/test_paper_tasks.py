@@ -1,4 +1,5 @@
-"""The paper tasks' loaders and lds.jsonl importer, on offline files of the published format."""
+"""The paper tier: the AirRep paper's benchmarks read from files in the published layout, and
+AirRep scored on them exactly as the authors' ``scripts/04_evaluate.py`` scores it."""
 
 from __future__ import annotations
 
@@ -6,112 +7,306 @@ import json
 
 import numpy as np
 import pytest
+import torch
+from paper_fixture import LOSS_KEYS, write_benchmark, write_checkpoint, write_dataset
+from scipy import stats
 
-from tdabench import metrics, runner
+from tdabench import cli, runner
 from tdabench.data import DataError
 from tdabench.groundtruth import BankMismatch, ensure_bank
+from tdabench.methods.airrep import authors_text
+from tdabench.registry import get_task
 from tdabench.spec import override
 from tdabench.tasks import paper
 
-
-def write_benchmark(root, name="flan", n_train=30, n_test=6, n_subsets=100, seed=0, bad_line=None):
-    """A small copy of sunweiwei/airrep-test/<name> in its published layout."""
-    rng = np.random.default_rng(seed)
-    folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
-    tasks = ["qa", "math", "translate"]
-    with open(folder / "train.jsonl", "w") as f:
-        for i in range(n_train):
-            f.write(json.dumps({"inputs": f"question {i} about {tasks[i % 3]}", "targets": f"answer {i}",
-                                "task": tasks[i % 3]}) + "\n")
-    with open(folder / "test.jsonl", "w") as f:
-        for i in range(n_test):
-            row = {"prompt": f"test {i}", "response": f"reply {i}", "task": tasks[i % 3]}
-            f.write(json.dumps(row) + "\n")
-    with open(folder / "lds.jsonl", "w") as f:
-        for m in range(n_subsets):
-            subset = sorted(rng.choice(n_train, n_train // 2, replace=False).tolist())
-            row = {"train_subset": subset, "test_loss": rng.uniform(1, 3, n_test).round(4).tolist()}
-            f.write(("{broken" if m == bad_line else json.dumps(row)) + "\n")
-    return root
+# --- an independent transcription of the authors' evaluation (scripts/04_evaluate.py) ----------
 
 
-def test_record_formats_normalise_to_examples():
-    ex = paper.to_example({"instruction": "Add", "input": "2 and 3", "output": "5"}, 0, "alpaca")
-    assert (ex.prompt, ex.response, ex.source) == ("Add 2 and 3", "5", "alpaca")
+def format_item(x: dict) -> str:
+    """The authors' ``format_item``, step by step."""
+    prompt, response = "", ""
+    if "data" in x:
+        prompt = " ".join(x["data"][0].split()[:100])
+        response = x["data"][1]
+    if "input" in x:
+        prompt = x.get("instruction", "") + " " + x["input"]
+    for op in ["inputs", "prompt", "instruction"]:
+        if op in x:
+            prompt = x[op]
+            break
+    for op in ["response", "targets", "output"]:
+        if op in x:
+            response = x[op]
+            break
+    return "Question: " + " ".join(prompt.split()[:256]) + "\nAnswer:" + " " + response
+
+
+def average_lds_spearman(score: np.ndarray, lds: list[dict]) -> float:
+    """The authors' ``average_lds_spearman``: per subset, softmax(s) * s summed over its members
+    (torch, float64); per test example, scipy's Spearman over subsets against minus the loss,
+    NaN -> 0; the mean over test examples."""
+    def softmax(a):
+        a = torch.tensor(a)
+        return (a.softmax(dim=-1) * a).sum().item()
+
+    labels = -np.column_stack([np.asarray(row.get("test_loss", row.get("test_score")), dtype=float)
+                               for row in lds])
+    model_sums = np.column_stack([[softmax(score[i, np.asarray(row["train_subset"], dtype=int)])
+                                   for i in range(score.shape[0])] for row in lds])
+    values = []
+    for m_row, y_row in zip(model_sums, labels):
+        corr = stats.spearmanr(m_row, y_row).correlation
+        values.append(0.0 if np.isnan(corr) else float(corr))
+    return float(np.mean(values))
+
+
+def authors_scores(checkpoint, folder) -> np.ndarray:
+    """(test, train) dot products of the checkpoint's representations, one text at a time (no
+    padding), in fp32, with BERT's own module and the pooler loaded as released."""
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    config.pop("model_type")
+    bert = BertModel(BertConfig(**config), add_pooling_layer=True).eval()
+    state = {k: v.float() for k, v in load_file(checkpoint / "model.safetensors").items()}
+    bert.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("bert.")}, strict=False)
+    tokenizer = BertTokenizerFast.from_pretrained(checkpoint)
+
+    def embed(filename):
+        rows = [json.loads(line) for line in open(folder / filename)]
+        out = []
+        for row in rows:
+            ids = tokenizer(format_item(row), truncation=True, max_length=512, return_tensors="pt")
+            with torch.no_grad():
+                hidden = bert(**ids).last_hidden_state[0]
+            out.append(hidden.mean(0) @ state["projector.weight"].T + state["projector.bias"])
+        return torch.stack(out).numpy()
+
+    return embed("test.jsonl") @ embed("train.jsonl").T
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    root = tmp_path_factory.mktemp("airrep-test")
+    return write_dataset(root), write_checkpoint(tmp_path_factory.mktemp("ckpt") / "AirRep-Flan-Small")
+
+
+# --- records as the authors format them ----------------------------------------------------------
+
+LONG = " ".join(f"w{i}" for i in range(300))
+FORMATS = [  # (record, the exact text AirRep encodes)
+    ({"inputs": "Translate  this\n please", "targets": "ok", "task": "t"},
+     "Question: Translate this please\nAnswer: ok"),
+    ({"instruction": "Add", "input": "2 and 3", "output": "5"}, "Question: Add\nAnswer: 5"),
+    ({"instruction": "Name a city.", "input": "", "output": "Paris"},
+     "Question: Name a city.\nAnswer: Paris"),
+    ({"input": "only an input", "output": "x"}, "Question: only an input\nAnswer: x"),
+    ({"data": [LONG, "resp"]}, "Question: " + " ".join(f"w{i}" for i in range(100)) + "\nAnswer: resp"),
+    ({"data": ["p", "r"], "prompt": "q"}, "Question: q\nAnswer: r"),
+    ({"data": ["p", "r"], "targets": "t"}, "Question: p\nAnswer: t"),
+    ({"prompt": LONG, "response": "r"}, "Question: " + " ".join(f"w{i}" for i in range(256)) + "\nAnswer: r"),
+    ({"prompt": "p", "response": "r", "targets": "t", "output": "o"}, "Question: p\nAnswer: r"),
+    ({"inputs": "a", "prompt": "b", "instruction": "c", "targets": "t"}, "Question: a\nAnswer: t"),
+    ({"prompt": "x", "instruction": "c", "input": "i", "output": "o"}, "Question: x\nAnswer: o"),
+]
+
+
+@pytest.mark.parametrize("row, text", FORMATS)
+def test_records_become_the_text_the_authors_encode(row, text):
+    assert authors_text(paper.to_example(row, 0, "flan")) == text
+    assert format_item(row) == text  # the transcription above agrees with the table
+
+
+def test_chat_records_and_sources_and_unreadable_records():
     ex = paper.to_example({"messages": [{"role": "user", "content": "hi"},
                                         {"role": "assistant", "content": "hello"},
-                                        {"role": "user", "content": "again"}],
-                           "dataset": "oasst"}, 1, "tulu")
+                                        {"role": "user", "content": "again"}], "dataset": "oasst"}, 1, "tulu")
     assert (ex.prompt, ex.response, ex.source) == ("hi", "hello", "oasst")
-    ex = paper.to_example({"data": ["q", "a"]}, 2, "flan")
-    assert (ex.prompt, ex.response, ex.source) == ("q", "a", "flan")
+    assert paper.to_example({"inputs": "q", "targets": "a"}, 0, "flan").source == "flan"
     with pytest.raises(ValueError, match="no prompt/response"):
         paper.to_example({"text": "x"}, 3, "flan")
+    with pytest.raises(ValueError, match="no prompt/response"):
+        paper.to_example({"inputs": "a question without an answer"}, 3, "flan")
+    with pytest.raises(ValueError, match="'data' must be a list"):
+        paper.to_example({"data": ["only a prompt"]}, 3, "tulu")
 
 
-def test_published_ground_truth_is_imported_and_scored(tmp_path):
-    root = write_benchmark(tmp_path / "airrep-test")
-    task = paper.FLAN
+# --- the published ground truth ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["flan", "alpaca", "tulu", "safe", "saferlhf"])
+def test_every_paper_task_loads_and_imports_all_published_subsets(published, tmp_path, name):
+    root, _ = published
+    task = get_task(name)
+    folder = "safe" if name == "saferlhf" else name
+    assert task.name == folder
     spec = override(task.spec("paper"), {"data.options.path": str(root)})
     data = task.load(spec.data)
-    assert (len(data.pool), len(data.targets)) == (30, 6)
-    assert {ex.source for ex in data.pool} == {"qa", "math", "translate"}
+    assert (len(data.pool), len(data.targets)) == (40, 6)
+    rows = [json.loads(line) for line in open(root / folder / "lds.jsonl")]
     bank = ensure_bank(task, spec, data, tmp_path / "bank")
-    rows = [json.loads(line) for line in open(root / "flan" / "lds.jsonl")]
-    assert bank.complete and bank.losses.shape == (100, 1, 6)
+    assert bank.complete and bank.losses.shape == (100, 1, 6) and bank.spec.groundtruth.n_subsets == 100
     assert np.flatnonzero(bank.membership[7]).tolist() == rows[7]["train_subset"]
-    np.testing.assert_allclose(bank.labels()[:, 7], -np.array(rows[7]["test_loss"]))
-    # an oracle that knows the labels scores LDS 1 against the imported bank
-    assert metrics.lds(bank.labels(), bank.labels()) == pytest.approx(1.0)
-    # importing again reuses the bank; a changed lds.jsonl is refused, never mixed in
-    assert np.array_equal(ensure_bank(task, spec, data, tmp_path / "bank").losses, bank.losses)
-    write_benchmark(tmp_path / "airrep-test", seed=1)
+    np.testing.assert_array_equal(bank.labels()[:, 7], -np.array(rows[7][LOSS_KEYS[folder]]))
+    manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
+    assert f"sunweiwei/airrep-test/{folder} local copy {root}" in manifest["model_fingerprint"]
+
+
+def test_a_changed_lds_file_is_refused_never_mixed_in(tmp_path):
+    root = write_benchmark(tmp_path / "a", "flan")
+    spec = override(paper.FLAN.spec("paper"), {"data.options.path": str(root)})
+    data = paper.FLAN.load(spec.data)
+    bank = ensure_bank(paper.FLAN, spec, data, tmp_path / "bank")
+    assert np.array_equal(ensure_bank(paper.FLAN, spec, data, tmp_path / "bank").losses, bank.losses)
+    write_benchmark(tmp_path / "a", "flan", seed=1)
     with pytest.raises(BankMismatch, match="model_fingerprint"):
-        ensure_bank(task, spec, data, tmp_path / "bank")
+        ensure_bank(paper.FLAN, spec, paper.FLAN.load(spec.data), tmp_path / "bank")
 
 
-def test_run_on_a_local_copy_of_the_paper_data(tmp_path):
-    root = write_benchmark(tmp_path / "airrep-test", name="alpaca")
-    record, path = runner.run("random", "alpaca", "paper", spec_overrides={"data.options.path": str(root)},
-                              results_dir=tmp_path / "results", bank_path=tmp_path / "bank")
-    assert record["bank"]["source"] == "published" and record["metrics"]["lds"]["n_subsets"] == 80
-    assert path.exists()
+def _rewrite_lds(root, change) -> None:
+    path = root / "flan" / "lds.jsonl"
+    rows = [json.loads(line) for line in open(path)]
+    change(rows)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-@pytest.mark.parametrize("bad_line, message", [(4, r"lds\.jsonl:5: not valid JSON")])
-def test_a_malformed_lds_file_names_the_line(tmp_path, bad_line, message):
-    root = write_benchmark(tmp_path / "airrep-test", bad_line=bad_line)
+def _both_agree(rows):
+    rows[2]["test_score"] = rows[2]["test_loss"]
+
+
+def _both_disagree(rows):
+    rows[2]["test_score"] = [v + 1 for v in rows[2]["test_loss"]]
+
+
+def _neither(rows):
+    rows[2].pop("test_loss")
+
+
+def _null(rows):
+    rows[2]["test_loss"][1] = None
+
+
+def _nan(rows):
+    rows[2]["test_loss"][1] = float("nan")  # json writes NaN
+
+
+def _short(rows):
+    rows[2]["test_loss"] = rows[2]["test_loss"][:-1]
+
+
+@pytest.mark.parametrize("change, message", [
+    (_both_disagree, r"lds\.jsonl:3: 'test_loss' and 'test_score' disagree"),
+    (_neither, r"lds\.jsonl:3: no losses"),
+    (_null, r"lds\.jsonl:3: a test loss is null or not a finite number"),
+    (_nan, r"lds\.jsonl:3: a test loss is null or not a finite number"),
+    (_short, r"lds\.jsonl:3: 5 test losses for 6 targets"),
+])
+def test_bad_loss_rows_name_their_line(tmp_path, change, message):
+    root = write_benchmark(tmp_path / "a", "flan")
+    _rewrite_lds(root, change)
     spec = override(paper.FLAN.spec("paper"), {"data.options.path": str(root)})
-    data = paper.FLAN.load(spec.data)
     with pytest.raises(DataError, match=message):
-        ensure_bank(paper.FLAN, spec, data, tmp_path / "bank")
+        ensure_bank(paper.FLAN, spec, paper.FLAN.load(spec.data), tmp_path / "bank")
 
 
-def test_wrong_loss_counts_and_subset_counts_are_refused(tmp_path):
-    root = write_benchmark(tmp_path / "a", n_subsets=100)
-    rows = [json.loads(line) for line in open(root / "flan" / "lds.jsonl")]
-    rows[3]["test_loss"] = rows[3]["test_loss"][:-1]
-    (root / "flan" / "lds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+def test_both_loss_keys_agreeing_are_accepted(tmp_path):
+    root = write_benchmark(tmp_path / "a", "flan")
+    _rewrite_lds(root, _both_agree)
+    spec = override(paper.FLAN.spec("paper"), {"data.options.path": str(root)})
+    assert ensure_bank(paper.FLAN, spec, paper.FLAN.load(spec.data), tmp_path / "bank").complete
+
+
+def test_a_malformed_lds_line_is_named(tmp_path):
+    root = write_benchmark(tmp_path / "a", "flan")
+    path = root / "flan" / "lds.jsonl"
+    lines = path.read_text().splitlines()
+    lines[4] = "{broken"
+    path.write_text("\n".join(lines) + "\n")
+    spec = override(paper.FLAN.spec("paper"), {"data.options.path": str(root)})
+    with pytest.raises(DataError, match=r"lds\.jsonl:5: not valid JSON"):
+        ensure_bank(paper.FLAN, spec, paper.FLAN.load(spec.data), tmp_path / "bank")
+
+
+def test_the_number_of_subsets_comes_from_the_file(tmp_path):
+    root = write_benchmark(tmp_path / "a", "flan", n_subsets=40)
     spec = override(paper.FLAN.spec("paper"), {"data.options.path": str(root)})
     data = paper.FLAN.load(spec.data)
-    with pytest.raises(DataError, match=r"lds\.jsonl:4: 5 test losses for 6 targets"):
-        ensure_bank(paper.FLAN, spec, data, tmp_path / "bank")
-    root = write_benchmark(tmp_path / "b", n_subsets=40)
-    spec = override(paper.FLAN.spec("paper"), {"data.options.path": str(root)})
+    assert ensure_bank(paper.FLAN, spec, data, tmp_path / "bank").losses.shape == (40, 1, 6)
+    # a count the user states must match the file
+    stated = override(spec, {"groundtruth.n_subsets": "100"})
     with pytest.raises(ValueError, match="40 subsets"):
-        ensure_bank(paper.FLAN, spec, paper.FLAN.load(spec.data), tmp_path / "bank2")
+        ensure_bank(paper.FLAN, stated, data, tmp_path / "bank2")
 
 
-def test_offline_hub_failure_says_what_and_what_instead(monkeypatch):
+# --- the pinned source ---------------------------------------------------------------------------
+
+
+def test_the_hub_is_read_only_at_a_pinned_commit(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    message = r"flan/train\.jsonl.*sunweiwei/airrep-test.*offline task \(chatterbot"
+    spec = paper.FLAN.spec("paper")
+    if not paper.PINNED_REVISION:
+        with pytest.raises(DataError, match=r"no pinned revision.*data\.options\.revision=<40-hex"):
+            paper.FLAN.load(spec.data)
+    with pytest.raises(DataError, match=r"'main' is not a commit hash"):
+        paper.FLAN.load(override(spec, {"data.options.revision": "main"}).data)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    message = rf"flan/train\.jsonl.*sunweiwei/airrep-test at {commit}.*offline task \(chatterbot"
     with pytest.raises(DataError, match=message):
-        paper.FLAN.load(paper.FLAN.spec("paper").data)
+        paper.FLAN.load(override(spec, {"data.options.revision": commit}).data)
 
 
 def test_the_paper_preset_carries_the_paper_recipe():
     spec = paper.TULU.spec("paper")
     assert spec.model.name == "Qwen/Qwen2.5-0.5B" and spec.model.dtype == "bfloat16"
     assert (spec.finetune.lr, spec.finetune.batch_size, spec.finetune.epochs) == (2e-5, 16, 2)
-    assert spec.groundtruth.source == "published" and spec.groundtruth.n_subsets == 100
+    assert spec.groundtruth.source == "published" and spec.groundtruth.n_subsets == 0  # as published
+
+
+# --- end to end: the authors' figure -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["flan", "safe"])
+def test_tdabench_run_prints_the_authors_lds(published, tmp_path, capsys, name):
+    root, checkpoint = published
+    # on a CPU fp32 is the default; on a GPU (default bf16) ask for fp32, which the transcription uses
+    fp32 = ["--config", "dtype=fp32"] if torch.cuda.is_available() else []
+    assert cli.main(["run", "--method", "airrep", "--task", name, "--preset", "paper",
+                     "--set", f"data.options.path={root}", "--checkpoint", str(checkpoint), *fp32,
+                     "--bank", str(tmp_path / "bank"), "--results-dir", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    record = json.loads(next((tmp_path / "results").rglob("airrep-*.json")).read_text())
+    lds = [json.loads(line) for line in open(root / name / "lds.jsonl")]
+    expected = average_lds_spearman(authors_scores(checkpoint, root / name), lds)
+    m = record["metrics"]
+    assert m["headline"] == "lds_all_subsets" and m["lds_all_subsets"]["n_subsets"] == 100
+    assert m["lds_all_subsets"]["mean"] == pytest.approx(expected, abs=1e-9)
+    assert f"{expected:+.6f}" in out and "LDS (paper, all 100 subsets" in out and "LDS test part" in out
+    assert abs(expected) > 1e-3  # not a degenerate zero
+    assert record["config"]["dtype"] == "fp32" and record["bank"]["n_subsets"] == 100
+    # the test-part figure stays beside it, made with the pooling AirRep trains with
+    assert m["lds"]["n_subsets"] == 80 and m["lds"]["mean"] != m["lds_all_subsets"]["mean"]
+
+
+def test_a_method_without_its_own_evaluation_pooling_keeps_its_group_scores(published, tmp_path):
+    root, _ = published
+    record, _ = runner.run("random", "alpaca", "paper", spec_overrides={"data.options.path": str(root)},
+                           results_dir=tmp_path / "results", bank_path=tmp_path / "bank")
+    m = record["metrics"]
+    assert record["bank"]["source"] == "published" and m["lds"]["n_subsets"] == 80
+    assert m["lds_all_subsets"]["group_score"] == "as for the test part"
+    # random's scores (seed 0) summed over each subset, against all 100 published subsets
+    scores = np.random.default_rng(0).standard_normal((6, 40))
+    lds = [json.loads(line) for line in open(root / "alpaca" / "lds.jsonl")]
+    sums = np.array([[scores[i, row["train_subset"]].sum() for row in lds] for i in range(6)])
+    labels = -np.array([row["test_loss"] for row in lds]).T
+    expected = np.mean([stats.spearmanr(a, b).correlation for a, b in zip(sums, labels)])
+    assert m["lds_all_subsets"]["mean"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_regenerating_the_paper_ground_truth_needs_a_subset_count(published, tmp_path):
+    root, _ = published
+    spec = override(paper.FLAN.spec("paper"), {"data.options.path": str(root),
+                                                "groundtruth.source": "finetune"})
+    with pytest.raises(ValueError, match=r"groundtruth\.n_subsets=0 builds nothing.*n_subsets=100"):
+        ensure_bank(paper.FLAN, spec, paper.FLAN.load(spec.data), tmp_path / "bank")
