@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from . import device as devices
 from . import metrics
+from .device import CPU, Device
 from .groundtruth import GroundTruthBank, ensure_bank, versions
 from .method import FitContext, held_bytes, make_config
 from .registry import get_method, get_task
@@ -60,12 +62,13 @@ def load_task(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | 
 
 def groundtruth(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | None = None,
                 workers: int = 1, bank_path: Path | None = None, executor: str = "local",
-                address: str | None = None, subsets: slice | None = None) -> GroundTruthBank:
+                address: str | None = None, subsets: slice | None = None,
+                device: Device = CPU) -> GroundTruthBank:
     """Build (or resume) a task's ground-truth bank; ``executor`` ``"local"`` or ``"ray"``
     (``address``: a Ray cluster; None starts a local instance); ``subsets``: only these subset
-    indices (a part of the bank, to merge with others)."""
+    indices (a part of the bank, to merge with others); ``device``: where fine-tunes run."""
     t, spec, data = load_task(task, preset, spec_overrides)
-    return ensure_bank(t, spec, data, bank_path, workers, executor, address, subsets)
+    return ensure_bank(t, spec, data, bank_path, workers, executor, address, subsets, device)
 
 
 def bank_reliability(bank: GroundTruthBank, correlation: str = "spearman") -> dict[str, Any] | None:
@@ -114,7 +117,7 @@ def _check_scores(name: str, array: Any, shape: tuple[int, int], method: str) ->
 
 def _method_and_context(method: str, spec: TaskSpec, data: TaskData, seed: int,
                         config: dict[str, str] | None, workers: int, executor: str = "local",
-                        address: str | None = None) -> tuple[Any, dict, FitContext]:
+                        address: str | None = None, device: Device = CPU) -> tuple[Any, dict, FitContext]:
     """The adapter with its config, and a fresh work directory for it."""
     method_cls = get_method(method)
     cfg = make_config(method_cls, config)
@@ -124,19 +127,22 @@ def _method_and_context(method: str, spec: TaskSpec, data: TaskData, seed: int,
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     context = FitContext(spec=spec, data=data, workdir=workdir, seed=seed, workers=workers,
-                         executor=executor, address=address)
+                         executor=executor, address=address, device=device.name, dtype=device.dtype)
     return method_cls(cfg), config_dict, context
 
 
 def train(method: str, task: str, preset: str = "tiny", seed: int = 0,
           config: dict[str, str] | None = None, spec_overrides: dict[str, str] | None = None,
-          workers: int = 1, executor: str = "local", address: str | None = None) -> str:
+          workers: int = 1, executor: str = "local", address: str | None = None,
+          device: Device = CPU) -> str:
     """Train a learned method for a task (its ``train`` phase); returns where the result is."""
     _, spec, data = load_task(task, preset, spec_overrides)
-    adapter, _, context = _method_and_context(method, spec, data, seed, config, workers, executor, address)
+    adapter, _, context = _method_and_context(method, spec, data, seed, config, workers, executor,
+                                              address, device)
     if not hasattr(adapter, "train"):
         raise ValueError(f"method {method!r} has nothing to train")
-    adapter.train(context)
+    with device.autocast():
+        adapter.train(context)
     return str(getattr(adapter, "checkpoint", context.workdir))
 
 
@@ -151,21 +157,21 @@ def attribute(adapter: Any, context: FitContext, membership: np.ndarray, method:
     """
     if group_score not in (None, "sum", "attention"):
         raise ValueError(f"group_score must be 'sum' or 'attention', not {group_score!r}")
-    data = context.data
+    data, where = context.data, devices.of(context)
     T, N = len(data.targets), len(data.pool)
-    costs: dict[str, Any] = {}
+    costs: dict[str, Any] = {"device": where.describe()}
     if hasattr(adapter, "train"):
-        _, train_cost = measure(lambda: adapter.train(context))
+        _, train_cost = measure(lambda: adapter.train(context), device=where)
         costs["train"] = train_cost.to_dict()
-    _, fit_cost = measure(lambda: adapter.fit(data.pool, context))
-    raw, score_cost = measure(lambda: adapter.score(data.targets))
+    _, fit_cost = measure(lambda: adapter.fit(data.pool, context), device=where)
+    raw, score_cost = measure(lambda: adapter.score(data.targets), device=where)
     scores = _check_scores("scores", raw, (T, N), method)
     costs.update({"fit": fit_cost.to_dict(), "score": score_cost.to_dict()})
     if group_score == "attention":
         group_scores = metrics.attention_pooled_group_scores(scores, membership)
         aggregation = "attention pooling of per-example scores (softmax of |s| over the subset)"
     elif hasattr(adapter, "score_groups") and group_score is None:
-        raw_groups, group_cost = measure(lambda: adapter.score_groups(data.targets, membership))
+        raw_groups, group_cost = measure(lambda: adapter.score_groups(data.targets, membership), device=where)
         group_scores = _check_scores("group scores", raw_groups, (T, len(membership)), method)
         costs["score_groups"] = group_cost.to_dict()
         aggregation = "method's own score_groups"
@@ -190,19 +196,20 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
         workers: int = 1, results_dir: Path | str = "results",
         bank_path: Path | None = None, group_score: str | None = None,
         correlation: str = "spearman", executor: str = "local",
-        address: str | None = None) -> tuple[dict[str, Any], Path]:
+        address: str | None = None, device: Device = CPU) -> tuple[dict[str, Any], Path]:
     """Build or reuse the ground truth, run ``method`` on it, write and return the record.
 
     The record (JSON) holds the metrics on the bank's test subsets, the costs and the protocol;
     beside it, ``<record>.npz`` holds the (T, M_test) group scores and labels, which
     ``tdabench compare`` resamples. See :func:`attribute` for ``group_score``; ``executor`` and
-    ``address`` say where fine-tunes run (this bank's and a method's own banks).
+    ``address`` say where fine-tunes run (this bank's and a method's own banks); ``device`` on
+    what every phase runs (stated in the record's ``cost.device``).
     """
     the_protocol = protocol(correlation)
     t, spec, data = load_task(task, preset, spec_overrides)
-    bank = ensure_bank(t, spec, data, bank_path, workers, executor, address)
+    bank = ensure_bank(t, spec, data, bank_path, workers, executor, address, device=device)
     adapter, config_dict, context = _method_and_context(method, spec, data, seed, config, workers,
-                                                        executor, address)
+                                                        executor, address, device)
     scores, group_scores, costs, aggregation = attribute(adapter, context, bank.membership, method,
                                                          group_score)
     if group_score:
@@ -240,7 +247,7 @@ def tune(method: str, task: str, grid: dict[str, list[str]], preset: str = "tiny
          config: dict[str, str] | None = None, spec_overrides: dict[str, str] | None = None,
          workers: int = 1, bank_path: Path | None = None, correlation: str = "spearman",
          results_dir: Path | str = "results", executor: str = "local",
-         address: str | None = None) -> tuple[list[dict[str, Any]], Path]:
+         address: str | None = None, device: Device = CPU) -> tuple[list[dict[str, Any]], Path]:
     """Grid search of a method's config on the bank's tuning subsets only.
 
     ``grid`` maps config fields to the values to try (every combination is run, on top of
@@ -252,7 +259,7 @@ def tune(method: str, task: str, grid: dict[str, list[str]], preset: str = "tiny
     import pandas as pd
 
     t, spec, data = load_task(task, preset, spec_overrides)
-    bank = ensure_bank(t, spec, data, bank_path, workers, executor, address)
+    bank = ensure_bank(t, spec, data, bank_path, workers, executor, address, device=device)
     tuning = tuning_subsets(len(bank.membership))
     labels = bank.labels()[:, tuning]
     fields = list(grid)
@@ -260,7 +267,7 @@ def tune(method: str, task: str, grid: dict[str, list[str]], preset: str = "tiny
     for values in itertools.product(*(grid[f] for f in fields)):
         trial_config = {**(config or {}), **dict(zip(fields, values))}
         adapter, config_dict, context = _method_and_context(method, spec, data, seed, trial_config,
-                                                            workers, executor, address)
+                                                            workers, executor, address, device)
         _, group_scores, costs, _ = attribute(adapter, context, bank.membership[tuning], method)
         per_target = metrics.lds_per_target(group_scores, labels, correlation)
         low, high = metrics.bootstrap_ci(per_target)
@@ -323,9 +330,13 @@ def summary(record: dict[str, Any]) -> str:
         if phase not in c:
             continue
         p = c[phase]
+        gpu = "" if p.get("cuda_peak_bytes") is None else f"  peak GPU {p['cuda_peak_bytes'] / 2**20:.0f} MiB"
         lines.append(f"  {phase:<6} {p['wall_s']:8.2f} s wall {p['cpu_s']:8.2f} s CPU  "
                      f"peak RSS {p['peak_rss_bytes'] / 2**20:7.0f} MiB "
-                     f"(+{p['peak_rss_delta_bytes'] / 2**20:.0f} MiB)")
+                     f"(+{p['peak_rss_delta_bytes'] / 2**20:.0f} MiB){gpu}")
+    where = c.get("device") or {}
+    if where.get("gpu"):
+        lines.append(f"  device     {where['device']} ({where['gpu']}), {where['dtype']}")
     storage = c["storage_bytes"]
     lines.append(f"  per target {c['score_per_target_s'] * 1e3:.2f} ms; storage "
                  f"{storage['memory'] / 2**20:.2f} MiB in memory, {storage['disk'] / 2**20:.2f} MiB on disk")
@@ -340,7 +351,7 @@ def current(record: dict[str, Any], spec: TaskSpec) -> bool:
 
 def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: list[str] | None = None,
               configs: dict[str, dict[str, str]] | None = None, results_dir: Path | str = "results",
-              workers: int = 1) -> list[Path]:
+              workers: int = 1, device: Device = CPU) -> list[Path]:
     """Run every method on every offline task that has ``preset``, skipping records that exist
     for the current spec (so it resumes). ``configs`` maps a method to its config overrides.
     Methods whose optional dependency is missing are skipped with a message."""
@@ -366,7 +377,7 @@ def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: lis
                 continue
             try:
                 record, out = run(method, task_name, preset, config=configs.get(method),
-                                  workers=workers, results_dir=results_dir)
+                                  workers=workers, results_dir=results_dir, device=device)
             except MissingDependency as err:
                 print(f"skip {method}: {err}")
                 continue
