@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tdabench import metrics
+from tdabench import device, lm, metrics
 from tdabench.groundtruth import TrainingBankSpec, build_training_bank
 from tdabench.method import FitContext, require
 from tdabench.spec import Example, setup_hash, stable_hash
@@ -192,7 +192,7 @@ class AirRep:
         if config.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {config.dtype!r}")
         self.config = config
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = "cpu"  # set from the FitContext in train and fit
 
     # --- encoding ----------------------------------------------------------------------------
 
@@ -200,12 +200,6 @@ class AirRep:
         batch = tokenizer(texts, padding=True, truncation=True, max_length=self.config.max_length,
                           return_tensors="pt")
         return {k: batch[k].to(self.device) for k in ("input_ids", "attention_mask")}
-
-    def _batches(self, texts: list[str]) -> list[np.ndarray]:
-        """Index batches of similar length (padding one long text into a batch of short ones
-        made encoding ten times slower)."""
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        return [order[i:i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
 
     def _encode(self, encoder: AirRepEncoder, tokenizer, texts: list[str], pooled: bool = False
                 ) -> torch.Tensor:
@@ -215,7 +209,7 @@ class AirRep:
         forward = encoder.pooled if pooled else encoder
         out = torch.empty(len(texts), encoder.projector.out_features, device=self.device)
         with torch.no_grad():
-            for idx in self._batches(texts):
+            for idx in lm.length_batches([len(t) for t in texts], self.config.batch_size):
                 batch = self._tokens(tokenizer, [texts[i] for i in idx])
                 out[torch.as_tensor(idx)] = forward(**batch).float()
         return out
@@ -235,6 +229,7 @@ class AirRep:
     def train(self, context: FitContext) -> bool:
         """Train this task's AirRep unless a checkpoint is given or already trained; True
         when nothing was trained here (the harness then reports the phase as cached)."""
+        self.device = context.device
         if self.config.checkpoint:
             self.checkpoint = self.config.checkpoint
             return True
@@ -249,6 +244,7 @@ class AirRep:
         return False
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
+        self.device = context.device
         if not hasattr(self, "checkpoint"):
             self.train(context)
         self.encoder, self.tokenizer = load_encoder(self.checkpoint)
@@ -284,7 +280,7 @@ def train_airrep(method: AirRep, context: FitContext, root: Path) -> None:
     tb = TrainingBankSpec(n_splits=c.n_splits, n_dev=c.n_dev, n_subsets=c.subsets_per_split,
                           fraction=c.fraction, seed=c.train_seed)
     splits = build_training_bank(context.spec, context.data, tb, context.workers,
-                                 context.executor, context.address)
+                                 context.executor, context.address, device.of(context))
     pool_texts = method._texts(context.data.pool)
     position = {ex.id: i for i, ex in enumerate(context.data.pool)}  # dev targets are pool examples
     prepared = [(np.array([position[ex.id] for ex in d.targets]), bank.membership,
@@ -376,7 +372,7 @@ def _step(method: AirRep, encoder: AirRepEncoder, tokenizer, optimizer, schedule
         grad = embeddings.grad
         texts = [pool_texts[i] for i in indices]
         encoder.eval()  # dropout off
-        for idx in method._batches(texts):
+        for idx in lm.length_batches([len(t) for t in texts], c.batch_size):
             out = encoder(**method._tokens(tokenizer, [texts[i] for i in idx]))
             out.backward(grad[torch.as_tensor(idx)])
     torch.nn.utils.clip_grad_norm_(params, c.grad_clip)

@@ -64,7 +64,7 @@ def task_class():
             self.modules = modules
 
         def compute_train_loss(self, batch, model, sample: bool = False) -> torch.Tensor:
-            logits, targets, _ = gradients.response_logits(model, batch)
+            logits, targets, _ = lm.response_logits(model, batch)
             if sample:  # labels drawn from the model: the true Fisher
                 with torch.no_grad():
                     targets = torch.multinomial(logits.softmax(-1), 1)[:, 0]
@@ -103,6 +103,7 @@ class EKFAC:
         kf = kronfluence()
         from kronfluence.arguments import FactorArguments
         from kronfluence.utils.dataset import DataLoaderKwargs
+        from kronfluence.utils.state import State
 
         c = self.config
         torch.manual_seed(context.seed)  # the sampled labels of the true Fisher
@@ -112,8 +113,9 @@ class EKFAC:
         modules = list(gradients.tracked_modules(model, self.model_spec, c.tracked))
         task = task_class()(modules)
         self.model = kf.prepare_model(model, task)
-        self.analyzer = kf.Analyzer("tdabench", self.model, task, cpu=True, disable_tqdm=True,
-                                    log_level=logging.WARNING,
+        State._reset_state()  # a process-wide singleton: it would keep the first analyzer's device
+        self.analyzer = kf.Analyzer("tdabench", self.model, task, cpu=context.device == "cpu",
+                                    disable_tqdm=True, log_level=logging.WARNING,
                                     output_dir=str(context.workdir / "kronfluence"))
         pad = tokenizer.pad_token_id
         self.analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=lambda b: lm.collate(b, pad)))

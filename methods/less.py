@@ -62,6 +62,7 @@ class LESS:
         c, spec = self.config, context.spec
         torch.manual_seed(context.seed)  # LoRA's A matrices
         target = lm.load_base_model(spec.model, context.data.warmup, context.data.pool)
+        target.model.to(context.device)
         self.model, self.tokenizer, self.model_spec = target.model, target.tokenizer, spec.model
         names = list(gradients.tracked_modules(self.model, spec.model, c.tracked))
         peft.inject_adapter_in_model(peft.LoraConfig(
@@ -100,8 +101,8 @@ class LESS:
                                f"expected {c.warmup_epochs}")
 
         n_params = sum(p.numel() for p in self.params)
-        self.projection = (gradients.GaussianProjection(n_params, c.proj_dim, c.projector_seed)
-                           if c.proj_dim else None)
+        self.projection = (gradients.GaussianProjection(n_params, c.proj_dim, c.projector_seed,
+                                                        context.device) if c.proj_dim else None)
         self.pool_features = []  # per checkpoint: (N, k), unit rows
         for checkpoint in self.checkpoints:
             b1, b2 = checkpoint["betas"]
@@ -131,7 +132,8 @@ class LESS:
         return x / x.norm(dim=1, keepdim=True).clamp_min(1e-30)
 
     def score(self, targets: list[Example]) -> np.ndarray:
-        total = torch.zeros(len(targets), len(self.pool_features[0]), dtype=torch.float64)
+        total = torch.zeros(len(targets), len(self.pool_features[0]), dtype=torch.float64,
+                            device=self.pool_features[0].device)
         for checkpoint, pool_features in zip(self.checkpoints, self.pool_features):
             t = self._features(self._gradients(checkpoint, targets))
             total += checkpoint["lr"] * (t @ pool_features.T).double()

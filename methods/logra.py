@@ -107,7 +107,7 @@ class LoGra:
                                checkpoints=[str(self.reference.checkpoints[-1])],
                                checkpoints_load_func=lambda m, _: m.eval())  # already loaded
         self.attributor = LoGraAttributor(task, layer_names=[f"lm.{name}" for name in modules],
-                                          hessian=c.hessian, damping=c.damping, device="cpu",
+                                          hessian=c.hessian, damping=c.damping, device=context.device,
                                           proj_dim=c.proj_dim, offload="cpu", cache_dir=str(cache))
         self.attributor.sparsifier_kwargs["proj_seed"] = c.projector_seed
         self.pool_loader = self._loader(pool)

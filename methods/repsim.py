@@ -40,7 +40,8 @@ class RepSim:
         out = []
         with torch.no_grad():
             for start in range(0, len(encoded), self.config.batch_size):
-                batch = lm.collate(encoded[start:start + self.config.batch_size], pad)
+                batch = lm.to_device(lm.collate(encoded[start:start + self.config.batch_size], pad),
+                                     lm.model_device(target.model))
                 hidden = target.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                       output_hidden_states=True).hidden_states[self.config.layer]
                 mask = (batch["labels"] != lm.IGNORE).unsqueeze(-1).to(hidden.dtype)
@@ -48,7 +49,7 @@ class RepSim:
         reps = torch.cat(out)
         if self.config.similarity == "cosine":
             reps = torch.nn.functional.normalize(reps, dim=1)
-        return reps.numpy()
+        return reps.cpu().numpy()
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         self.reference = gradients.reference_model(context)

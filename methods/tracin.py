@@ -52,13 +52,13 @@ class TracIn:
         context.workdir.mkdir(parents=True, exist_ok=True)
         for c, checkpoint in enumerate(self.reference.checkpoints):
             file = context.workdir / f"pool-gradients-{c}.npy"
-            np.save(file, self._gradients(checkpoint, pool, "train").numpy())
+            np.save(file, self._gradients(checkpoint, pool, "train").cpu().numpy())
             self.files.append(file)
         self.n_pool = len(pool)
 
     def score(self, targets: list[Example]) -> np.ndarray:
         total = np.zeros((len(targets), self.n_pool))
         for checkpoint, file in zip(self.reference.checkpoints, self.files):
-            g = self._gradients(checkpoint, targets, "measurement").numpy()
+            g = self._gradients(checkpoint, targets, "measurement").cpu().numpy()
             total += self.reference.lr * (g @ np.load(file, mmap_mode="r").T)
         return gradients.to_scores(total, "gradients", len(targets), self.n_pool)

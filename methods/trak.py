@@ -116,6 +116,7 @@ class Trak:
         tokenizer = self.reference.lm.tokenizer
         encoded = lm.encode(tokenizer, examples, self.model_spec)
         for rows, batch in gradients.batches(encoded, self.config.batch_size, tokenizer.pad_token_id):
+            batch = lm.to_device(batch, lm.model_device(self.reference.lm.model))
             yield rows.stop - rows.start, (batch["input_ids"], batch["attention_mask"], batch["labels"])
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
@@ -133,10 +134,11 @@ class Trak:
         modules = gradients.tracked_modules(model, self.model_spec, c.tracked)
         save_dir = context.workdir / "trak"
         shutil.rmtree(save_dir, ignore_errors=True)  # traker resumes from what it finds there
-        projector = trak.projectors.NoOpProjector(device="cpu") if c.proj_dim == 0 else None
+        # projector None: traker's CudaProjector on a GPU (fast_jl), its BasicProjector on the CPU
+        projector = trak.projectors.NoOpProjector(device=context.device) if c.proj_dim == 0 else None
         self.traker = trak.TRAKer(
             model=model, task=model_output_class()(), train_set_size=len(pool),
-            save_dir=str(save_dir), device="cpu",
+            save_dir=str(save_dir), device=context.device,
             projector=projector, proj_dim=c.proj_dim, use_half_precision=False,
             projector_seed=c.projector_seed, grad_wrt=list(gradients.tracked_parameters(modules)),
             gradient_computer=tracked_gradient_computer(), logging_level=logging.WARNING)

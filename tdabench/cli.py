@@ -23,6 +23,24 @@ def _assignments(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _add_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help="where fine-tunes and method phases run: auto = CUDA when torch sees a GPU; "
+                        "cuda = every GPU (one ground-truth worker each, --workers ignored); "
+                        "cuda:N = GPU N (default: %(default)s)")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="fp32, or bf16 autocast (CUDA only; its banks are kept apart) (default: %(default)s)")
+    p.add_argument("--micro-batch", type=int, default=0, metavar="K",
+                   help="fine-tune in pieces of K examples with gradient accumulation (same step as "
+                        "the recipe's batch); 0 = whole batches, halved on CUDA out-of-memory")
+
+
+def _device(args: argparse.Namespace):
+    from . import device
+
+    return device.resolve(args.device, args.dtype, args.micro_batch)
+
+
 def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="task name (see `tdabench list`)")
     p.add_argument("--preset", default="tiny", help="task preset (default: tiny)")
@@ -39,6 +57,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, metavar="ADDR",
                    help="Ray cluster to use (e.g. auto, HOST:6379); default: start a local Ray "
                         "instance with --workers CPUs")
+    _add_device_args(p)
 
 
 def _add_method_args(p: argparse.ArgumentParser) -> None:
@@ -86,7 +105,8 @@ def _subset_slice(text: str) -> slice:
 
 def cmd_groundtruth(args: argparse.Namespace) -> None:
     bank = runner.groundtruth(args.task, args.preset, _assignments(args.spec_overrides),
-                              args.workers, args.bank, args.executor, args.address, args.subsets)
+                              args.workers, args.bank, args.executor, args.address, args.subsets,
+                              _device(args))
     m, r, t = bank.losses.shape
     if not bank.complete:
         import numpy as np
@@ -107,7 +127,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from . import plan
 
     estimate = plan.plan(args.task, args.preset, _assignments(args.spec_overrides), args.subsets,
-                         args.seeds, args.workers, args.fine_tunes)
+                         args.seeds, args.workers, args.fine_tunes, _device(args))
     print(plan.render(estimate))
 
 
@@ -131,7 +151,8 @@ def cmd_merge_banks(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     record, path = runner.run(args.method, args.task, args.preset, args.seed, _method_config(args),
                               _assignments(args.spec_overrides), args.workers, args.results_dir,
-                              args.bank, args.group_score, args.correlation, args.executor, args.address)
+                              args.bank, args.group_score, args.correlation, args.executor, args.address,
+                              _device(args))
     print(runner.summary(record))
     print(f"record: {path}")
 
@@ -147,7 +168,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     grid = {key: [v.strip() for v in values.split(",")] for key, values in _assignments(args.grid).items()}
     trials, path = runner.tune(args.method, args.task, grid, args.preset, args.seed, _method_config(args),
                                _assignments(args.spec_overrides), args.workers, args.bank,
-                               args.correlation, args.results_dir, args.executor, args.address)
+                               args.correlation, args.results_dir, args.executor, args.address,
+                               _device(args))
     print(f"{args.method} on {args.task}/{args.preset}: LDS on the {trials[0]['n_tuning_subsets']} "
           "tuning subsets (the test subsets are not touched)")
     for trial in trials:
@@ -185,7 +207,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     path = runner.train(args.method, args.task, args.preset, args.seed, _method_config(args),
-                        _assignments(args.spec_overrides), args.workers, args.executor, args.address)
+                        _assignments(args.spec_overrides), args.workers, args.executor, args.address,
+                        _device(args))
     print(f"trained {args.method} for {args.task}/{args.preset}: {path}")
 
 
@@ -243,8 +266,17 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     from .reproduce import reproduce
 
     written = reproduce(args.preset, args.task or None, args.method or None, configs,
-                               args.results_dir, args.workers)
+                        args.results_dir, args.workers, _device(args))
     print(f"{len(written)} new record(s) under {args.results_dir}")
+
+
+def cmd_selftest(args: argparse.Namespace) -> None:
+    from . import selftest
+
+    report = selftest.run(_device(args))
+    print(report.render())
+    if not report.passed:
+        raise SystemExit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -275,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="workers the wall time is estimated for (default: %(default)s)")
     p.add_argument("--fine-tunes", type=int, default=2, metavar="K",
                    help="fine-tunes to time (default: %(default)s)")
+    _add_device_args(p)
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("merge-banks", help="join ground-truth banks built in parts into one")
@@ -332,7 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", type=Path, default=Path("results"),
                    help="where the reference records go (default: %(default)s)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    _add_device_args(p)
     p.set_defaults(func=cmd_reproduce)
+
+    p = sub.add_parser("selftest", help="a reduced end-to-end on a device, checked against the CPU")
+    _add_device_args(p)
+    p.set_defaults(func=cmd_selftest)
 
     p = sub.add_parser("leaderboard", help="tabulate result records: methods x tasks, best marked")
     _add_records_args(p)

@@ -2,8 +2,8 @@
 logra, less).
 
 * :func:`reference_model`: the task's base target LM fine-tuned on the **whole pool** with the
-  task's recipe (``lm.finetune``, seeded, one torch thread), cached as safetensors under
-  ``cache_dir()/"reference"/<key>`` with a checkpoint after every epoch (TracIn uses them).
+  task's recipe (``lm.finetune``, seeded, one torch thread, on ``context.device``), cached as
+  safetensors under ``cache_dir()/"reference"/<key>`` with a checkpoint after every epoch (TracIn uses them).
 * Losses in the forms libraries need: :func:`train_losses` (summed response-token cross-entropy
   of each training example: what a fine-tuning step on it descends, up to the batch's token
   count) and :func:`measurement` (the protocol's model output: mean response-token
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import lm
+from . import device, lm
 from .data import examples_fingerprint
 from .method import FitContext
 from .spec import stable_hash
@@ -56,11 +56,13 @@ class Reference:
 
 
 def reference_key(context: FitContext, base_fingerprint: str, seed: int) -> str:
-    """Cache key: the spec's model and fine-tuning fields, the pool, the base weights, the seed."""
-    spec = context.spec
+    """Cache key: the spec's model and fine-tuning fields, the pool, the base weights, the seed
+    (and, other than on the CPU in fp32, the device kind and dtype it was fine-tuned with)."""
+    spec, compute = context.spec, device.of(context)
+    where = {} if compute == device.CPU else {"device": "cuda", "dtype": compute.dtype}
     return stable_hash({"model": spec.model, "finetune": spec.finetune,
                         "pool": examples_fingerprint(context.data.pool), "base": base_fingerprint,
-                        "seed": seed, "torch": torch.__version__.split("+")[0]})
+                        "seed": seed, "torch": torch.__version__.split("+")[0], **where})
 
 
 def reference_model(context: FitContext, seed: int | None = None) -> Reference:
@@ -75,10 +77,12 @@ def reference_model(context: FitContext, seed: int | None = None) -> Reference:
     spec, data = context.spec, context.data
     seed = context.seed if seed is None else seed
     target = lm.load_base_model(spec.model, data.warmup, data.pool)
+    target.model.to(context.device)
     path = cache_dir() / "reference" / reference_key(context, target.fingerprint, seed)
     if not (path / "reference.json").exists():
         _build(context, target, seed, path)
         target = lm.load_base_model(spec.model, data.warmup, data.pool)  # fresh base weights
+        target.model.to(context.device)
     meta = read_json(path / "reference.json")
     checkpoints = [path / name for name in meta["checkpoints"]]
     load_model(target.model, checkpoints[-1])
@@ -101,29 +105,18 @@ def _build(context: FitContext, target: lm.TargetLM, seed: int, path: Path) -> N
     model, pad = target.model, target.tokenizer.pad_token_id
     encoded = lm.encode(target.tokenizer, pool, spec.model)
     recipe = spec.finetune
-    steps = math.ceil(len(encoded) / recipe.batch_size)  # optimizer steps per epoch
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
 
-    # lm.finetune runs the model body once per optimizer step: at the first forward of epoch e + 1
-    # the weights are exactly those after epoch e. Saving there keeps one uninterrupted run
-    # (same shuffles, same AdamW state) instead of restarting the optimizer every epoch.
-    calls = [0]
+    # Checkpoints from inside one uninterrupted run (same shuffles, same AdamW state) instead of
+    # restarting the optimizer every epoch.
+    def snapshot(epoch: int) -> None:
+        save_model(model, str(tmp / f"epoch{epoch}.safetensors"))
 
-    def snapshot(module, args, kwargs):
-        if model.training and calls[0] and calls[0] % steps == 0:
-            save_model(model, str(tmp / f"epoch{calls[0] // steps}.safetensors"))
-        calls[0] += 1
-
-    handle = model.base_model.register_forward_pre_hook(snapshot, with_kwargs=True)
     try:
-        with lm.torch_threads(1):
+        with lm.torch_threads(1), device.of(context).autocast():
             lm.finetune(model, lm.trainable_parameters(model, spec.model), encoded, recipe,
-                        seed=seed, pad_id=pad)
-        if calls[0] != steps * recipe.epochs:
-            raise RuntimeError(f"lm.finetune ran the model {calls[0]} times for {recipe.epochs} epochs "
-                               f"of {steps} steps; the per-epoch checkpoints would be wrong")
-        save_model(model, str(tmp / f"epoch{recipe.epochs}.safetensors"))
+                        seed=seed, pad_id=pad, after_epoch=snapshot)
         names = [f"epoch{e}.safetensors" for e in range(1, recipe.epochs + 1)]
         atomic_write_json(tmp / "reference.json", {
             "checkpoints": names, "lr": recipe.lr, "seed": seed, "base_fingerprint": target.fingerprint,
@@ -131,8 +124,6 @@ def _build(context: FitContext, target: lm.TargetLM, seed: int, path: Path) -> N
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        handle.remove()
     try:
         os.replace(tmp, path)
     except OSError:  # another process built the same reference first
@@ -141,20 +132,8 @@ def _build(context: FitContext, target: lm.TargetLM, seed: int, path: Path) -> N
 
 # --- losses ---------------------------------------------------------------------------------
 
-def response_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Logits at the response positions: ``(logits (K, V), next tokens (K,), row (K,))`` for the K
-    response tokens of the batch (the LM head runs only there, as in ``lm.token_losses``)."""
-    hidden = model.base_model(input_ids=batch["input_ids"],
-                              attention_mask=batch["attention_mask"]).last_hidden_state
-    next_labels = batch["labels"][:, 1:]
-    rows, cols = (next_labels != lm.IGNORE).nonzero(as_tuple=True)
-    logits = model.get_output_embeddings()(hidden[rows, cols]).float()
-    return logits, next_labels[rows, cols], rows
-
-
 def _per_example(values: torch.Tensor, rows: torch.Tensor, n: int, mean: bool) -> torch.Tensor:
-    sums = torch.zeros(n, dtype=values.dtype).index_add(0, rows, values)
+    sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, rows, values)
     return sums / torch.bincount(rows, minlength=n).to(values.dtype) if mean else sums
 
 
@@ -235,7 +214,7 @@ def per_example_gradients(model: torch.nn.Module, modules: dict[str, torch.nn.Li
     loss_fn = LOSSES[loss]
     params = tracked_parameters(modules)
     P = sum(p.numel() for p in params.values())
-    out = torch.empty(len(encoded), P, dtype=torch.float32)
+    out = torch.empty(len(encoded), P, dtype=torch.float32, device=lm.model_device(model))
     inputs: dict[str, torch.Tensor] = {}
     grads: dict[str, torch.Tensor] = {}
 
@@ -282,9 +261,9 @@ class GaussianProjection:
     batch uses the same R; the same seed, P and k give the same R. Dot products are preserved in
     expectation. R takes P x k x 4 bytes."""
 
-    def __init__(self, n_in: int, n_out: int, seed: int = 0) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        self.matrix = torch.randn(n_in, n_out, generator=generator) / math.sqrt(n_out)
+    def __init__(self, n_in: int, n_out: int, seed: int = 0, device: str = "cpu") -> None:
+        generator = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same R everywhere
+        self.matrix = (torch.randn(n_in, n_out, generator=generator) / math.sqrt(n_out)).to(device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(n, P) -> (n, k)."""

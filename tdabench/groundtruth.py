@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import examples_fingerprint
+from .device import CPU, Device
 from .executors import require_ray, run_local, run_ray
 from .spec import GroundTruthSpec, TaskSpec, setup_hash, spec_differences, spec_hash, stable_hash
 from .store import atomic_write_json, atomic_write_npy, cache_dir, read_json
@@ -107,12 +108,14 @@ class GroundTruthBank:
         return -self.losses.mean(axis=1).T
 
 
-def default_bank_path(spec: TaskSpec) -> Path:
-    return cache_dir() / "groundtruth" / f"{spec.task}-{spec.preset}-{spec_hash(spec)}"
+def default_bank_path(spec: TaskSpec, device: Device = CPU) -> Path:
+    """Under the cache, by spec hash (and ``-bf16`` for banks fine-tuned under bf16 autocast)."""
+    return cache_dir() / "groundtruth" / f"{spec.task}-{spec.preset}-{spec_hash(spec)}{device.suffix}"
 
 
-def _manifest(spec: TaskSpec, data: TaskData, model_fingerprint: str) -> dict:
+def _manifest(spec: TaskSpec, data: TaskData, model_fingerprint: str, device: Device = CPU) -> dict:
     return {
+        "compute": device.describe(),
         "format": 1,
         "spec": spec.to_dict(),
         "spec_hash": spec_hash(spec),
@@ -132,6 +135,9 @@ def check_manifest(stored: dict, expected: dict, path: Path) -> None:
     for key in ("data", "model_fingerprint", "shape"):
         if stored.get(key) != expected[key]:
             problems.append(f"{key}: {stored.get(key)!r} -> {expected[key]!r}")
+    dtypes = [m.get("compute", {}).get("dtype", "fp32") for m in (stored, expected)]
+    if dtypes[0] != dtypes[1]:  # the device may differ (float rounding); the precision may not
+        problems.append(f"dtype (fine-tuning precision): {dtypes[0]!r} -> {dtypes[1]!r}")
     if problems:
         raise BankMismatch(
             f"the ground-truth bank at {path} was built for another spec; differing fields:\n  "
@@ -163,10 +169,11 @@ def _read_loss(file: Path, n_targets: int) -> np.ndarray | None:
 
 
 def open_bank(spec: TaskSpec, data: TaskData, model_fingerprint: str,
-              path: Path | None = None) -> GroundTruthBank:
-    """Open (or create) the bank for ``spec`` and read every finished subset from disk."""
-    path = Path(path) if path else default_bank_path(spec)
-    expected = _manifest(spec, data, model_fingerprint)
+              path: Path | None = None, device: Device = CPU) -> GroundTruthBank:
+    """Open (or create) the bank for ``spec`` and read every finished subset from disk; a new
+    bank's manifest states ``device`` (its dtype must match an existing bank's)."""
+    path = Path(path) if path else default_bank_path(spec, device)
+    expected = _manifest(spec, data, model_fingerprint, device)
     membership = sample_subsets(data, spec) if spec.groundtruth.source == "finetune" else None
     if (path / "manifest.json").exists():
         check_manifest(read_json(path / "manifest.json"), expected, path)
@@ -254,14 +261,17 @@ class _SubsetTrainer:
     initial_state: dict
     pool: list
     banks: list[_Job]
+    device: Device = CPU
 
 
-def _init_trainer(data: TaskData, banks: list[tuple[TaskSpec, Path, np.ndarray, list]]):
+def _init_trainer(data: TaskData, banks: list[tuple[TaskSpec, Path, np.ndarray, list]],
+                  device: Device = CPU):
     from . import lm
 
+    device = device.for_worker()  # this worker's GPU
     model_spec = banks[0][0].model
     target_lm = lm.load_base_model(model_spec, data.warmup, data.pool)
-    model, tok = target_lm.model, target_lm.tokenizer
+    model, tok = target_lm.model.to(device.name), target_lm.tokenizer
     # a fine-tune changes only the trained weights: keep (and reset) just those
     trained = {id(p) for p in lm.trainable_parameters(model, model_spec)}
     state = {name: p.detach().clone() for name, p in model.named_parameters() if id(p) in trained}
@@ -271,7 +281,7 @@ def _init_trainer(data: TaskData, banks: list[tuple[TaskSpec, Path, np.ndarray, 
 
     return _SubsetTrainer(target_lm, state, prepare(data.pool),
                           [_Job(spec, path, membership, prepare(targets))
-                           for spec, path, membership, targets in banks])
+                           for spec, path, membership, targets in banks], device)
 
 
 def _train_subset(state: _SubsetTrainer, job: tuple[int, int, int]) -> np.ndarray:
@@ -282,18 +292,23 @@ def _train_subset(state: _SubsetTrainer, job: tuple[int, int, int]) -> np.ndarra
     bank = state.banks[b]
     model, pad = state.lm.model, state.lm.tokenizer.pad_token_id
     model.load_state_dict(state.initial_state, strict=False)  # the trained weights only
-    lm.finetune(model, lm.trainable_parameters(model, bank.spec.model),
-                [state.pool[i] for i in np.flatnonzero(bank.membership[subset])], bank.spec.finetune,
-                seed=training_seed(bank.spec, subset, replicate), pad_id=pad)
-    losses = lm.response_losses(model, bank.targets, pad)
+    with state.device.autocast():
+        lm.finetune(model, lm.trainable_parameters(model, bank.spec.model),
+                    [state.pool[i] for i in np.flatnonzero(bank.membership[subset])], bank.spec.finetune,
+                    seed=training_seed(bank.spec, subset, replicate), pad_id=pad,
+                    micro_batch=state.device.micro_batch)
+        losses = lm.response_losses(model, bank.targets, pad)
     atomic_write_npy(_loss_path(bank.path, subset, replicate), losses)
     return losses
 
 
 EXECUTORS = ("local", "ray")
-# What one fine-tune asks of a Ray node: one CPU (lm fine-tunes on the CPU, one torch thread).
-# Ask for a GPU here ({"num_gpus": 1}) once the fine-tune runs on one.
-FINETUNE_RESOURCES = {"num_cpus": 1}
+
+
+def finetune_resources(device: Device = CPU) -> dict[str, int]:
+    """What one fine-tune asks of a Ray node: one CPU (one torch thread), and one GPU when the
+    fine-tunes run on CUDA (Ray then makes that GPU the actor's only visible one, ``cuda:0``)."""
+    return {"num_cpus": 1, "num_gpus": 1} if device.is_cuda else {"num_cpus": 1}
 
 
 def check_executor(executor: str, address: str | None = None) -> None:
@@ -309,10 +324,10 @@ def check_executor(executor: str, address: str | None = None) -> None:
 
 def _execute(executor: str, jobs: list, init: Callable, init_args: tuple, work: Callable,
              workers: int, desc: str, address: str | None,
-             on_result: Callable[[tuple, np.ndarray], None]) -> None:
+             on_result: Callable[[tuple, np.ndarray], None], device: Device = CPU) -> None:
     if executor == "ray":
         run_ray(jobs, init, init_args, work, workers, desc, address=address,
-                resources=FINETUNE_RESOURCES, on_result=on_result)
+                resources=finetune_resources(device), on_result=on_result)
     else:
         run_local(jobs, init, init_args, work, workers=workers, desc=desc)
 
@@ -327,14 +342,15 @@ def _subset_indices(n_subsets: int, subsets: slice | None) -> range:
 
 def build_banks(items: list[tuple[TaskSpec, TaskData, Path | None]], workers: int = 1,
                 desc: str = "ground truth", executor: str = "local", address: str | None = None,
-                subsets: slice | None = None) -> list[GroundTruthBank]:
+                subsets: slice | None = None, device: Device = CPU) -> list[GroundTruthBank]:
     """Build (or resume) several banks over the same pool and base model in one worker pool:
     fine-tune every missing (bank, subset, seed).
 
     ``executor``: ``"local"`` (worker processes on this machine) or ``"ray"`` (a local Ray
     instance, or the cluster at ``address``). ``subsets``: build only these subset indices
     (e.g. ``slice(0, 50)``), leaving the bank incomplete; parts built elsewhere are joined
-    with :func:`merge_banks`.
+    with :func:`merge_banks`. ``device``: where the fine-tunes run; on CUDA the local executor
+    starts one worker per GPU (``workers`` is then ignored) and every Ray job asks for a GPU.
     """
     from . import lm
 
@@ -352,7 +368,7 @@ def build_banks(items: list[tuple[TaskSpec, TaskData, Path | None]], workers: in
         if spec.model != first_spec.model or data.pool != first_data.pool or data.warmup != first_data.warmup:
             raise ValueError("banks built together must share the model, pool and warm-up set")
     fingerprint = lm.load_base_model(first_spec.model, first_data.warmup, first_data.pool).fingerprint
-    banks = [open_bank(spec, data, fingerprint, path) for spec, data, path in items]
+    banks = [open_bank(spec, data, fingerprint, path, device) for spec, data, path in items]
     missing = [(b, m, r) for b, bank in enumerate(banks)
                for m in _subset_indices(bank.losses.shape[0], subsets)
                for r in range(bank.losses.shape[1]) if not np.isfinite(bank.losses[m, r]).all()]
@@ -366,18 +382,21 @@ def build_banks(items: list[tuple[TaskSpec, TaskData, Path | None]], workers: in
         if _load_loss(file, len(losses)) is None:
             atomic_write_npy(file, losses)
 
-    _execute(executor, missing, _init_trainer, (first_data, payload), _train_subset, workers,
-             desc, address, keep)
-    return [open_bank(spec, data, fingerprint, bank.path) for (spec, data, _), bank in zip(items, banks)]
+    if device.is_cuda and executor == "local":
+        workers = device.n_workers()
+    _execute(executor, missing, _init_trainer, (first_data, payload, device), _train_subset, workers,
+             desc, address, keep, device)
+    return [open_bank(spec, data, fingerprint, bank.path, device)
+            for (spec, data, _), bank in zip(items, banks)]
 
 
 def build_bank(spec: TaskSpec, data: TaskData, path: Path | None = None, workers: int = 1,
                executor: str = "local", address: str | None = None,
-               subsets: slice | None = None) -> GroundTruthBank:
+               subsets: slice | None = None, device: Device = CPU) -> GroundTruthBank:
     """Build (or resume) the bank for ``spec``: fine-tune every missing (subset, seed) pair
-    (of ``subsets`` only, if given). See :func:`build_banks` for the executors."""
+    (of ``subsets`` only, if given). See :func:`build_banks` for the executors and ``device``."""
     return build_banks([(spec, data, path)], workers, f"ground truth {spec.task}/{spec.preset}",
-                       executor, address, subsets)[0]
+                       executor, address, subsets, device)[0]
 
 
 @dataclass(frozen=True)
@@ -417,23 +436,25 @@ def training_splits(spec: TaskSpec, data: TaskData, tb: TrainingBankSpec
 
 
 def build_training_bank(spec: TaskSpec, data: TaskData, tb: TrainingBankSpec, workers: int = 1,
-                        executor: str = "local", address: str | None = None
+                        executor: str = "local", address: str | None = None, device: Device = CPU
                         ) -> list[tuple[TaskData, GroundTruthBank]]:
     """Build (or resume) every split of a training bank; returns (split data, bank) pairs."""
-    root = cache_dir() / "training-banks" / f"{spec.task}-{spec.preset}-{setup_hash(spec)}" / stable_hash(tb)
+    root = (cache_dir() / "training-banks" / f"{spec.task}-{spec.preset}-{setup_hash(spec)}"
+            / f"{stable_hash(tb)}{device.suffix}")
     splits = training_splits(spec, data, tb)
     banks = build_banks([(s, d, root / f"split{i:03d}") for i, (s, d) in enumerate(splits)], workers,
-                        f"training bank {spec.task}/{spec.preset}", executor, address)
+                        f"training bank {spec.task}/{spec.preset}", executor, address, device=device)
     return [(d, bank) for (_, d), bank in zip(splits, banks)]
 
 
 def ensure_bank(task: Task, spec: TaskSpec, data: TaskData, path: Path | None = None,
                 workers: int = 1, executor: str = "local", address: str | None = None,
-                subsets: slice | None = None) -> GroundTruthBank:
+                subsets: slice | None = None, device: Device = CPU) -> GroundTruthBank:
     """The complete bank for ``spec``: imported when the preset uses published ground truth,
-    built (or resumed) otherwise (only ``subsets``, if given: then possibly incomplete)."""
+    built (or resumed) otherwise, on ``device`` (only ``subsets``, if given: then possibly
+    incomplete)."""
     if spec.groundtruth.source == "finetune":
-        return build_bank(spec, data, path, workers, executor, address, subsets)
+        return build_bank(spec, data, path, workers, executor, address, subsets, device)
     if subsets is not None:
         raise ValueError("--subsets builds part of a bank by fine-tuning; published ground "
                          "truth is imported whole")

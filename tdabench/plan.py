@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .device import CPU, Device, peak_memory
 from .spec import TaskSpec, override, spec_hash
 
 
@@ -26,7 +27,9 @@ class Measurement:
     ``data_s``: loading the task's examples; ``model_s``: loading the base model (building and
     caching it first when it is not cached yet, e.g. a scratch model's warm-up); ``worker_init_s``:
     what each worker pays once (model from the cache, pool and targets tokenised);
-    ``finetune_s``: each timed fine-tune, target losses included; ``device``: where it ran.
+    ``finetune_s``: each timed fine-tune, target losses included; ``device``: where it ran
+    (``"cpu"`` or ``"cuda"``); ``gpu``: the GPU's name and dtype; ``peak_gpu_bytes``: the most GPU
+    memory a timed fine-tune allocated (None on the CPU).
     """
 
     data_s: float
@@ -35,6 +38,8 @@ class Measurement:
     finetune_s: list[float]
     device: str = "cpu"
     model_was_cached: bool = True
+    gpu: str | None = None
+    peak_gpu_bytes: int | None = None
 
     @property
     def per_finetune_s(self) -> float:
@@ -68,9 +73,9 @@ class Estimate:
         return m.worker_init_s + math.ceil(self.jobs / self.workers) * m.per_finetune_s
 
 
-def measure(spec: TaskSpec, load_data, n_finetunes: int = 2) -> Measurement:
+def measure(spec: TaskSpec, load_data, n_finetunes: int = 2, device: Device = CPU) -> Measurement:
     """Time the data load, the base model load, one worker's start and ``n_finetunes``
-    fine-tunes of the bank's first subsets (in a temporary directory)."""
+    fine-tunes of the bank's first subsets (in a temporary directory), on ``device``."""
     from . import groundtruth as gt
     from . import lm
 
@@ -91,15 +96,19 @@ def measure(spec: TaskSpec, load_data, n_finetunes: int = 2) -> Measurement:
         membership = gt.sample_subsets(data, timed)
         with tempfile.TemporaryDirectory(prefix="tdabench-plan-") as tmp:
             start = time.perf_counter()
-            state = gt._init_trainer(data, [(timed, Path(tmp), membership, data.targets)])
+            state = gt._init_trainer(data, [(timed, Path(tmp), membership, data.targets)], device)
             init_s = time.perf_counter() - start
-            device = next(state.lm.model.parameters()).device.type
             times = []
-            for subset in range(n_finetunes):
-                start = time.perf_counter()
-                gt._train_subset(state, (0, subset, 0))
-                times.append(time.perf_counter() - start)
-    return Measurement(data_s, model_s, init_s, times, device, cached)
+            with peak_memory(state.device) as gpu:
+                for subset in range(n_finetunes):
+                    start = time.perf_counter()
+                    gt._train_subset(state, (0, subset, 0))
+                    state.device.synchronize()
+                    times.append(time.perf_counter() - start)
+    where = state.device.describe()
+    gpu_name = f"{where['gpu']}, {where['dtype']}" if where["gpu"] else None
+    return Measurement(data_s, model_s, init_s, times, "cuda" if device.is_cuda else "cpu", cached,
+                       gpu_name, gpu["bytes"])
 
 
 def _model_cached(spec: TaskSpec, data) -> bool:
@@ -154,12 +163,13 @@ def render(est: Estimate) -> str:
     m, spec = est.measurement, est.spec
     unit = "GPU-hours" if m.device == "cuda" else "core-hours"
     built = "" if m.model_was_cached else " (built and cached now: later runs only load it)"
+    where = f"{m.device} ({m.gpu})" if m.gpu else f"{m.device}, one torch thread"
+    gpu = "" if m.peak_gpu_bytes is None else f"; peak GPU memory {m.peak_gpu_bytes / 2**20:.0f} MiB"
     lines = [
-        f"plan for {spec.task}/{spec.preset} (spec {spec_hash(spec)}; measured on this machine, "
-        f"{m.device}, one torch thread)",
+        f"plan for {spec.task}/{spec.preset} (spec {spec_hash(spec)}; measured on this machine, {where})",
         f"  measured: data load {m.data_s:.1f} s; base model {m.model_s:.1f} s{built}; "
         f"worker start (load + tokenise) {m.worker_init_s:.1f} s; "
-        f"{m.per_finetune_s:.2f} s per fine-tune (mean of {len(m.finetune_s)})",
+        f"{m.per_finetune_s:.2f} s per fine-tune (mean of {len(m.finetune_s)}){gpu}",
         f"  bank: {est.n_subsets} subsets x {est.n_seeds} seed(s) = {est.jobs} fine-tunes",
         f"  cost: {est.device_hours:.3g} {unit} of fine-tuning",
         f"  wall: {_duration(est.wall_s)} on {est.workers} worker(s)",
@@ -171,10 +181,11 @@ def render(est: Estimate) -> str:
 
 def plan(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | None = None,
          n_subsets: int | None = None, n_seeds: int | None = None, workers: int = 1,
-         n_finetunes: int = 2) -> Estimate:
-    """Measure ``task``/``preset`` on this machine and estimate its bank's cost."""
+         n_finetunes: int = 2, device: Device = CPU) -> Estimate:
+    """Measure ``task``/``preset`` on this machine (on ``device``: GPU-hours on a GPU) and
+    estimate its bank's cost."""
     from .registry import get_task
 
     t = get_task(task)
     spec = override(t.spec(preset), spec_overrides or {})
-    return estimate(spec, measure(spec, t.load, n_finetunes), n_subsets, n_seeds, workers)
+    return estimate(spec, measure(spec, t.load, n_finetunes, device), n_subsets, n_seeds, workers)

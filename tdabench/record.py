@@ -69,21 +69,26 @@ class Storage:
 
 @dataclass
 class Cost:
-    """Timed phases by name, inference time per target, and what the method keeps."""
+    """Timed phases by name, inference time per target, what the method keeps, and the device
+    the phases ran on (``tdabench.device.describe``: device, dtype, GPU name; None in records
+    made before devices were recorded)."""
 
     phases: dict[str, Phase]
     score_per_target_s: float
     storage: Storage
+    device: dict[str, Any] | None = None
 
     @staticmethod
     def _in(obj: dict) -> dict:
-        rest = {k: v for k, v in obj.items() if k not in ("score_per_target_s", "storage_bytes")}
+        rest = {k: v for k, v in obj.items() if k not in ("score_per_target_s", "storage_bytes", "device")}
         return {"phases": rest, "score_per_target_s": obj.get("score_per_target_s"),
-                "storage": obj.get("storage_bytes")}
+                "storage": obj.get("storage_bytes"), "device": obj.get("device")}
 
     def _out(self) -> dict:
+        device = {"device": self.device} if self.device is not None else {}
         return {**{k: _to_json(v) for k, v in self.phases.items()},
-                "score_per_target_s": self.score_per_target_s, "storage_bytes": _to_json(self.storage)}
+                "score_per_target_s": self.score_per_target_s, "storage_bytes": _to_json(self.storage),
+                **device}
 
 
 @dataclass

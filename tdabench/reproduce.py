@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 from . import record, runner
+from .device import CPU, Device
 from .method import MissingDependency, make_config
 from .protocol import protocol_hash
 from .registry import get_method, get_task, method_names, task_names
@@ -26,10 +27,12 @@ def current(path: Path, spec: TaskSpec) -> bool:
 
 def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: list[str] | None = None,
               configs: dict[str, dict[str, str]] | None = None,
-              results_dir: Path | str = record.REFERENCE_RESULTS, workers: int = 1) -> list[Path]:
+              results_dir: Path | str = record.REFERENCE_RESULTS, workers: int = 1,
+              device: Device = CPU) -> list[Path]:
     """Run every method on every offline task that has ``preset``, skipping records that exist
     for the current spec and protocol (so it resumes). ``configs`` maps a method to its config
-    overrides. Methods whose optional dependency is missing are skipped with a message."""
+    overrides. Methods whose optional dependency is missing are skipped with a message;
+    ``device``: where every phase runs."""
     configs = configs or {}
     record.check_writable(results_dir)
     written = []
@@ -50,7 +53,7 @@ def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: lis
                 continue
             try:
                 rec, out = runner.run(method, task_name, preset, config=configs.get(method),
-                                      workers=workers, results_dir=results_dir)
+                                      workers=workers, results_dir=results_dir, device=device)
             except MissingDependency as err:
                 print(f"skip {method}: {err}")
                 continue

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from . import device as devices
 from . import metrics, record
+from .device import CPU, Device
 from .groundtruth import GroundTruthBank, ensure_bank, versions
 from .method import FitContext, held_bytes, make_config
 from .protocol import (
@@ -45,12 +47,13 @@ def load_task(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | 
 
 def groundtruth(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | None = None,
                 workers: int = 1, bank_path: Path | None = None, executor: str = "local",
-                address: str | None = None, subsets: slice | None = None) -> GroundTruthBank:
+                address: str | None = None, subsets: slice | None = None,
+                device: Device = CPU) -> GroundTruthBank:
     """Build (or resume) a task's ground-truth bank; ``executor`` ``"local"`` or ``"ray"``
     (``address``: a Ray cluster; None starts a local instance); ``subsets``: only these subset
-    indices (a part of the bank, to merge with others)."""
+    indices (a part of the bank, to merge with others); ``device``: where fine-tunes run."""
     t, spec, data = load_task(task, preset, spec_overrides)
-    return ensure_bank(t, spec, data, bank_path, workers, executor, address, subsets)
+    return ensure_bank(t, spec, data, bank_path, workers, executor, address, subsets, device)
 
 
 def _check_scores(name: str, array: Any, shape: tuple[int, int], method: str) -> np.ndarray:
@@ -65,7 +68,7 @@ def _check_scores(name: str, array: Any, shape: tuple[int, int], method: str) ->
 
 def _method_and_context(method: str, spec: TaskSpec, data: TaskData, seed: int,
                         config: dict[str, str] | None, workers: int, executor: str = "local",
-                        address: str | None = None) -> tuple[Any, dict, FitContext]:
+                        address: str | None = None, device: Device = CPU) -> tuple[Any, dict, FitContext]:
     """The adapter with its config, and a fresh work directory for it."""
     method_cls = get_method(method)
     cfg = make_config(method_cls, config)
@@ -75,19 +78,22 @@ def _method_and_context(method: str, spec: TaskSpec, data: TaskData, seed: int,
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
     context = FitContext(spec=spec, data=data, workdir=workdir, seed=seed, workers=workers,
-                         executor=executor, address=address)
+                         executor=executor, address=address, device=device.name, dtype=device.dtype)
     return method_cls(cfg), config_dict, context
 
 
 def train(method: str, task: str, preset: str = "tiny", seed: int = 0,
           config: dict[str, str] | None = None, spec_overrides: dict[str, str] | None = None,
-          workers: int = 1, executor: str = "local", address: str | None = None) -> str:
+          workers: int = 1, executor: str = "local", address: str | None = None,
+          device: Device = CPU) -> str:
     """Train a learned method for a task (its ``train`` phase); returns where the result is."""
     _, spec, data = load_task(task, preset, spec_overrides)
-    adapter, _, context = _method_and_context(method, spec, data, seed, config, workers, executor, address)
+    adapter, _, context = _method_and_context(method, spec, data, seed, config, workers, executor,
+                                              address, device)
     if not hasattr(adapter, "train"):
         raise ValueError(f"method {method!r} has nothing to train")
-    adapter.train(context)
+    with device.autocast():
+        adapter.train(context)
     return str(getattr(adapter, "checkpoint", context.workdir))
 
 
@@ -103,18 +109,18 @@ def attribute(adapter: Any, context: FitContext, membership: np.ndarray, method:
     """
     if group_score is not None:
         metrics.check_group_score(group_score)
-    data = context.data
+    data, where = context.data, devices.of(context)
     T, N = len(data.targets), len(data.pool)
-    costs: dict[str, Any] = {}
+    costs: dict[str, Any] = {"device": where.describe()}
     if hasattr(adapter, "train"):
-        cached, train_cost = measure(lambda: adapter.train(context))
+        cached, train_cost = measure(lambda: adapter.train(context), device=where)
         costs["train"] = {**train_cost.to_dict(), "cached": cached is True}
-    _, fit_cost = measure(lambda: adapter.fit(data.pool, context))
-    raw, score_cost = measure(lambda: adapter.score(data.targets))
+    _, fit_cost = measure(lambda: adapter.fit(data.pool, context), device=where)
+    raw, score_cost = measure(lambda: adapter.score(data.targets), device=where)
     scores = _check_scores("scores", raw, (T, N), method)
     costs.update({"fit": fit_cost.to_dict(), "score": score_cost.to_dict()})
     if group_score is None and hasattr(adapter, "score_groups"):
-        raw_groups, group_cost = measure(lambda: adapter.score_groups(data.targets, membership))
+        raw_groups, group_cost = measure(lambda: adapter.score_groups(data.targets, membership), device=where)
         group_scores = _check_scores("group scores", raw_groups, (T, len(membership)), method)
         costs["score_groups"] = group_cost.to_dict()
         aggregation = "method's own score_groups"
@@ -149,7 +155,7 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
         workers: int = 1, results_dir: Path | str | None = None,
         bank_path: Path | None = None, group_score: str | None = None,
         correlation: str = "spearman", executor: str = "local",
-        address: str | None = None) -> tuple[dict[str, Any], Path]:
+        address: str | None = None, device: Device = CPU) -> tuple[dict[str, Any], Path]:
     """Build or reuse the ground truth, run ``method`` on it, write and return the record (its
     JSON form; :func:`record.from_dict` types it) and where it was written.
 
@@ -158,7 +164,8 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
     ``tdabench compare`` resamples. ``results_dir``: default :func:`record.user_results_dir`
     (never the committed reference set), checked writable before any compute, as are the
     method, its config, the correlation and ``group_score`` (see :func:`attribute`).
-    ``executor`` and ``address`` say where fine-tunes run.
+    ``executor`` and ``address`` say where fine-tunes run; ``device`` on what every phase runs
+    (stated in the record's ``cost.device``).
     """
     the_protocol = protocol(correlation)
     if group_score is not None:
@@ -166,9 +173,9 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
     results_dir = record.check_writable(results_dir or record.user_results_dir())
     t, spec, data = load_task(task, preset, spec_overrides)
     adapter, config_dict, context = _method_and_context(method, spec, data, seed, config, workers,
-                                                        executor, address)
+                                                        executor, address, device)
     info = record.method_info(type(adapter))
-    bank = ensure_bank(t, spec, data, bank_path, workers, executor, address)
+    bank = ensure_bank(t, spec, data, bank_path, workers, executor, address, device=device)
     scores, group_scores, costs, aggregation = attribute(adapter, context, bank.membership, method,
                                                          group_score)
     if group_score:
@@ -207,7 +214,7 @@ def tune(method: str, task: str, grid: dict[str, list[str]], preset: str = "tiny
          config: dict[str, str] | None = None, spec_overrides: dict[str, str] | None = None,
          workers: int = 1, bank_path: Path | None = None, correlation: str = "spearman",
          results_dir: Path | str | None = None, executor: str = "local",
-         address: str | None = None) -> tuple[list[dict[str, Any]], Path]:
+         address: str | None = None, device: Device = CPU) -> tuple[list[dict[str, Any]], Path]:
     """Grid search of a method's config on the bank's tuning subsets only.
 
     ``grid`` maps config fields to the values to try (every combination is run, on top of
@@ -220,7 +227,7 @@ def tune(method: str, task: str, grid: dict[str, list[str]], preset: str = "tiny
     protocol(correlation)
     results_dir = record.check_writable(results_dir or record.user_results_dir())
     t, spec, data = load_task(task, preset, spec_overrides)
-    bank = ensure_bank(t, spec, data, bank_path, workers, executor, address)
+    bank = ensure_bank(t, spec, data, bank_path, workers, executor, address, device=device)
     tuning = tuning_subsets(len(bank.membership))
     labels = bank.labels()[:, tuning]
     fields = list(grid)
@@ -228,7 +235,7 @@ def tune(method: str, task: str, grid: dict[str, list[str]], preset: str = "tiny
     for values in itertools.product(*(grid[f] for f in fields)):
         trial_config = {**(config or {}), **dict(zip(fields, values))}
         adapter, config_dict, context = _method_and_context(method, spec, data, seed, trial_config,
-                                                            workers, executor, address)
+                                                            workers, executor, address, device)
         _, group_scores, costs, _ = attribute(adapter, context, bank.membership[tuning], method)
         per_target = metrics.lds_per_target(group_scores, labels, correlation)
         low, high = metrics.bootstrap_ci(per_target)
@@ -245,8 +252,9 @@ def tune(method: str, task: str, grid: dict[str, list[str]], preset: str = "tiny
 def _phase_line(name: str, p: record.Phase) -> str:
     if p.cached:
         return f"  {name:<6} cached: loaded in {p.wall_s:.2f} s (what it loaded was made earlier)"
+    gpu = "" if p.cuda_peak_bytes is None else f"  peak GPU {p.cuda_peak_bytes / 2**20:.0f} MiB"
     return (f"  {name:<6} {p.wall_s:8.2f} s wall {p.cpu_s:8.2f} s CPU  "
-            f"peak RSS {p.peak_rss_bytes / 2**20:7.0f} MiB (+{p.peak_rss_delta_bytes / 2**20:.0f} MiB)")
+            f"peak RSS {p.peak_rss_bytes / 2**20:7.0f} MiB (+{p.peak_rss_delta_bytes / 2**20:.0f} MiB){gpu}")
 
 
 def summary(rec: record.Record | dict[str, Any]) -> str:
@@ -276,6 +284,9 @@ def summary(rec: record.Record | dict[str, Any]) -> str:
         recall = r.metrics.recall[k]
         lines.append(f"  recall@{k:<3} {recall.value:.3f}    (random ranking: {recall.chance:.3f})")
     lines += [_phase_line(phase, c.phases[phase]) for phase in ("train", "fit", "score") if phase in c.phases]
+    where = c.device or {}
+    if where.get("gpu"):
+        lines.append(f"  device     {where['device']} ({where['gpu']}), {where['dtype']}")
     lines.append(f"  per target {c.score_per_target_s * 1e3:.2f} ms; storage "
                  f"{c.storage.memory / 2**20:.2f} MiB in memory, {c.storage.disk / 2**20:.2f} MiB on disk")
     return "\n".join(lines)

@@ -3,7 +3,9 @@
 Peak memory is the process's resident set size (RSS), sampled every few milliseconds by a
 background thread while the phase runs, because torch and numpy allocate outside Python's
 allocator (tracemalloc would miss them). ``peak_rss_delta_bytes`` is the growth over the RSS
-at the start of the phase: what the phase itself needed. On a GPU, the CUDA peak is added.
+at the start of the phase: what the phase itself needed. A phase run on a GPU (``device``, a
+:class:`tdabench.device.Device`) also runs under that device's precision (bf16 autocast) and
+reports ``cuda_peak_bytes``, the most memory torch allocated on that GPU during the phase.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
+
+from .device import CPU, Device, peak_memory
 
 T = TypeVar("T")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -42,11 +46,23 @@ class PhaseCost:
         return asdict(self)
 
 
-def measure(fn: Callable[[], T], interval_s: float = 0.005) -> tuple[T, PhaseCost]:
-    """Run ``fn()`` and return its value with the cost of running it."""
-    cuda = _cuda()
-    if cuda:
-        cuda.reset_peak_memory_stats()
+def measure(fn: Callable[[], T], interval_s: float = 0.005, device: Device | None = None
+            ) -> tuple[T, PhaseCost]:
+    """Run ``fn()`` (on ``device``: under its precision, GPU peak memory measured) and return its
+    value with the cost of running it. ``cuda_peak_bytes`` is None on the CPU."""
+    device = device or CPU
+
+    def run() -> T:
+        value = fn()
+        device.synchronize()  # queued GPU work belongs to the phase's wall time
+        return value
+
+    with device.autocast(), peak_memory(device) as gpu:
+        value, cost = _measure(run, interval_s)
+    return value, replace(cost, cuda_peak_bytes=gpu["bytes"])
+
+
+def _measure(fn: Callable[[], T], interval_s: float) -> tuple[T, PhaseCost]:
     start_rss = peak = rss_bytes()
     stop = threading.Event()
 
@@ -64,16 +80,5 @@ def measure(fn: Callable[[], T], interval_s: float = 0.005) -> tuple[T, PhaseCos
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         stop.set()
         sampler.join()
-    if cuda:
-        cuda.synchronize()
     peak = max(peak, rss_bytes())
-    return value, PhaseCost(wall, cpu, peak, peak - start_rss,
-                            cuda.max_memory_allocated() if cuda else None)
-
-
-def _cuda():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch.cuda if torch.cuda.is_available() else None
+    return value, PhaseCost(wall, cpu, peak, peak - start_rss)

@@ -1,8 +1,9 @@
-"""The target LM: response-only loss, determinism, the pretrained loading path."""
+"""The target LM: response-only loss, determinism, gradient accumulation, the pretrained loading path."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from tdabench import lm
@@ -91,3 +92,114 @@ def test_cached_frozen_blocks_give_the_same_losses_and_fine_tune(micro):
     np.testing.assert_allclose(lm.response_losses(tlm.model, cached, pad), after_plain, rtol=1e-4)
     full = replace(model_spec, trainable="all")  # nothing frozen: nothing cached
     assert lm.cache_frozen(tlm.model, full, plain, pad)[0].hidden is None
+
+
+def _grads(model, params, batch, micro_batch):
+    for p in params:
+        p.grad = None
+    lm.accumulate_gradients(model, batch, micro_batch)
+    return [p.grad.clone() for p in params]
+
+
+def test_gradient_accumulation_over_2x8_equals_one_batch_of_16(micro):
+    """Micro batches add up to the whole batch's gradient (its mean over all response tokens,
+    not a mean of the pieces' means), so an accumulated step is the step of batch 16."""
+    _, spec, data = micro
+    tlm = lm.load_base_model(spec.model, data.warmup, data.pool)
+    pad = tlm.tokenizer.pad_token_id
+    encoded = lm.encode(tlm.tokenizer, data.pool[:16], spec.model)
+    batch = lm.collate(encoded, pad)
+    # the pieces have different token counts, so a mean of the two means would differ
+    counts = (batch["labels"][:, 1:] != lm.IGNORE).sum(1)
+    assert counts[:8].sum() != counts[8:].sum()
+    params = lm.trainable_parameters(tlm.model, spec.model)
+    lm.prepare_training(tlm.model, params, spec.finetune)
+    whole, pieces = _grads(tlm.model, params, batch, 0), _grads(tlm.model, params, batch, 8)
+    for a, b in zip(whole, pieces):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+    # the naive mean of the two micro-batch means is measurably another gradient
+    for p in params:
+        p.grad = None
+    for rows in (slice(0, 8), slice(8, 16)):
+        losses, _ = lm.token_losses(tlm.model, lm._rows(batch, rows))
+        (losses.mean() / 2).backward()
+    assert max((p.grad - a).abs().max().item() for p, a in zip(params, whole)) > 1e-6
+
+    # and whole fine-tunes agree: micro_batch=8 with the recipe's batch of 16
+    start = {k: v.clone() for k, v in tlm.model.state_dict().items()}
+    runs = []
+    for micro_batch in (0, 8):
+        tlm.model.load_state_dict(start)
+        lm.finetune(tlm.model, params, encoded, spec.finetune, seed=2, pad_id=pad, micro_batch=micro_batch)
+        runs.append(lm.response_losses(tlm.model, encoded, pad))
+    np.testing.assert_allclose(runs[1], runs[0], rtol=1e-5)
+    assert not np.array_equal(runs[0], lm.response_losses(lm.load_base_model(
+        spec.model, data.warmup, data.pool).model, encoded, pad))  # it did train
+    tlm.model.load_state_dict(start)
+
+
+def test_out_of_memory_halves_the_micro_batch_and_redoes_the_step(micro, monkeypatch):
+    """A CUDA out-of-memory error on a batch of more than 4 examples: the step is redone in
+    pieces of 4 (16 -> 8 -> 4), its gradient that of the whole batch, and the size is kept."""
+    _, spec, data = micro
+    tlm = lm.load_base_model(spec.model, data.warmup, data.pool)
+    pad = tlm.tokenizer.pad_token_id
+    batch = lm.collate(lm.encode(tlm.tokenizer, data.pool[:16], spec.model), pad)
+    params = lm.trainable_parameters(tlm.model, spec.model)
+    optimizer = lm.prepare_training(tlm.model, params, spec.finetune)
+    whole = _grads(tlm.model, params, batch, 0)
+    real = lm.token_losses
+
+    def small_only(model, b):
+        if len(b["input_ids"]) > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, b)
+
+    monkeypatch.setattr(lm, "token_losses", small_only)
+    monkeypatch.setattr(optimizer, "step", lambda: None)  # keep the weights: compare gradients
+    assert lm.train_step(tlm.model, params, optimizer, batch, grad_clip=None) == 4
+    for p, a in zip(params, whole):
+        torch.testing.assert_close(p.grad, a, rtol=1e-5, atol=1e-7)
+    one = lm._rows(batch, slice(0, 1))
+    monkeypatch.setattr(lm, "token_losses", lambda m, b: (_ for _ in ()).throw(
+        torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")))
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # nothing left to halve
+        lm.train_step(tlm.model, params, optimizer, one, grad_clip=None)
+
+
+def test_after_epoch_sees_each_epochs_final_weights(micro):
+    _, spec, data = micro
+    tlm = lm.load_base_model(spec.model, data.warmup, data.pool)
+    pad = tlm.tokenizer.pad_token_id
+    encoded = lm.encode(tlm.tokenizer, data.pool[:20], spec.model)  # 2 steps per epoch of 16
+    params = lm.trainable_parameters(tlm.model, spec.model)
+    seen = []
+    lm.finetune(tlm.model, params, encoded, spec.finetune, seed=0, pad_id=pad,
+                after_epoch=lambda e: seen.append((e, params[0].detach().clone())))
+    assert [e for e, _ in seen] == list(range(1, spec.finetune.epochs + 1))
+    torch.testing.assert_close(seen[-1][1], params[0].detach(), rtol=0, atol=0)
+    assert not torch.equal(seen[0][1], seen[-1][1])
+
+
+def test_length_batches_sort_by_length_stably():
+    lengths = [5, 1, 3, 1, 5, 2]
+    assert lm.length_batches(lengths, 4) == [[1, 3, 5, 2], [0, 4]]
+    # what AirRep's encoder batching did before (numpy's stable argsort)
+    order = np.argsort(lengths, kind="stable")
+    assert sum(lm.length_batches(lengths, 2), []) == order.tolist()
+
+
+def test_publish_dir_leaves_no_temporary_directory(tmp_path):
+    target = tmp_path / "model"
+
+    def fail(tmp):
+        (tmp / "half-written").write_text("x")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        lm._publish_dir(target, fail)
+    assert list(tmp_path.iterdir()) == []  # no .model.* left behind
+    lm._publish_dir(target, lambda tmp: (tmp / "weights").write_text("w"))
+    lm._publish_dir(target, lambda tmp: (tmp / "weights").write_text("other"))  # lost the race
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert (target / "weights").read_text() == "w"
