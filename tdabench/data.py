@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ConfigError, UserError
 from .spec import Example, stable_hash
 from .store import atomic_write_bytes, cache_dir, sha256_file
 from .task import TaskData
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Task data could not be fetched, verified or parsed."""
 
 
@@ -237,7 +238,8 @@ def balanced_split(examples: list[Example], n_pool: int, n_targets: int, seed: i
     shuffled order and cut to ``max_warmup`` if given, is the warm-up set.
     """
     if n_pool + n_targets >= len(examples):
-        raise ValueError(f"n_pool + n_targets must be below the {len(examples)} available examples")
+        raise ConfigError(f"data.n_pool + data.n_targets = {n_pool + n_targets} must be below the "
+                          f"{len(examples)} available examples; lower them with --set data.n_pool=...")
     rng = np.random.default_rng(seed)
     order = [examples[i] for i in rng.permutation(len(examples))]
     queues: dict[str, deque[Example]] = {}
@@ -284,5 +286,5 @@ def task_options(task: str, spec_options: dict[str, Any], defaults: dict[str, An
     """A task's data options: ``defaults`` updated by the spec's, unknown names refused."""
     unknown = set(spec_options) - set(defaults)
     if unknown:
-        raise ValueError(f"unknown {task} data options {sorted(unknown)}; valid: {sorted(defaults)}")
+        raise ConfigError(f"unknown {task} data options {sorted(unknown)}; valid: {sorted(defaults)}")
     return {**defaults, **spec_options}

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import ConfigError
 from .spec import TaskSpec, override, spec_hash
 
 
@@ -75,9 +76,9 @@ def measure(spec: TaskSpec, load_data, n_finetunes: int = 2) -> Measurement:
     from . import lm
 
     if n_finetunes < 1:
-        raise ValueError("plan needs at least one timed fine-tune")
+        raise ConfigError("plan needs at least one timed fine-tune (--fine-tunes 1 or more)")
     if spec.groundtruth.source != "finetune":
-        raise ValueError(f"{spec.task}/{spec.preset} imports published ground truth; to plan "
+        raise ConfigError(f"{spec.task}/{spec.preset} imports published ground truth; to plan "
                          "regenerating it, add --set groundtruth.source=finetune")
     with lm.torch_threads(1):
         start = time.perf_counter()
@@ -117,7 +118,7 @@ def estimate(spec: TaskSpec, m: Measurement, n_subsets: int | None = None,
              n_seeds: int | None = None, workers: int = 1) -> Estimate:
     """Scale a measurement to a bank of ``n_subsets`` x ``n_seeds`` (default: the spec's)."""
     if workers < 1:
-        raise ValueError("workers must be at least 1")
+        raise ConfigError("workers must be at least 1")
     gt = spec.groundtruth
     est = Estimate(spec, m, n_subsets or gt.n_subsets, n_seeds or gt.n_seeds, workers)
     unit = "GPU" if m.device == "cuda" else "core (one torch thread)"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Any
 
+from .errors import UnknownName
 from .task import Task
 
 _extra_tasks: dict[str, Task] = {}
@@ -44,7 +45,7 @@ def get_task(name: str) -> Task:
         return _extra_tasks[name]
     eps = _entry_points("tdabench.tasks")
     if name not in eps:
-        raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}, "
+        raise UnknownName(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}, "
                        "or jsonl:PATH for your own data")
     return eps[name].load()
 
@@ -54,5 +55,5 @@ def get_method(name: str) -> type:
         return _extra_methods[name]
     eps = _entry_points("tdabench.methods")
     if name not in eps:
-        raise KeyError(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
+        raise UnknownName(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
     return eps[name].load()
