@@ -25,11 +25,11 @@ empty, the task's own trained checkpoint is used, trained first when there is no
 
 from __future__ import annotations
 
-from typing import Literal
 import json
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -147,12 +147,14 @@ class AirRep:
     @dataclass
     class Config:
         checkpoint: str = param("", 'a trained AirRep (directory or hub id); "" = this task\'s own')
-        pooling: Literal["attention", "sum"] = param("attention", "group score: AirRep's attention pooling or the sum")
+        pooling: Literal["attention", "sum"] = param("attention",
+                                                     "group score: AirRep's attention pooling or the sum")
         batch_size: int = param(64, "examples per encoder batch", ge=1)
         # training, used when no checkpoint is given
         base_model: str = param("", 'encoder to start from; "" = the offline all-MiniLM-L6-v2')
         max_length: int = param(512, "encoder tokens per example", ge=1)
-        n_splits: int = param(8, "training-bank splits; the last one is held out for the training curve", ge=2)
+        n_splits: int = param(8,
+                              "training-bank splits; the last one is held out for the training curve", ge=2)
         n_dev: int = param(100, "dev targets per split, drawn from the pool", ge=1)
         subsets_per_split: int = param(50, "fine-tuned subsets per split", ge=2)
         fraction: float = param(0.1, "share of the pool in each training subset", gt=0, lt=1)

@@ -58,7 +58,9 @@ class Datamodel:
     @dataclass
     class Config:
         n_subsets: int = param(400, "fine-tunes in the datamodel's own bank (its training cost)", ge=2)
-        alpha: float = param(0.0, "0: ridge penalty chosen per target by leave-one-out; > 0: this relative penalty", ge=0)
+        alpha: float = param(0.0,
+                             "0: ridge penalty chosen per target by leave-one-out; > 0: this one",
+                             ge=0)
 
     def __init__(self, config: Config) -> None:
         self.config = config

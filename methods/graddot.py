@@ -14,8 +14,8 @@ on chatterbot/tiny with ``"mlp"``).
 
 from __future__ import annotations
 
-from typing import Literal
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,7 +29,8 @@ from tdabench.typed import param
 class GradDot:
     @dataclass
     class Config:
-        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED, "layers whose gradients are used: the MLPs or every linear layer")
+        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED,
+                                                    "layers whose gradients are used: MLPs or all linear")
         normalize: bool = param(False, "true: cosine of the gradients (gradcos)")
         batch_size: int = param(32, "examples per forward/backward pass", ge=1)
 

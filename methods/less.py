@@ -23,9 +23,9 @@ takes P x ``proj_dim`` x 4 bytes (about 190 MiB on the tiny presets with the def
 
 from __future__ import annotations
 
-from typing import Literal
 import math
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,10 +40,12 @@ from tdabench.typed import param
 class LESS:
     @dataclass
     class Config:
-        tracked: Literal[gradients.TRACKED] = param("linear", "layers that get LoRA adapters: the MLPs or every linear layer (attention too)")
+        tracked: Literal[gradients.TRACKED] = param("linear",
+                                                    "layers that get LoRA adapters: MLPs or all linear")
         lora_rank: int = param(8, "LoRA rank", ge=1)
         lora_alpha: float = param(32.0, "LoRA scale = lora_alpha / lora_rank (LESS: 512 / 128 = 4)", gt=0)
-        warmup_fraction: float = param(0.05, "share of the pool the LoRA warm-up trains on (LESS: 5%)", gt=0, le=1)
+        warmup_fraction: float = param(0.05,
+                                       "share of the pool the LoRA warm-up trains on (LESS: 5%)", gt=0, le=1)
         warmup_epochs: int = param(4, "one checkpoint after each epoch (LESS: 4)", ge=1)
         lr: float | None = param(None, "warm-up learning rate; none: the task's fine-tuning lr", gt=0)
         proj_dim: int = param(1024, "random projection dimension; 0 = no projection", ge=0)

@@ -18,11 +18,11 @@ transposes it. Pool features (N x layers x ``proj_dim`` float32) are held in mem
 
 from __future__ import annotations
 
-from typing import Literal
 import math
 import shutil
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -64,10 +64,12 @@ def _train_loss(model: _LossModel, batch: dict[str, torch.Tensor], device: str) 
 class LoGra:
     @dataclass
     class Config:
-        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED, "layers whose gradients are used: the MLPs or every linear layer")
+        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED,
+                                                    "layers whose gradients are used: MLPs or all linear")
         proj_dim: int = param(1024, "per layer: a perfect square, sqrt(proj_dim) rows per factor", ge=1)
         hessian: Literal[HESSIANS] = param("eFIM", "eFIM (projected empirical Fisher) or Identity")
-        damping: float = param(0.1, "fraction of each layer's mean Fisher eigenvalue added to its diagonal", ge=0)
+        damping: float = param(0.1,
+                               "fraction of each layer's mean Fisher eigenvalue added to its diagonal", ge=0)
         batch_size: int = param(32, "examples per forward/backward pass", ge=1)
         projector_seed: int = param(0, "seed of the random projection")
 

@@ -11,8 +11,8 @@ Config: ``layer`` indexes ``hidden_states`` as transformers returns them (0 = em
 
 from __future__ import annotations
 
-from typing import Literal
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch

@@ -30,7 +30,8 @@ class TfIdf:
         ngram_min: int = param(1, "shortest n-gram", ge=1)
         ngram_max: int = param(1, "longest n-gram (>= ngram_min)", ge=1)
         sublinear_tf: bool = param(False, "true: 1 + log(tf) instead of tf")
-        min_df: int | float = param(1, "ignore terms in fewer documents (int) or a smaller share of them (float)", gt=0)
+        min_df: int | float = param(1,
+                                    "ignore terms in fewer documents (int) or a smaller share (float)", gt=0)
 
     def __init__(self, config: Config) -> None:
         if not 1 <= config.ngram_min <= config.ngram_max:

@@ -24,10 +24,10 @@ helpful; :func:`tdabench.gradients.to_scores` transposes it.
 
 from __future__ import annotations
 
-from typing import Literal
 import logging
 import shutil
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -101,10 +101,13 @@ def tracked_gradient_computer():
 class Trak:
     @dataclass
     class Config:
-        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED, "layers whose gradients are used: the MLPs or every linear layer")
+        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED,
+                                                    "layers whose gradients are used: MLPs or all linear")
         proj_dim: int = param(2048, "JL projection dimension (traker's default); 0 = no projection", ge=0)
-        damping: float = param(0.1, "traker's lambda_reg, as a fraction of the mean squared feature norm", ge=0)
-        batch_size: int = param(200, "examples per featurize/score call (one projection-matrix pass each)", ge=1)
+        damping: float = param(0.1,
+                               "traker's lambda_reg, as a fraction of the mean squared feature norm", ge=0)
+        batch_size: int = param(200,
+                                "examples per featurize/score call (one projection-matrix pass each)", ge=1)
         projector_seed: int = param(0, "seed of the random projection")
 
     def __init__(self, config: Config) -> None:

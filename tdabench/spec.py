@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .typed import parse_field, param
+from .typed import param, parse_field
 
 
 @dataclass(frozen=True)
