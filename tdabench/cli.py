@@ -186,7 +186,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_merge_banks(args: argparse.Namespace) -> None:
-    from .groundtruth import MERGE_ATOL, merge_banks
+    from .merging import MERGE_ATOL, merge_banks
 
     atol = MERGE_ATOL if args.atol is None else args.atol
     report = merge_banks(args.sources, args.into, atol)

@@ -72,8 +72,9 @@ class Estimate:
 def measure(spec: TaskSpec, load_data, n_finetunes: int = 2) -> Measurement:
     """Time the data load, the base model load, one worker's start and ``n_finetunes``
     fine-tunes of the bank's first subsets (in a temporary directory)."""
-    from . import groundtruth as gt
     from . import lm
+    from .bank import sample_subsets
+    from .building import BankJob, Trainer
 
     if n_finetunes < 1:
         raise ConfigError("plan needs at least one timed fine-tune (--fine-tunes 1 or more)")
@@ -89,18 +90,17 @@ def measure(spec: TaskSpec, load_data, n_finetunes: int = 2) -> Measurement:
         lm.load_base_model(spec.model, data.warmup, data.pool)
         model_s = time.perf_counter() - start
         timed = override(spec, {"groundtruth.n_subsets": str(max(n_finetunes, spec.groundtruth.n_subsets))})
-        membership = gt.sample_subsets(data, timed)
+        membership = sample_subsets(data, timed)
         with tempfile.TemporaryDirectory(prefix="tdabench-plan-") as tmp:
             start = time.perf_counter()
-            state = gt._init_trainer(data, [(timed, Path(tmp), membership, data.targets)])
+            trainer = Trainer.load(data, [BankJob(timed, Path(tmp), membership, data.targets)])
             init_s = time.perf_counter() - start
-            device = next(state.lm.model.parameters()).device.type
             times = []
             for subset in range(n_finetunes):
                 start = time.perf_counter()
-                gt._train_subset(state, (0, subset, 0))
+                trainer.train((0, subset, 0))
                 times.append(time.perf_counter() - start)
-    return Measurement(data_s, model_s, init_s, times, device, cached)
+    return Measurement(data_s, model_s, init_s, times, trainer.device, cached)
 
 
 def _model_cached(spec: TaskSpec, data) -> bool:

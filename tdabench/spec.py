@@ -160,13 +160,27 @@ def drop_none(d: Any) -> Any:
     return d
 
 
+# Version of the code that turns a spec into ground truth: fine-tuning (``lm.finetune``,
+# ``lm.train_step``), the loss (``lm.response_losses``), the base-model build and the subset
+# draw. Raise it with any change to that code that changes a loss: banks built under another
+# version are then refused (not silently reused), and spec hashes change.
+GROUNDTRUTH_VERSION = 1
+
+
+def _versioned(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with the ground-truth version, which is left out at version 1 so that the hashes
+    (and banks, records) made before versions were recorded stay valid."""
+    return d if GROUNDTRUTH_VERSION == 1 else {**d, "groundtruth_version": GROUNDTRUTH_VERSION}
+
+
 def spec_hash(spec: TaskSpec) -> str:
-    """Hash of everything that determines a task's ground truth.
+    """Hash of everything that determines a task's ground truth, the ground-truth code's
+    version (:data:`GROUNDTRUTH_VERSION`) included.
 
     Fields set to ``None`` are left out, so adding an optional field (default ``None``) to a
     spec class keeps the hashes, banks and records of existing specs valid.
     """
-    return stable_hash(drop_none(spec.to_dict()))
+    return stable_hash(_versioned(drop_none(spec.to_dict())))
 
 
 def setup_hash(spec: TaskSpec) -> str:
@@ -175,7 +189,7 @@ def setup_hash(spec: TaskSpec) -> str:
     The key of artefacts that never see the evaluation bank (a method's training bank, a
     trained AirRep), so that changing how the evaluation bank is built does not retrain them.
     """
-    return stable_hash(drop_none({**spec.to_dict(), "groundtruth": None}))
+    return stable_hash(_versioned(drop_none({**spec.to_dict(), "groundtruth": None})))
 
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
