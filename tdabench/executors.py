@@ -47,6 +47,21 @@ def _die_with_parent(parent: int, interval_s: float = 1.0) -> None:
     threading.Thread(target=watch, daemon=True, name="tdabench-parent-watchdog").start()
 
 
+@contextlib.contextmanager
+def _sigint_ignored_in_children():
+    """Ignore SIGINT while worker processes are started (they inherit it, from their very first
+    import: a Ctrl-C during start-up then interrupts only this process, which reports it once).
+    A Ctrl-C in this short window is lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _init_worker(parent: int, init: Callable[..., Any], args: tuple) -> None:
     import torch
 
@@ -144,7 +159,8 @@ def run_local(jobs: Sequence[Any], init: Callable[..., Any], init_args: tuple,
         ctx = mp.get_context("spawn")  # fork after torch has run threads can deadlock
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(os.getpid(), init, init_args)) as pool:
-            pending = {pool.submit(_run_job, work, job) for job in jobs}
+            with _sigint_ignored_in_children():  # workers start with Ctrl-C ignored
+                pending = {pool.submit(_run_job, work, job) for job in jobs}
             try:
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
