@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import examples_fingerprint
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .seeds import subsets_rng
 from .spec import GROUNDTRUTH_VERSION, TaskSpec, spec_differences, spec_hash
 from .store import atomic_write_json, atomic_write_npy, cache_dir, read_json
@@ -248,9 +248,11 @@ def import_bank(spec: TaskSpec, data: TaskData, published: PublishedGroundTruth,
     gt = spec.groundtruth
     expected_shape = (gt.n_subsets, len(data.pool))
     if membership.shape != expected_shape or losses.shape != (gt.n_subsets, gt.n_seeds, len(data.targets)):
-        raise BankError(f"published ground truth has {membership.shape[0]} subsets over "
-                        f"{membership.shape[1]} pool examples and losses {losses.shape}; the spec "
-                        f"expects {expected_shape} and ({gt.n_subsets}, {gt.n_seeds}, {len(data.targets)})")
+        raise ConfigError(f"published ground truth has {membership.shape[0]} subsets over "
+                          f"{membership.shape[1]} pool examples and losses {losses.shape}; the spec "
+                          f"expects {expected_shape} and ({gt.n_subsets}, {gt.n_seeds}, "
+                          f"{len(data.targets)}): set groundtruth.n_subsets and n_seeds to match "
+                          "(--set groundtruth.n_subsets=...)")
     if not np.isfinite(losses).all():
         raise BankError("published ground truth contains non-finite losses")
     expected = manifest(spec, data, provenance)
