@@ -173,3 +173,21 @@ def test_cli_builds_parts_and_merges_them(micro, reference, tmp_path, capsys):
     assert "12 distinct fine-tunes of 12" in out and "2 fine-tune(s) found in more than one" in out
     assert cli.main(["merge-banks", str(tmp_path / "nothing"), "--into", str(tmp_path / "x")]) == 2
     assert "not a ground-truth bank" in capsys.readouterr().err
+
+
+def test_progress_is_plain_lines_when_redirected_and_its_eta_skips_worker_start_up(monkeypatch):
+    import io
+
+    from tdabench import executors
+
+    clock = iter([0.0, 100.0, 101.0, 102.0, 103.0])  # 100 s of worker start-up, then 1 s a job
+    monkeypatch.setattr(executors.time, "monotonic", lambda: next(clock))
+    out = io.StringIO()  # not a terminal
+    progress = executors.Progress(4, "ground truth", every_s=0, file=out)
+    for _ in range(4):
+        progress.update()
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and len(lines) == 4
+    assert lines[1] == "ground truth: 2/4 jobs, 1:41 elapsed, about 0:02 left"  # not 1:41 left
+    assert lines[3] == "ground truth: 4/4 jobs, 1:43 elapsed"
