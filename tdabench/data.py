@@ -234,13 +234,16 @@ def cached_examples(name: str, key: dict, build: Callable[[], list[Example]]) ->
 
 
 def balanced_split(examples: list[Example], n_pool: int, n_targets: int, seed: int,
-                   max_warmup: int | None = None) -> TaskData:
+                   max_warmup: int | None = None, balanced_pool: bool = True,
+                   from_back: bool = False) -> TaskData:
     """Seeded split balanced over sources: targets, then the pool, drawn round-robin.
 
     The examples are shuffled with ``seed`` and grouped by source; targets take one example
-    from each source in turn (sources in sorted order, exhausted ones skipped) until there are
-    ``n_targets``, then the pool is drawn the same way from what is left. Everything else, in
-    shuffled order and cut to ``max_warmup`` if given, is the warm-up set.
+    from each source in turn (sources in sorted order, exhausted ones skipped; each source's
+    first example in shuffled order, or its last with ``from_back``) until there are
+    ``n_targets``, then the pool is drawn the same way from what is left (or, without
+    ``balanced_pool``, the first ``n_pool`` of what is left in shuffled order). Everything
+    else, in shuffled order and cut to ``max_warmup`` if given, is the warm-up set.
     """
     if n_pool + n_targets >= len(examples):
         raise ConfigError(f"data.n_pool + data.n_targets = {n_pool + n_targets} must be below the "
@@ -257,11 +260,15 @@ def balanced_split(examples: list[Example], n_pool: int, n_targets: int, seed: i
         while len(out) < n:
             for source in sources:
                 if queues[source] and len(out) < n:
-                    out.append(queues[source].popleft())
+                    out.append(queues[source].pop() if from_back else queues[source].popleft())
         return out
 
     targets = draw(n_targets)
-    pool = draw(n_pool)
+    if balanced_pool:
+        pool = draw(n_pool)
+    else:
+        chosen = {ex.id for ex in targets}
+        pool = [ex for ex in order if ex.id not in chosen][:n_pool]
     taken = {ex.id for ex in targets + pool}
     warmup = [ex for ex in order if ex.id not in taken]
     return TaskData(pool=pool, targets=targets, warmup=warmup[:max_warmup])
