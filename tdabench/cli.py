@@ -305,9 +305,25 @@ def _add_records_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", nargs="+", action="extend", default=[], metavar="HASH",
                    help="show this spec hash (or a prefix) of its task instead of the newest")
 
+def _check_reproduce(args: argparse.Namespace) -> None:
+    """Check reproduce's tasks, methods, configs file and results directory before any compute."""
+    import json
+
+    from . import checks
+
+    configs = json.loads(args.configs.read_text()) if args.configs.exists() else {}
+    for method in args.method or registry.method_names():
+        if method in configs or args.method:
+            checks.check_method(method, configs.get(method))
+    for task in args.task:
+        registry.get_task(task).spec(args.preset)
+    checks.check_writable(args.results_dir)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> None:
     import json
 
+    _check_reproduce(args)
     configs = {}
     if args.configs.exists():
         configs = {k: v for k, v in json.loads(args.configs.read_text()).items() if not k.startswith("_")}

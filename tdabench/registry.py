@@ -4,13 +4,16 @@ points, so a third-party package adds a method by declaring an entry point; no h
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import UnknownName
 from .task import Task
 
+if TYPE_CHECKING:
+    from .method import Method
+
 _extra_tasks: dict[str, Task] = {}
-_extra_methods: dict[str, type] = {}
+_extra_methods: dict[str, type[Method]] = {}
 
 
 def register_task(task: Task) -> None:
@@ -18,7 +21,7 @@ def register_task(task: Task) -> None:
     _extra_tasks[task.name] = task
 
 
-def register_method(name: str, method_cls: type) -> None:
+def register_method(name: str, method_cls: type[Method]) -> None:
     """Register a method adapter class at run time."""
     _extra_methods[name] = method_cls
 
@@ -50,7 +53,8 @@ def get_task(name: str) -> Task:
     return eps[name].load()
 
 
-def get_method(name: str) -> type:
+def get_method(name: str) -> type[Method]:
+    """A registered method adapter class (UnknownName listing the valid ones otherwise)."""
     if name in _extra_methods:
         return _extra_methods[name]
     eps = _entry_points("tdabench.methods")
