@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,15 @@ def minimums(spec: TaskSpec, evaluates: bool = False) -> list[str]:
     change nothing, and the noise ceiling reads 1).
     """
     gt = spec.groundtruth
+    if not re.fullmatch(r"all|top:[1-9][0-9]*", spec.model.trainable):
+        raise ConfigError(f"model.trainable must be 'all' or 'top:K' (K >= 1 blocks), not "
+                          f"{spec.model.trainable!r}")
+    if spec.model.init == "gguf":
+        from .lm import PACKAGED_MODELS
+
+        if spec.model.name not in PACKAGED_MODELS:
+            raise ConfigError(f"model.name {spec.model.name!r} is not a packaged GGUF model; "
+                              f"known: {sorted(PACKAGED_MODELS)}")
     if evaluates:
         from .runner import tuning_subsets
 

@@ -56,6 +56,8 @@ def _nothing_built(before: set[Path]) -> None:
     (["--method", "random", "--set", "groundtruth.n_subsets=1"],
      "groundtruth.n_subsets=1 leaves 0 test subset(s) (every fifth subset is kept for tuning); "
      "an LDS needs at least 3: use --set groundtruth.n_subsets=4 or more"),
+    (["--method", "random", "--set", "model.trainable=top"],
+     "model.trainable must be 'all' or 'top:K' (K >= 1 blocks), not 'top'"),
     (["--method", "random", "--set", "groundtruth.fraction=0.001"],
      "the pool has 800 examples, so subsets of groundtruth.fraction=0.001 hold 1"),
 ])
@@ -323,3 +325,12 @@ def test_ctrl_c_during_worker_start_up_prints_one_line(micro, tmp_path):
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if "interrupted" in line]
     assert lines == ["tdabench: interrupted; finished fine-tunes are kept: run the same command to resume"]
+
+
+def test_a_paper_task_uses_its_only_preset_without_saying_no_preset_tiny():
+    checked = checks.validate("flan", None, {}, "airrep")  # no data is loaded: no hub needed
+    assert checked.preset == "paper" and checked.spec.preset == "paper"
+    from tdabench.registry import get_task
+
+    with pytest.raises(UserError, match=r"no preset .huge.; valid presets: \[.small., .tiny.\]"):
+        get_task("chatterbot").spec("huge")
