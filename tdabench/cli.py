@@ -244,8 +244,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
                  or r.method == name]
         if len(found) != 1:
             have = sorted({selection.labels.get(r.path, r.method) for r in selection.records})
-            raise ValueError(f"{len(found)} records match {name!r} for {args.task}; "
-                             f"choose one of: {', '.join(have)}")
+            raise UserError(f"{len(found)} records match {name!r} for {args.task}; "
+                            f"choose one of: {', '.join(have)}")
         records[name] = found[0].path
     out = runner.compare(records[args.a], records[args.b], args.n_boot)
     print(f"{args.a} - {args.b} on {args.task}: LDS {out['lds_a']:+.4f} - {out['lds_b']:+.4f} "
