@@ -334,3 +334,15 @@ def test_a_paper_task_uses_its_only_preset_without_saying_no_preset_tiny():
 
     with pytest.raises(UserError, match=r"no preset .huge.; valid presets: \[.small., .tiny.\]"):
         get_task("chatterbot").spec("huge")
+
+
+def test_building_the_base_model_is_announced_once(micro, tmp_path, capsys):
+    from tdabench.spec import override
+
+    _, spec, data = micro
+    spec = override(spec, {"model.warmup_seed": "12345", "groundtruth.n_subsets": "1"})  # a new model
+    gt.build_bank(spec, data, tmp_path)
+    assert ("building the base model (1-layer Llama, warm-up of 1 epoch(s) on 120 examples); "
+            "cached after this once") in capsys.readouterr().err
+    gt.build_bank(spec, data, tmp_path / "again")
+    assert "building the base model" not in capsys.readouterr().err
