@@ -35,16 +35,19 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from tdabench import device, lm, metrics
+from tdabench.errors import ConfigError
 from tdabench.groundtruth import TrainingBankSpec, build_training_bank
 from tdabench.method import FitContext, require
 from tdabench.spec import Example, setup_hash, stable_hash
 from tdabench.store import atomic_write_json, cache_dir
+from tdabench.typed import param
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Keys of a released checkpoint that the model does not use: the authors' trainer saves an
@@ -117,7 +120,7 @@ def load_encoder(path: str) -> tuple[AirRepEncoder, object]:
              if k.removeprefix("airrep.") not in IGNORED_KEYS}
     missing, unexpected = encoder.load_state_dict(state, strict=False)
     if [k for k in missing if "position_ids" not in k] or unexpected:
-        raise ValueError(f"{folder} is not an AirRep checkpoint: missing {missing[:5]}, "
+        raise ConfigError(f"{folder} is not an AirRep checkpoint: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     return encoder, tokenizer
 
@@ -163,34 +166,36 @@ def zscore_labels(losses: np.ndarray) -> np.ndarray:
 class AirRep:
     @dataclass
     class Config:
-        checkpoint: str = ""  # a trained AirRep (directory or hub id); "" = this task's own
-        pooling: str = "attention"  # group score: "attention" (as trained), "attention-eval" or "sum"
-        dtype: str = field(default_factory=lambda: "bf16" if torch.cuda.is_available() else "fp32")
-        batch_size: int = 64
+        checkpoint: str = param("", 'a trained AirRep (directory or hub id); "" = this task\'s own')
+        pooling: Literal["attention", "attention-eval", "sum"] = param(
+            "attention", "group score: attention (softmax(|s|)·s, as trained), attention-eval "
+            "(softmax(s)·s, as the paper evaluates) or sum")
+        dtype: Literal["fp32", "bf16"] = field(
+            default_factory=lambda: "bf16" if torch.cuda.is_available() else "fp32",
+            metadata={"help": "encoder precision: bf16 as the authors encode (default on a GPU), "
+                              "fp32 (default on a CPU)"})
+        batch_size: int = param(64, "examples per encoder batch", ge=1)
         # training, used when no checkpoint is given
-        base_model: str = ""  # encoder to start from; "" = the offline all-MiniLM-L6-v2
-        max_length: int = 512
-        n_splits: int = 8  # the last one is held out for the training curve
-        n_dev: int = 100
-        subsets_per_split: int = 50
-        fraction: float = 0.1
-        epochs: int = 4
-        train_encoder: bool = True  # False: freeze the encoder, learn only the projector (fast on CPU)
-        lr: float = 1e-4
-        warmup_steps: int = 10
-        grad_clip: float = 1.0
-        subsets_per_step: int = 32
-        dev_per_step: int = 1000
-        train_seed: int = 0
+        base_model: str = param("", 'encoder to start from; "" = the offline all-MiniLM-L6-v2')
+        max_length: int = param(512, "encoder tokens per example", ge=1)
+        n_splits: int = param(8,
+                              "training-bank splits; the last one is held out for the training curve", ge=2)
+        n_dev: int = param(100, "dev targets per split, drawn from the pool", ge=1)
+        subsets_per_split: int = param(50, "fine-tuned subsets per split", ge=2)
+        fraction: float = param(0.1, "share of the pool in each training subset", gt=0, lt=1)
+        epochs: int = param(4, "training epochs", ge=1)
+        train_encoder: bool = param(True, "False: freeze the encoder, learn only the projector (fast on CPU)")
+        lr: float = param(1e-4, "learning rate", gt=0)
+        warmup_steps: int = param(10, "learning-rate warm-up steps", ge=0)
+        grad_clip: float = param(1.0, "gradient-norm clip", gt=0)
+        subsets_per_step: int = param(32, "subsets per optimiser step", ge=1)
+        dev_per_step: int = param(1000, "dev targets per optimiser step", ge=1)
+        train_seed: int = param(0, "seed of the encoder's training")
 
     # The group score the authors' evaluation script uses: the paper tier's headline (runner.paper_lds).
     evaluation_pooling = "attention-eval"
 
     def __init__(self, config: Config) -> None:
-        if config.pooling not in metrics.POOLINGS:
-            raise ValueError(f"pooling must be one of {', '.join(metrics.POOLINGS)}, not {config.pooling!r}")
-        if config.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {config.dtype!r}")
         self.config = config
         self.device = "cpu"  # set from the FitContext in train and fit
 

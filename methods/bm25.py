@@ -15,11 +15,13 @@ library's defaults.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from tdabench.method import FitContext, check_field, field_texts, require
+from tdabench.method import FitContext, TextField, field_texts, require
 from tdabench.spec import Example
+from tdabench.typed import param
 
 VARIANTS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
 
@@ -27,17 +29,14 @@ VARIANTS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
 class BM25:
     @dataclass
     class Config:
-        field: str = "both"  # "prompt", "response" or "both"
-        k1: float = 1.5
-        b: float = 0.75
-        delta: float = 0.5
-        method: str = "lucene"
-        stopwords: str = "english"
+        field: TextField = param("both", "which text is indexed and queried with")
+        k1: float = param(1.5, "term-frequency saturation", ge=0)
+        b: float = param(0.75, "length normalisation", ge=0, le=1)
+        delta: float = param(0.5, "lower bound of a term's weight (bm25l, bm25+)", ge=0)
+        method: Literal[VARIANTS] = param("lucene", "bm25s's BM25 variant")
+        stopwords: str = param("english", 'stop-word list of bm25s ("" = none)')
 
     def __init__(self, config: Config) -> None:
-        check_field(config.field)
-        if config.method not in VARIANTS:
-            raise ValueError(f"method must be one of {list(VARIANTS)}, not {config.method!r}")
         self.config = config
 
     def _tokens(self, examples: list[Example]) -> list[list[str]]:

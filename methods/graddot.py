@@ -15,6 +15,7 @@ on chatterbot/tiny with ``"mlp"``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,18 +23,18 @@ import torch
 from tdabench import gradients, lm
 from tdabench.method import FitContext
 from tdabench.spec import Example
+from tdabench.typed import param
 
 
 class GradDot:
     @dataclass
     class Config:
-        tracked: str = gradients.DEFAULT_TRACKED  # "mlp" or "linear"
-        normalize: bool = False  # True: cosine of the gradients (gradcos)
-        batch_size: int = 32  # examples per forward/backward pass
+        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED,
+                                                    "layers whose gradients are used: MLPs or all linear")
+        normalize: bool = param(False, "true: cosine of the gradients (gradcos)")
+        batch_size: int = param(32, "examples per forward/backward pass", ge=1)
 
     def __init__(self, config: Config) -> None:
-        if config.tracked not in gradients.TRACKED:
-            raise ValueError(f"tracked must be one of {list(gradients.TRACKED)}, not {config.tracked!r}")
         self.config = config
 
     def _gradients(self, examples: list[Example], loss: str) -> torch.Tensor:
@@ -61,4 +62,4 @@ class GradDot:
 class GradCos(GradDot):
     @dataclass
     class Config(GradDot.Config):
-        normalize: bool = True
+        normalize: bool = param(True, "true: cosine of the gradients (gradcos)")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -33,28 +34,25 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from tdabench import gradients, lm
 from tdabench.method import FitContext, require
 from tdabench.spec import Example
+from tdabench.typed import param
 
 
 class LESS:
     @dataclass
     class Config:
-        tracked: str = "linear"  # layers that get LoRA adapters: "mlp" or "linear" (attention too)
-        lora_rank: int = 8
-        lora_alpha: float = 32.0  # LoRA scale = lora_alpha / lora_rank (LESS: 512 / 128 = 4)
-        warmup_fraction: float = 0.05  # share of the pool the LoRA warm-up trains on (LESS: 5%)
-        warmup_epochs: int = 4  # one checkpoint after each epoch (LESS: 4)
-        lr: float | None = None  # warm-up learning rate; None: the task's fine-tuning lr
-        proj_dim: int = 1024  # random projection dimension; 0 = no projection
-        batch_size: int = 32  # examples per forward/backward pass
-        projector_seed: int = 0
+        tracked: Literal[gradients.TRACKED] = param("linear",
+                                                    "layers that get LoRA adapters: MLPs or all linear")
+        lora_rank: int = param(8, "LoRA rank", ge=1)
+        lora_alpha: float = param(32.0, "LoRA scale = lora_alpha / lora_rank (LESS: 512 / 128 = 4)", gt=0)
+        warmup_fraction: float = param(0.05,
+                                       "share of the pool the LoRA warm-up trains on (LESS: 5%)", gt=0, le=1)
+        warmup_epochs: int = param(4, "one checkpoint after each epoch (LESS: 4)", ge=1)
+        lr: float | None = param(None, "warm-up learning rate; none: the task's fine-tuning lr", gt=0)
+        proj_dim: int = param(1024, "random projection dimension; 0 = no projection", ge=0)
+        batch_size: int = param(32, "examples per forward/backward pass", ge=1)
+        projector_seed: int = param(0, "seed of the random projection")
 
     def __init__(self, config: Config) -> None:
-        if config.tracked not in gradients.TRACKED:
-            raise ValueError(f"tracked must be one of {list(gradients.TRACKED)}, not {config.tracked!r}")
-        if not 0 < config.warmup_fraction <= 1:
-            raise ValueError(f"warmup_fraction must be in (0, 1], not {config.warmup_fraction}")
-        if config.warmup_epochs < 1 or config.lora_rank < 1 or config.proj_dim < 0:
-            raise ValueError("warmup_epochs and lora_rank must be >= 1 and proj_dim >= 0")
         self.config = config
 
     def fit(self, pool: list[Example], context: FitContext) -> None:

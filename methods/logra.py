@@ -22,6 +22,7 @@ import math
 import shutil
 from dataclasses import dataclass
 from types import SimpleNamespace
+from typing import Literal
 
 import numpy as np
 import torch
@@ -30,6 +31,7 @@ from torch.utils.data import DataLoader
 from tdabench import gradients, lm
 from tdabench.method import FitContext, require
 from tdabench.spec import Example
+from tdabench.typed import param
 
 HESSIANS = ("eFIM", "Identity")
 
@@ -62,18 +64,16 @@ def _train_loss(model: _LossModel, batch: dict[str, torch.Tensor], device: str) 
 class LoGra:
     @dataclass
     class Config:
-        tracked: str = gradients.DEFAULT_TRACKED  # "mlp" or "linear"
-        proj_dim: int = 1024  # per layer: a perfect square, sqrt(proj_dim) rows per factor
-        hessian: str = "eFIM"  # "eFIM" (projected empirical Fisher) or "Identity"
-        damping: float = 0.1  # fraction of each layer's mean Fisher eigenvalue added to its diagonal
-        batch_size: int = 32  # examples per forward/backward pass
-        projector_seed: int = 0
+        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED,
+                                                    "layers whose gradients are used: MLPs or all linear")
+        proj_dim: int = param(1024, "per layer: a perfect square, sqrt(proj_dim) rows per factor", ge=1)
+        hessian: Literal[HESSIANS] = param("eFIM", "eFIM (projected empirical Fisher) or Identity")
+        damping: float = param(0.1,
+                               "fraction of each layer's mean Fisher eigenvalue added to its diagonal", ge=0)
+        batch_size: int = param(32, "examples per forward/backward pass", ge=1)
+        projector_seed: int = param(0, "seed of the random projection")
 
     def __init__(self, config: Config) -> None:
-        if config.tracked not in gradients.TRACKED:
-            raise ValueError(f"tracked must be one of {list(gradients.TRACKED)}, not {config.tracked!r}")
-        if config.hessian not in HESSIANS:
-            raise ValueError(f"hessian must be one of {list(HESSIANS)}, not {config.hessian!r}")
         if math.isqrt(config.proj_dim) ** 2 != config.proj_dim or config.proj_dim <= 0:
             raise ValueError(f"proj_dim must be a positive perfect square (LoGra projects the "
                              f"two factors to sqrt(proj_dim) each), not {config.proj_dim}")

@@ -8,12 +8,13 @@ import numpy as np
 
 from tdabench.method import FitContext
 from tdabench.spec import Example
+from tdabench.typed import param
 
 
 class RandomScores:
     @dataclass
     class Config:
-        seed: int = 0  # added to the run's seed
+        seed: int = param(0, "added to the run's seed")
 
     def __init__(self, config: Config) -> None:
         self.config = config

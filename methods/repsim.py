@@ -12,6 +12,7 @@ Config: ``layer`` indexes ``hidden_states`` as transformers returns them (0 = em
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,18 +20,17 @@ import torch
 from tdabench import gradients, lm
 from tdabench.method import FitContext
 from tdabench.spec import Example
+from tdabench.typed import param
 
 
 class RepSim:
     @dataclass
     class Config:
-        layer: int = -1
-        similarity: str = "cosine"  # "cosine" or "dot"
-        batch_size: int = 64
+        layer: int = param(-1, "index into hidden_states (0 = embeddings, -1 = last layer)")
+        similarity: Literal["cosine", "dot"] = param("cosine", "how two representations are compared")
+        batch_size: int = param(64, "examples per forward pass", ge=1)
 
     def __init__(self, config: Config) -> None:
-        if config.similarity not in ("cosine", "dot"):
-            raise ValueError(f"similarity must be 'cosine' or 'dot', not {config.similarity!r}")
         self.config = config
 
     def _represent(self, examples: list[Example]) -> np.ndarray:

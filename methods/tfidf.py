@@ -18,21 +18,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tdabench.method import FitContext, check_field, field_texts, require
+from tdabench.method import FitContext, TextField, field_texts, require
 from tdabench.spec import Example
+from tdabench.typed import param
 
 
 class TfIdf:
     @dataclass
     class Config:
-        field: str = "both"  # "prompt", "response" or "both"
-        ngram_min: int = 1
-        ngram_max: int = 1
-        sublinear_tf: bool = False
-        min_df: int | float = 1
+        field: TextField = param("both", "which text is indexed and queried with")
+        ngram_min: int = param(1, "shortest n-gram", ge=1)
+        ngram_max: int = param(1, "longest n-gram (>= ngram_min)", ge=1)
+        sublinear_tf: bool = param(False, "true: 1 + log(tf) instead of tf")
+        min_df: int | float = param(1,
+                                    "ignore terms in fewer documents (int) or a smaller share (float)", gt=0)
 
     def __init__(self, config: Config) -> None:
-        check_field(config.field)
         if not 1 <= config.ngram_min <= config.ngram_max:
             raise ValueError(f"need 1 <= ngram_min <= ngram_max, not {config.ngram_min}, {config.ngram_max}")
         self.config = config

@@ -15,6 +15,7 @@ checkpoint) and read back memory-mapped at scoring time.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -22,17 +23,17 @@ import torch
 from tdabench import gradients, lm
 from tdabench.method import FitContext
 from tdabench.spec import Example
+from tdabench.typed import param
 
 
 class TracIn:
     @dataclass
     class Config:
-        tracked: str = gradients.DEFAULT_TRACKED  # "mlp" or "linear"
-        batch_size: int = 32  # examples per forward/backward pass
+        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED,
+                                                    "layers whose gradients are used: MLPs or all linear")
+        batch_size: int = param(32, "examples per forward/backward pass", ge=1)
 
     def __init__(self, config: Config) -> None:
-        if config.tracked not in gradients.TRACKED:
-            raise ValueError(f"tracked must be one of {list(gradients.TRACKED)}, not {config.tracked!r}")
         self.config = config
 
     def _gradients(self, checkpoint, examples: list[Example], loss: str) -> torch.Tensor:

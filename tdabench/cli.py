@@ -1,23 +1,43 @@
-"""The ``tdabench`` command line: ``list``, ``groundtruth`` and ``run``."""
+"""The ``tdabench`` command line: ``list``, ``groundtruth``, ``run`` and the rest.
+
+Every command checks its inputs (:mod:`tdabench.checks`) before it computes anything; a
+user error (:class:`tdabench.errors.UserError`) is printed in one line. Heavy modules (torch,
+scipy) are imported only when a command runs, so ``--help`` is fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
+from types import ModuleType
 
-from . import metrics, registry, runner
-from .data import DataError
-from .groundtruth import BankMismatch
-from .method import MissingDependency
+from . import registry
+from .errors import ConfigError, UserError
+
+
+def _lazy(name: str) -> ModuleType:
+    """``name``, imported on first attribute access (importlib's LazyLoader recipe)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+runner = _lazy("tdabench.runner")  # torch, scipy: loaded when a command runs, not for --help
 
 
 def _assignments(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
         if "=" not in pair:
-            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+            raise ConfigError(f"expected FIELD=VALUE, got {pair!r}")
         key, value = pair.split("=", 1)
         out[key.strip()] = value.strip()
     return out
@@ -41,13 +61,39 @@ def _device(args: argparse.Namespace):
     return device.resolve(args.device, args.dtype, args.micro_batch)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _validate(args: argparse.Namespace, evaluates: bool = False, trains: bool = False) -> None:
+    """Check the command's task, preset, spec overrides, method, config and results directory
+    before any compute (:func:`tdabench.checks.validate`); fills in ``args.preset``."""
+    from . import checks
+
+    method = getattr(args, "method", None)
+    checked = checks.validate(
+        args.task, args.preset, _assignments(args.spec_overrides), method,
+        _method_config(args) if method else None, getattr(args, "results_dir", None), evaluates,
+        trains, {k: v.split(",") for k, v in _assignments(getattr(args, "grid", [])).items()})
+    args.preset = checked.preset
+    for warning in checked.warnings:
+        print(f"tdabench: warning: {warning}", file=sys.stderr)
+
+
 def _add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", required=True, help="task name (see `tdabench list`)")
-    p.add_argument("--preset", default="tiny", help="task preset (default: tiny)")
+    p.add_argument("--preset", default=None,
+                   help="task preset (default: tiny, or the task's only preset)")
     p.add_argument("--set", dest="spec_overrides", action="append", default=[],
                    metavar="FIELD=VALUE",
                    help="override a spec field, e.g. --set groundtruth.n_subsets=64")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    p.add_argument("--workers", type=_positive_int, default=min(2, os.cpu_count() or 1),
                    help="ground-truth worker processes, one torch thread each (default: %(default)s)")
     p.add_argument("--bank", type=Path, default=None,
                    help="ground-truth bank directory (default: under $TDABENCH_CACHE)")
@@ -77,6 +123,10 @@ def _add_correlation_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    name = args.method or args.name
+    if name:
+        _describe(name)
+        return
     print("tasks (jsonl:PATH runs your own data):")
     for name in registry.task_names():
         task = registry.get_task(name)
@@ -89,10 +139,31 @@ def cmd_list(args: argparse.Namespace) -> None:
             truth = (f"{g.n_subsets} subsets x {g.n_seeds} seed(s) of {g.fraction:.0%}"
                      if g.source == "finetune" else f"{g.n_subsets or 'all'} published subsets")
             print(f"  {'':<14} preset {preset}: {size}; {truth}; model {spec.model.name or spec.model.init}")
-    print("methods:")
+    print("methods (`tdabench list METHOD` shows its config):")
     for name in registry.method_names():
         doc = (sys.modules[registry.get_method(name).__module__].__doc__ or "").strip()
         print(f"  {name:<14} {doc.splitlines()[0] if doc else ''}")
+
+
+def _describe(name: str) -> None:
+    """A method's config fields (default, type and range, help), or a task's presets."""
+    from .typed import describe_fields
+
+    if name not in registry.method_names():
+        if name in registry.task_names():
+            task = registry.get_task(name)
+            print(f"{name}: {task.description}; presets: {', '.join(sorted(task.presets))} "
+                  "(see `tdabench list`)")
+            return
+        registry.get_method(name)  # raises UnknownName listing the valid methods
+    cls = registry.get_method(name)
+    doc = (sys.modules[cls.__module__].__doc__ or "").strip()
+    print(doc.splitlines()[0] if doc else name)
+    print("config fields (--config FIELD=VALUE):")
+    for field, default, kind, help_ in describe_fields(cls.Config):
+        print(f"  {field:<18} default {default:<12} {kind}")
+        if help_:
+            print(f"  {'':<18} {help_}")
 
 
 def _subset_slice(text: str) -> slice:
@@ -104,6 +175,7 @@ def _subset_slice(text: str) -> slice:
 
 
 def cmd_groundtruth(args: argparse.Namespace) -> None:
+    _validate(args)
     bank = runner.groundtruth(args.task, args.preset, _assignments(args.spec_overrides),
                               args.workers, args.bank, args.executor, args.address, args.subsets,
                               _device(args))
@@ -126,13 +198,15 @@ def cmd_groundtruth(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     from . import plan
 
+    _validate(args)
+
     estimate = plan.plan(args.task, args.preset, _assignments(args.spec_overrides), args.subsets,
                          args.seeds, args.workers, args.fine_tunes, _device(args))
     print(plan.render(estimate))
 
 
 def cmd_merge_banks(args: argparse.Namespace) -> None:
-    from .groundtruth import MERGE_ATOL, merge_banks
+    from .merging import MERGE_ATOL, merge_banks
 
     atol = MERGE_ATOL if args.atol is None else args.atol
     report = merge_banks(args.sources, args.into, atol)
@@ -149,6 +223,7 @@ def cmd_merge_banks(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    _validate(args, evaluates=True)
     record, path = runner.run(args.method, args.task, args.preset, args.seed, _method_config(args),
                               _assignments(args.spec_overrides), args.workers, args.results_dir,
                               args.bank, args.group_score, args.correlation, args.executor, args.address,
@@ -165,6 +240,7 @@ def _method_config(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
+    _validate(args, evaluates=True)
     grid = {key: [v.strip() for v in values.split(",")] for key, values in _assignments(args.grid).items()}
     trials, path = runner.tune(args.method, args.task, grid, args.preset, args.seed, _method_config(args),
                                _assignments(args.spec_overrides), args.workers, args.bank,
@@ -190,8 +266,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
                  or r.method == name]
         if len(found) != 1:
             have = sorted({selection.labels.get(r.path, r.method) for r in selection.records})
-            raise ValueError(f"{len(found)} records match {name!r} for {args.task}; "
-                             f"choose one of: {', '.join(have)}")
+            raise UserError(f"{len(found)} records match {name!r} for {args.task}; "
+                            f"choose one of: {', '.join(have)}")
         records[name] = found[0].path
     from .compare import compare
 
@@ -206,6 +282,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    _validate(args, trains=True)
     path = runner.train(args.method, args.task, args.preset, args.seed, _method_config(args),
                         _assignments(args.spec_overrides), args.workers, args.executor, args.address,
                         _device(args))
@@ -247,19 +324,41 @@ def cmd_plot(args: argparse.Namespace) -> None:
     for path in plots.plot_all(_load_records(args), args.out):
         print(path)
 
+def _add_results_arg(p: argparse.ArgumentParser, help_: str) -> None:
+    """``--results-dir DIR...`` into ``args.results``; ``--results`` is the old spelling."""
+    p.add_argument("--results-dir", dest="results", type=Path, nargs="+", action="extend",
+                   default=[], metavar="DIR", help=help_)
+    p.add_argument("--results", dest="results", type=Path, nargs="+", action="extend",
+                   default=[], help=argparse.SUPPRESS)
+
+
 def _add_records_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--results", "--results-dir", dest="results", type=Path, nargs="+",
-                   action="extend", default=[], metavar="DIR",
-                   help="directory trees of result records, merged (default: ./results where it "
+    _add_results_arg(p, "directory trees of result records, merged (default: ./results where it "
                         "exists and the user results, $TDABENCH_RESULTS or $TDABENCH_CACHE/results)")
     p.add_argument("--task", nargs="+", action="extend", default=[], metavar="TASK",
                    help="only these tasks (TASK or TASK/PRESET; default: all)")
     p.add_argument("--spec", nargs="+", action="extend", default=[], metavar="HASH",
                    help="show this spec hash (or a prefix) of its task instead of the newest")
 
+def _check_reproduce(args: argparse.Namespace) -> None:
+    """Check reproduce's tasks, methods, configs file and results directory before any compute."""
+    import json
+
+    from . import checks
+
+    configs = json.loads(args.configs.read_text()) if args.configs.exists() else {}
+    for method in args.method or registry.method_names():
+        if method in configs or args.method:
+            checks.check_method(method, configs.get(method))
+    for task in args.task:
+        registry.get_task(task).spec(args.preset)
+    checks.check_writable(args.results_dir)
+
+
 def cmd_reproduce(args: argparse.Namespace) -> None:
     import json
 
+    _check_reproduce(args)
     configs = {}
     if args.configs.exists():
         configs = {k: v for k, v in json.loads(args.configs.read_text()).items() if not k.startswith("_")}
@@ -284,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tdabench", description="Benchmark training data attribution methods on LMs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list tasks, presets and methods")
+    p = sub.add_parser("list", help="list tasks, presets and methods; a method's config fields")
+    p.add_argument("name", nargs="?", default=None, metavar="METHOD",
+                   help="show this method's config fields, defaults, choices and help")
+    p.add_argument("--method", default=None, help="same as the positional METHOD")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("groundtruth", help="build (or resume) a task's counterfactual ground truth")
@@ -296,16 +398,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="time a few fine-tunes here and estimate a bank's cost")
     p.add_argument("--task", required=True, help="task name (see `tdabench list`)")
-    p.add_argument("--preset", default="tiny", help="task preset (default: tiny)")
+    p.add_argument("--preset", default=None,
+                   help="task preset (default: tiny, or the task's only preset)")
     p.add_argument("--set", dest="spec_overrides", action="append", default=[],
                    metavar="FIELD=VALUE", help="override a spec field")
-    p.add_argument("--subsets", type=int, default=None, metavar="M",
+    p.add_argument("--subsets", type=_positive_int, default=None, metavar="M",
                    help="subsets in the bank (default: the spec's groundtruth.n_subsets)")
-    p.add_argument("--seeds", type=int, default=None, metavar="R",
+    p.add_argument("--seeds", type=_positive_int, default=None, metavar="R",
                    help="training seeds per subset (default: the spec's groundtruth.n_seeds)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+    p.add_argument("--workers", type=_positive_int, default=min(2, os.cpu_count() or 1),
                    help="workers the wall time is estimated for (default: %(default)s)")
-    p.add_argument("--fine-tunes", type=int, default=2, metavar="K",
+    p.add_argument("--fine-tunes", type=_positive_int, default=2, metavar="K",
                    help="fine-tunes to time (default: %(default)s)")
     _add_device_args(p)
     p.set_defaults(func=cmd_plan)
@@ -329,8 +432,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where result records go (default: $TDABENCH_RESULTS, else "
                         "$TDABENCH_CACHE/results; the reference set ./results is written only by "
                         "`tdabench reproduce` or when named here)")
-    p.add_argument("--group-score", choices=sorted(metrics.POOLINGS), default=None,
-                   help="force this group score (default: the method's own, else the sum)")
+    p.add_argument("--group-score", default=None, metavar="POOLING",
+                   help="force this group score for any method: a pooling of tdabench.metrics.POOLINGS "
+                        "(sum, attention as AirRep trains, attention-eval as its paper evaluates; "
+                        "default: the method's own, else the sum)")
     _add_correlation_arg(p)
     p.set_defaults(func=cmd_run)
 
@@ -348,12 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="method (or leaderboard label) A")
     p.add_argument("b", help="method (or leaderboard label) B")
     p.add_argument("--task", required=True, help="TASK or TASK/PRESET")
-    p.add_argument("--results", "--results-dir", dest="results", type=Path, nargs="+",
-                   action="extend", default=[], metavar="DIR",
-                   help="directory trees of result records (default: as for leaderboard)")
+    _add_results_arg(p, "directory trees of result records (default: as for leaderboard)")
     p.add_argument("--spec", nargs="+", action="extend", default=[], metavar="HASH",
                    help="the spec hash (or prefix) to compare on (default: the newest)")
-    p.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default: 2000)")
+    p.add_argument("--n-boot", type=_positive_int, default=2000, help="bootstrap resamples (default: 2000)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("reproduce", help="every method on every offline task of a preset (resumes)")
@@ -364,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="method config overrides, JSON {method: {field: value}} (default: %(default)s)")
     p.add_argument("--results-dir", type=Path, default=Path("results"),
                    help="where the reference records go (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    p.add_argument("--workers", type=_positive_int, default=min(2, os.cpu_count() or 1))
     _add_device_args(p)
     p.set_defaults(func=cmd_reproduce)
 
@@ -388,22 +491,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # Our tqdm bar counts jobs; transformers' weight-loading bars (also in spawned workers,
-    # which inherit the environment) are noise.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    """Run one command; a UserError is printed in one line (exit 2), an interrupt too (130);
+    any other exception is a bug and keeps its traceback."""
     try:
+        args = build_parser().parse_args(argv)
+        # Our bar counts jobs; transformers' weight-loading bars (also in spawned workers,
+        # which inherit the environment) are noise.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         args.func(args)
     except KeyboardInterrupt:
-        print("interrupted: finished subsets are kept; run the same command to resume",
-              file=sys.stderr)
+        print("tdabench: interrupted; finished fine-tunes are kept: run the same command to "
+              "resume", file=sys.stderr)
         return 130
-    except (KeyError, ValueError, BankMismatch, DataError, MissingDependency) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        print(f"tdabench: error: {message}", file=sys.stderr)
+    except UserError as err:
+        print(f"tdabench: error: {err}", file=sys.stderr)
         return 2
     return 0
 

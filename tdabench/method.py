@@ -19,19 +19,21 @@ keep train-side files under ``context.workdir``, whose size the harness reports 
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
+import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from .spec import Example, TaskSpec, parse_value
+from .errors import UserError
+from .spec import Example, TaskSpec
 from .task import TaskData
+from .typed import parse_dataclass_fields
 
 
-class MissingDependency(ImportError):
+class MissingDependency(UserError, ImportError):
     """An optional dependency of a method is not installed."""
 
 
@@ -60,23 +62,25 @@ class FitContext:
     dtype: str = "fp32"  # "fp32", or "bf16" (autocast, CUDA only)
 
 
-@runtime_checkable
 class Method(Protocol):
+    """What the harness calls on an adapter (``train``/``score_groups`` are optional extras)."""
+
     Config: type
+
+    def __init__(self, config: Any) -> None: ...
 
     def fit(self, pool: list[Example], context: FitContext) -> None: ...
 
     def score(self, targets: list[Example]) -> np.ndarray: ...
 
 
-def make_config(method_cls: type, overrides: dict[str, str] | None = None) -> Any:
-    """The method's Config with ``overrides`` (field name -> string value) applied."""
-    fields = {f.name for f in dataclasses.fields(method_cls.Config)}
-    unknown = set(overrides or {}) - fields
-    if unknown:
-        raise KeyError(f"unknown config field(s) {sorted(unknown)} for this method; "
-                       f"valid fields: {sorted(fields)}")
-    return method_cls.Config(**{k: parse_value(v) for k, v in (overrides or {}).items()})
+def make_config(method_cls: type[Method], overrides: dict[str, Any] | None = None,
+                name: str = "this method") -> Any:
+    """The method's Config with ``overrides`` (field name -> string, or a JSON value from a
+    configs file) parsed by each field's type, choices (``Literal``) and range (see
+    :func:`tdabench.typed.param`); ConfigError naming the field otherwise."""
+    values = parse_dataclass_fields(method_cls.Config, overrides or {}, f"method {name!r}")
+    return method_cls.Config(**values)
 
 
 def held_bytes(obj: Any) -> int:
@@ -108,7 +112,8 @@ def example_text(ex: Example, max_prompt_words: int = 256) -> str:
     return f"Question: {prompt}\nAnswer: {ex.response}"
 
 
-FIELDS = ("prompt", "response", "both")
+TextField = Literal["prompt", "response", "both"]  # the text a text-matching method uses
+FIELDS = typing.get_args(TextField)
 
 
 def check_field(field: str) -> None:

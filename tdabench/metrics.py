@@ -12,6 +12,8 @@ import numpy as np
 from scipy.special import softmax
 from scipy.stats import rankdata
 
+from .errors import ConfigError
+
 
 def sum_group_scores(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
     """g(x, S_m) = sum of the per-example scores over S_m.
@@ -70,7 +72,7 @@ def pooled_group_scores(scores: np.ndarray, membership: np.ndarray, pooling: str
 def check_group_score(name: str) -> None:
     """Refuse a pooling that :data:`POOLINGS` does not name, listing those it does."""
     if name not in POOLINGS:
-        raise ValueError(f"group_score must be one of {', '.join(POOLINGS)}, not {name!r}")
+        raise ConfigError(f"group_score must be one of {', '.join(POOLINGS)}, not {name!r}")
 
 
 CORRELATIONS = ("spearman", "kendall", "pearson")

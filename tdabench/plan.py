@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .device import CPU, Device, peak_memory
+from .errors import ConfigError
 from .spec import TaskSpec, override, spec_hash
 
 
@@ -76,13 +77,14 @@ class Estimate:
 def measure(spec: TaskSpec, load_data, n_finetunes: int = 2, device: Device = CPU) -> Measurement:
     """Time the data load, the base model load, one worker's start and ``n_finetunes``
     fine-tunes of the bank's first subsets (in a temporary directory), on ``device``."""
-    from . import groundtruth as gt
     from . import lm
+    from .bank import sample_subsets
+    from .building import BankJob, Trainer
 
     if n_finetunes < 1:
-        raise ValueError("plan needs at least one timed fine-tune")
+        raise ConfigError("plan needs at least one timed fine-tune (--fine-tunes 1 or more)")
     if spec.groundtruth.source != "finetune":
-        raise ValueError(f"{spec.task}/{spec.preset} imports published ground truth; to plan "
+        raise ConfigError(f"{spec.task}/{spec.preset} imports published ground truth; to plan "
                          "regenerating it, add --set groundtruth.source=finetune")
     with lm.torch_threads(1):
         start = time.perf_counter()
@@ -93,19 +95,19 @@ def measure(spec: TaskSpec, load_data, n_finetunes: int = 2, device: Device = CP
         lm.load_base_model(spec.model, data.warmup, data.pool)
         model_s = time.perf_counter() - start
         timed = override(spec, {"groundtruth.n_subsets": str(max(n_finetunes, spec.groundtruth.n_subsets))})
-        membership = gt.sample_subsets(data, timed)
+        membership = sample_subsets(data, timed)
         with tempfile.TemporaryDirectory(prefix="tdabench-plan-") as tmp:
             start = time.perf_counter()
-            state = gt._init_trainer(data, [(timed, Path(tmp), membership, data.targets)], device)
+            trainer = Trainer.load(data, [BankJob(timed, Path(tmp), membership, data.targets)], device)
             init_s = time.perf_counter() - start
             times = []
-            with peak_memory(state.device) as gpu:
+            with peak_memory(trainer.device) as gpu:
                 for subset in range(n_finetunes):
                     start = time.perf_counter()
-                    gt._train_subset(state, (0, subset, 0))
-                    state.device.synchronize()
+                    trainer.train((0, subset, 0))
+                    trainer.device.synchronize()
                     times.append(time.perf_counter() - start)
-    where = state.device.describe()
+    where = trainer.device.describe()
     gpu_name = f"{where['gpu']}, {where['dtype']}" if where["gpu"] else None
     return Measurement(data_s, model_s, init_s, times, "cuda" if device.is_cuda else "cpu", cached,
                        gpu_name, gpu["bytes"])
@@ -126,7 +128,7 @@ def estimate(spec: TaskSpec, m: Measurement, n_subsets: int | None = None,
              n_seeds: int | None = None, workers: int = 1) -> Estimate:
     """Scale a measurement to a bank of ``n_subsets`` x ``n_seeds`` (default: the spec's)."""
     if workers < 1:
-        raise ValueError("workers must be at least 1")
+        raise ConfigError("workers must be at least 1")
     gt = spec.groundtruth
     est = Estimate(spec, m, n_subsets or gt.n_subsets, n_seeds or gt.n_seeds, workers)
     unit = "GPU" if m.device == "cuda" else "core (one torch thread)"

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
+from .errors import ConfigError
 from .spec import stable_hash
 
 PROTOCOL_VERSION = 1
@@ -36,7 +37,8 @@ PROTOCOL = {
 def check_correlation(correlation: str) -> None:
     """Refuse an unknown correlation, naming the valid ones."""
     if correlation not in metrics.CORRELATIONS:
-        raise ValueError(f"unknown correlation {correlation!r}; use one of {', '.join(metrics.CORRELATIONS)}")
+        raise ConfigError(f"unknown correlation {correlation!r}; "
+                          f"use one of {', '.join(metrics.CORRELATIONS)}")
 
 
 def protocol(correlation: str = "spearman") -> dict[str, str]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
+from .errors import UserError
 from .protocol import RECALL_KS, protocol_hash
 from .store import atomic_write_json, atomic_write_npz, cache_dir
 
@@ -40,11 +41,11 @@ REFERENCE_RESULTS = Path("results")  # the committed reference set: only `tdaben
 SCHEMA2_PROTOCOLS = {"14e7f769": "spearman", "77feba30": "kendall", "945f1476": "pearson"}
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     """A file that is not a readable tdabench result record (the message says why)."""
 
 
-class RecordWriteError(ValueError):
+class RecordWriteError(UserError, ValueError):
     """The results directory cannot take a record (the message names it and the fix)."""
 
 

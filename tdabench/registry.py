@@ -4,12 +4,16 @@ points, so a third-party package adds a method by declaring an entry point; no h
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .errors import UnknownName
 from .task import Task
 
+if TYPE_CHECKING:
+    from .method import Method
+
 _extra_tasks: dict[str, Task] = {}
-_extra_methods: dict[str, type] = {}
+_extra_methods: dict[str, type[Method]] = {}
 
 
 def register_task(task: Task) -> None:
@@ -17,7 +21,7 @@ def register_task(task: Task) -> None:
     _extra_tasks[task.name] = task
 
 
-def register_method(name: str, method_cls: type) -> None:
+def register_method(name: str, method_cls: type[Method]) -> None:
     """Register a method adapter class at run time."""
     _extra_methods[name] = method_cls
 
@@ -44,15 +48,16 @@ def get_task(name: str) -> Task:
         return _extra_tasks[name]
     eps = _entry_points("tdabench.tasks")
     if name not in eps:
-        raise KeyError(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}, "
+        raise UnknownName(f"unknown task {name!r}; valid tasks: {', '.join(task_names())}, "
                        "or jsonl:PATH for your own data")
     return eps[name].load()
 
 
-def get_method(name: str) -> type:
+def get_method(name: str) -> type[Method]:
+    """A registered method adapter class (UnknownName listing the valid ones otherwise)."""
     if name in _extra_methods:
         return _extra_methods[name]
     eps = _entry_points("tdabench.methods")
     if name not in eps:
-        raise KeyError(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
+        raise UnknownName(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
     return eps[name].load()

@@ -18,6 +18,7 @@ import numpy as np
 from . import device as devices
 from . import metrics, record
 from .device import CPU, Device
+from .errors import ConfigError
 from .groundtruth import GroundTruthBank, ensure_bank, versions
 from .method import FitContext, held_bytes, make_config
 from .protocol import (
@@ -91,7 +92,7 @@ def train(method: str, task: str, preset: str = "tiny", seed: int = 0,
     adapter, _, context = _method_and_context(method, spec, data, seed, config, workers, executor,
                                               address, device)
     if not hasattr(adapter, "train"):
-        raise ValueError(f"method {method!r} has nothing to train")
+        raise ConfigError(f"method {method!r} has nothing to train")
     with device.autocast():
         adapter.train(context)
     return str(getattr(adapter, "checkpoint", context.workdir))

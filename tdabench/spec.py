@@ -11,8 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from .errors import ConfigError
+from .typed import param, parse_field
 
 
 @dataclass(frozen=True)
@@ -29,9 +33,9 @@ class Example:
 class DataSpec:
     """How a task draws its examples. ``options`` holds task-specific knobs (JSON-able)."""
 
-    n_pool: int
-    n_targets: int
-    seed: int = 0
+    n_pool: int = param(0, "pool examples (0: as the task publishes them)", ge=0)
+    n_targets: int = param(0, "target examples (0: as the task publishes them)", ge=0)
+    seed: int = param(0, "seed of the task's draw of pool and targets")
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -49,33 +53,33 @@ class ModelSpec:
     a string (``""`` included) replaces it.
     """
 
-    init: str = "scratch"
-    name: str = ""
-    n_layers: int = 2
-    d_model: int = 128
-    n_heads: int = 4
-    d_ff: int = 512
-    vocab_size: int = 4096
-    max_prompt_tokens: int = 32
-    max_response_tokens: int = 32
-    dtype: str = "float32"
-    trainable: str = "all"
-    warmup_epochs: int = 3
-    warmup_lr: float = 2e-3
-    warmup_seed: int = 0
-    system_prompt: str | None = None
+    init: Literal["scratch", "pretrained", "gguf"] = param("scratch", "where the model comes from")
+    name: str = param("", "model id, path or packaged GGUF name (pretrained, gguf)")
+    n_layers: int = param(2, "transformer blocks (scratch)", ge=1)
+    d_model: int = param(128, "hidden size (scratch)", ge=1)
+    n_heads: int = param(4, "attention heads (scratch)", ge=1)
+    d_ff: int = param(512, "MLP size (scratch)", ge=1)
+    vocab_size: int = param(4096, "BPE vocabulary (scratch)", ge=1)
+    max_prompt_tokens: int = param(32, "prompt tokens kept", ge=1)
+    max_response_tokens: int = param(32, "response tokens kept", ge=1)
+    dtype: Literal["float32", "float16", "bfloat16", "float64"] = param("float32", "weights' dtype")
+    trainable: str = param("all", '"all" or "top:K" (the top K blocks and the final norm)')
+    warmup_epochs: int = param(3, "language-modelling warm-up epochs (scratch)", ge=0)
+    warmup_lr: float = param(2e-3, "warm-up learning rate (scratch)", gt=0)
+    warmup_seed: int = param(0, "warm-up seed (scratch)")
+    system_prompt: str | None = param(None, "chat templates: none keeps the default system turn")
 
 
 @dataclass(frozen=True)
 class FinetuneRecipe:
     """Supervised fine-tuning: AdamW, constant learning rate, loss on response tokens only."""
 
-    lr: float = 1e-3
-    batch_size: int = 16
-    epochs: int = 2
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0
-    schedule: str = "constant"
+    lr: float = param(1e-3, "AdamW learning rate", gt=0)
+    batch_size: int = param(16, "examples per step", ge=1)
+    epochs: int = param(2, "passes over the subset", ge=1)
+    grad_clip: float = param(1.0, "gradient-norm clip (0: none)", ge=0)
+    weight_decay: float = param(0.0, "AdamW weight decay", ge=0)
+    schedule: Literal["constant"] = param("constant", "learning-rate schedule")
 
 
 @dataclass(frozen=True)
@@ -86,12 +90,14 @@ class GroundTruthSpec:
     ``source="finetune"``: built by tdabench; ``"published"``: imported from the task's
     published ground truth (then the other fields describe what is imported)."""
 
-    n_subsets: int = 100
-    fraction: float = 0.1
-    n_seeds: int = 1
-    seed: int = 0
-    source: str = "finetune"
-    stream: str | None = None  # "training" (a method's training bank), "datamodel"; None: evaluation
+    n_subsets: int = param(100, "counterfactual subsets", ge=1)
+    fraction: float = param(0.1, "share of the pool in each subset", gt=0, lt=1)
+    n_seeds: int = param(1, "training seeds per subset (2 or more: a noise ceiling)", ge=1)
+    seed: int = param(0, "seed of the subsets' draw")
+    source: Literal["finetune", "published"] = param("finetune", "built here or imported")
+    stream: Literal["training", "datamodel"] | None = param(
+        None, "seed stream (tdabench.seeds): a method's training bank, the datamodel's bank; "
+              "none: an evaluation bank")
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,10 @@ class TaskSpec:
             finetune=FinetuneRecipe(**d["finetune"]),
             groundtruth=GroundTruthSpec(**d["groundtruth"]),
         )
+
+
+SECTIONS = {"data": DataSpec, "model": ModelSpec, "finetune": FinetuneRecipe,
+            "groundtruth": GroundTruthSpec}
 
 
 # The AirRep paper's target-LM recipe (arXiv 2505.18513): Qwen2.5-0.5B, full fine-tune, AdamW
@@ -151,13 +161,27 @@ def drop_none(d: Any) -> Any:
     return d
 
 
+# Version of the code that turns a spec into ground truth: fine-tuning (``lm.finetune``,
+# ``lm.train_step``), the loss (``lm.response_losses``), the base-model build and the subset
+# draw. Raise it with any change to that code that changes a loss: banks built under another
+# version are then refused (not silently reused), and spec hashes change.
+GROUNDTRUTH_VERSION = 1
+
+
+def _versioned(d: dict[str, Any]) -> dict[str, Any]:
+    """``d`` with the ground-truth version, which is left out at version 1 so that the hashes
+    (and banks, records) made before versions were recorded stay valid."""
+    return d if GROUNDTRUTH_VERSION == 1 else {**d, "groundtruth_version": GROUNDTRUTH_VERSION}
+
+
 def spec_hash(spec: TaskSpec) -> str:
-    """Hash of everything that determines a task's ground truth.
+    """Hash of everything that determines a task's ground truth, the ground-truth code's
+    version (:data:`GROUNDTRUTH_VERSION`) included.
 
     Fields set to ``None`` are left out, so adding an optional field (default ``None``) to a
     spec class keeps the hashes, banks and records of existing specs valid.
     """
-    return stable_hash(drop_none(spec.to_dict()))
+    return stable_hash(_versioned(drop_none(spec.to_dict())))
 
 
 def setup_hash(spec: TaskSpec) -> str:
@@ -166,7 +190,7 @@ def setup_hash(spec: TaskSpec) -> str:
     The key of artefacts that never see the evaluation bank (a method's training bank, a
     trained AirRep), so that changing how the evaluation bank is built does not retrain them.
     """
-    return stable_hash(drop_none({**spec.to_dict(), "groundtruth": None}))
+    return stable_hash(_versioned(drop_none({**spec.to_dict(), "groundtruth": None})))
 
 
 def spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
@@ -185,19 +209,24 @@ def spec_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "")
 def override(spec: TaskSpec, assignments: dict[str, str]) -> TaskSpec:
     """Return ``spec`` with dotted fields replaced, e.g. ``{"groundtruth.n_subsets": "64"}``.
 
-    Values are parsed as JSON where possible (numbers, booleans), else kept as strings.
+    Each value is parsed by its field's type, choices and range (ConfigError naming the field
+    otherwise); ``data.options.*`` values are task-specific and parsed as JSON where possible.
     """
     d = spec.to_dict()
     for dotted, raw in assignments.items():
         *path, leaf = dotted.split(".")
-        node = d
+        node, cls = d, TaskSpec
         for part in path:
             if not isinstance(node.get(part), dict):
-                raise KeyError(f"unknown spec field {dotted!r}; valid sections: {sorted(d)}")
-            node = node[part]
-        if leaf not in node and not (path and path[-1] == "options"):
-            raise KeyError(f"unknown spec field {dotted!r}; valid fields here: {sorted(node)}")
-        node[leaf] = parse_value(raw)
+                raise ConfigError(f"unknown spec field {dotted!r}; valid sections: {sorted(SECTIONS)}")
+            node, cls = node[part], SECTIONS.get(part)
+        if path and path[-1] == "options":
+            node[leaf] = parse_value(raw)
+            continue
+        fields = {f.name: f for f in dataclasses.fields(cls)} if path else {}
+        if leaf not in fields:
+            raise ConfigError(f"unknown spec field {dotted!r}; valid fields here: {sorted(node)}")
+        node[leaf] = parse_field(dotted, raw, typing.get_type_hints(cls)[leaf], fields[leaf].metadata)
     return TaskSpec.from_dict(d)
 
 

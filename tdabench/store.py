@@ -2,16 +2,22 @@
 
 Every file tdabench produces is written to a temporary name in the same directory and then
 renamed over the target (``os.replace`` is atomic on POSIX), so a killed process leaves either
-the old file or the new one, never half of one.
+the old file or the new one, never half of one; a directory is built the same way
+(:func:`atomic_dir`). Files get the usual permissions (0644 under the usual umask), not the
+private 0600 of a temporary file, so that a shared cache can be read by its other users.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,23 @@ def cache_dir() -> Path:
     return path
 
 
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets under this process's umask (0644 under the usual 022)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    """The mode a new directory gets under this process's umask (0755 under 022)."""
+    return 0o777 & ~_umask()
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -37,11 +60,37 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, file_mode())  # mkstemp makes it private (0600)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Build a directory at a temporary name beside ``path`` and rename it to ``path`` when
+    the block succeeds; remove it when the block fails (nothing is left behind).
+
+    If ``path`` exists by then (another process built the same thing first), that copy is kept
+    and this one removed, unless ``overwrite``, which replaces it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        os.chmod(tmp, dir_mode())  # mkdtemp makes it private (0700)
+        yield tmp
+        if overwrite and path.exists():
+            shutil.rmtree(path)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process finished the same directory first
+            if not path.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import UnknownName, UserError
 from .spec import DataSpec, Example, TaskSpec
 
 
@@ -28,10 +29,14 @@ class TaskData:
         for name in ("pool", "targets", "warmup"):
             ids = [ex.id for ex in getattr(self, name)]
             if len(set(ids)) != len(ids):
-                raise ValueError(f"example ids must be unique within {name}")
+                repeated = sorted({i for i in ids if ids.count(i) > 1})
+                raise UserError(f"example ids must be unique within {name}; repeated: "
+                                f"{repeated[:10]}" + (" ..." if len(repeated) > 10 else ""))
         warm = {ex.id for ex in self.warmup}
         if any(ex.id in warm for ex in self.pool + self.targets):
-            raise ValueError("warm-up examples must be kept apart from pool and targets")
+            shared = sorted(ex.id for ex in self.pool + self.targets if ex.id in warm)
+            raise UserError(f"warm-up examples must be kept apart from pool and targets; in both: "
+                            f"{shared[:10]}")
 
 
 @dataclass(frozen=True)
@@ -51,8 +56,19 @@ class Task:
     published_groundtruth: Callable[[TaskSpec, TaskData], Any] | None = None
     needs_hub: bool = False
 
-    def spec(self, preset: str) -> TaskSpec:
+    def default_preset(self) -> str:
+        """``tiny`` where the task has it, else its only preset (UnknownName if it has several)."""
+        if "tiny" in self.presets or len(self.presets) != 1:
+            if "tiny" not in self.presets:
+                raise UnknownName(f"task {self.name!r} has no preset 'tiny'; choose one with "
+                                  f"--preset: {sorted(self.presets)}")
+            return "tiny"
+        return next(iter(self.presets))
+
+    def spec(self, preset: str | None = None) -> TaskSpec:
+        """The spec of ``preset`` (None: :meth:`default_preset`)."""
+        preset = self.default_preset() if preset is None else preset
         if preset not in self.presets:
-            raise KeyError(
+            raise UnknownName(
                 f"task {self.name!r} has no preset {preset!r}; valid presets: {sorted(self.presets)}")
         return self.presets[preset]

@@ -35,6 +35,10 @@ def read_records(path: Path) -> list[tuple[Example, str | None]]:
         if split is not None and split not in SPLITS:
             errors.append((lineno, f"split must be one of {sorted(SPLITS)}, not {split!r}"))
             continue
+        if "source" in row and not isinstance(row["source"], str):
+            errors.append((lineno, f"source must be a string (a label), not {row['source']!r}; "
+                                   "quote it, so that 1 and \"1\" are not two classes"))
+            continue
         ex = Example(str(row.get("id", f"line{lineno:06d}")), row["prompt"], row["response"],
                      str(row.get("source", "default")))
         records.append((ex, split))
@@ -45,9 +49,15 @@ def read_records(path: Path) -> list[tuple[Example, str | None]]:
         raise DataError(f"{path}: {len(errors)} malformed record(s); nothing was run:\n  {shown}")
     if not records:
         raise DataError(f"{path}: no records")
-    ids = [ex.id for ex, _ in records]
-    if len(set(ids)) != len(ids):
-        raise DataError(f"{path}: duplicate ids")
+    first: dict[str, int] = {}
+    repeated = []
+    for lineno, (ex, _) in zip((n for n, _ in rows), records):
+        if ex.id in first:
+            repeated.append(f"{ex.id!r} (lines {first[ex.id]} and {lineno})")
+        first.setdefault(ex.id, lineno)
+    if repeated:
+        raise DataError(f"{path}: {len(repeated)} duplicate id(s): {', '.join(repeated[:10])}"
+                        + (" ..." if len(repeated) > 10 else ""))
     return records
 
 

@@ -31,7 +31,17 @@ def test_tiny_split_is_disjoint_balanced_and_seeded(pairs):
     assert len(set(ids)) == len(ids) == 1171
     per_topic = Counter(e.source for e in split.targets)
     assert len(per_topic) == 21 and min(per_topic.values()) >= 2  # round-robin over topics
-    assert chatterbot.split(pairs, chatterbot.TINY.data) == split
+    assert chatterbot.split(pairs, chatterbot.TINY.data) != chatterbot.split(
+        pairs, chatterbot.DataSpec(800, 100, seed=1))  # the seed matters
+
+
+def test_the_tiny_split_is_the_one_every_bank_and_record_was_built_on(pairs):
+    """chatterbot's split is data.balanced_split (targets from the back of each topic, pool
+    unbalanced): the same examples, in the same order, as the banks' manifests record."""
+    split = chatterbot.split(pairs, chatterbot.TINY.data)
+    assert tdata.examples_fingerprint(split.pool).startswith("6674ab9b3b94599c")
+    assert tdata.examples_fingerprint(split.targets).startswith("8597a4e774e26615")
+    assert tdata.examples_fingerprint(split.warmup).startswith("407bbf6aaf95f154")
 
 
 def test_a_substituted_archive_is_refused(private_cache):

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from tdabench import device, groundtruth, lm, selftest
+from tdabench import building, device, groundtruth, lm, selftest
 from tdabench.device import CPU, Device
 from tdabench.method import FitContext, make_config
 from tdabench.registry import get_method
+from tdabench.store import read_json
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none is visible)")
 REFERENCE = Path(__file__).parent / "data" / "cpu_reference.npz"
@@ -67,8 +68,8 @@ def test_one_gpu_per_worker_process(monkeypatch):
 
 
 def test_ray_fine_tunes_ask_for_a_gpu_on_cuda():
-    assert groundtruth.finetune_resources(CPU) == {"num_cpus": 1}
-    assert groundtruth.finetune_resources(Device("cuda")) == {"num_cpus": 1, "num_gpus": 1}
+    assert building.finetune_resources(CPU) == {"num_cpus": 1}
+    assert building.finetune_resources(Device("cuda")) == {"num_cpus": 1, "num_gpus": 1}
 
 
 def test_cpu_description_suffix_and_precision():
@@ -81,7 +82,7 @@ def test_cpu_description_suffix_and_precision():
 def test_bank_manifest_states_the_device_and_refuses_another_precision(micro, tmp_path):
     _, spec, data = micro
     bank = groundtruth.build_bank(spec, data, tmp_path / "bank", workers=1)
-    manifest = groundtruth.read_json(bank.path / "manifest.json")
+    manifest = read_json(bank.path / "manifest.json")
     assert manifest["compute"] == {"device": "cpu", "dtype": "fp32", "gpu": None}
     bf16 = dict(manifest, compute={"device": "cuda:0", "dtype": "bf16"})  # as a GPU machine writes it
     with pytest.raises(groundtruth.BankMismatch, match="dtype"):

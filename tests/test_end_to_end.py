@@ -145,8 +145,9 @@ def test_an_unwritable_results_dir_is_refused_before_any_compute(planted, tmp_pa
             "--results-dir", str(tmp_path / "afile" / "results")]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"tdabench: error: cannot write result records to {tmp_path / 'afile'}")
-    assert err.endswith("pass a writable --results-dir") and len(err.splitlines()) == 1
+    assert err.startswith(f"tdabench: error: results directory {tmp_path / 'afile' / 'results'}: "
+                          f"{tmp_path / 'afile'} is a file, not a directory")
+    assert err.endswith("choose another --results-dir") and len(err.splitlines()) == 1
     assert not bank.exists()  # no ground truth was built
 
 

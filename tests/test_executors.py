@@ -17,6 +17,7 @@ import pytest
 
 from tdabench import cli
 from tdabench import groundtruth as gt
+from tdabench.building import BankJob, Trainer
 from tdabench.executors import run_ray
 from tdabench.method import MissingDependency
 from tdabench.spec import override
@@ -47,13 +48,13 @@ def reference(micro, tmp_path_factory):
 
 
 def _die_once(marker: str, log: str, victim: tuple, state, job):
-    """``_train_subset``, but the first attempt at ``victim`` kills its own worker process."""
+    """``Trainer.train``, but the first attempt at ``victim`` kills its own worker process."""
     with open(log, "a") as f:
         f.write(f"{job[1]}-{job[2]} {os.getpid()}\n")
     if tuple(job) == victim and not os.path.exists(marker):
         Path(marker).touch()
         os.kill(os.getpid(), signal.SIGKILL)
-    return gt._train_subset(state, job)
+    return state.train(job)
 
 
 def test_a_missing_ray_says_which_extra_installs_it(monkeypatch, micro, tmp_path):
@@ -79,7 +80,7 @@ def test_a_killed_worker_is_retried_and_no_job_runs_twice(micro, reference, ray_
     jobs = [(0, m, r) for m in range(6) for r in range(2)]
     marker, log = tmp_path / "killed", tmp_path / "calls.log"
     work = functools.partial(_die_once, str(marker), str(log), (0, 2, 1))
-    run_ray(jobs, gt._init_trainer, (data, [(spec, bank.path, bank.membership, data.targets)]),
+    run_ray(jobs, Trainer.load, (data, [BankJob(spec, bank.path, bank.membership, data.targets)]),
             work, workers=2)
     assert marker.exists(), "the worker should have been killed once"
     calls = [line.split() for line in log.read_text().splitlines()]
@@ -115,8 +116,8 @@ def test_an_interrupted_ray_build_resumes_to_the_local_executors_bank(micro, ref
     bank = gt.open_bank(spec, data, fingerprint, tmp_path / "bank")
     jobs = [(0, m, r) for m in range(6) for r in range(2)]
     with pytest.raises(KeyboardInterrupt):
-        run_ray(jobs, gt._init_trainer, (data, [(spec, bank.path, bank.membership, data.targets)]),
-                gt._train_subset, workers=2, on_result=_Interrupt(after=3))
+        run_ray(jobs, Trainer.load, (data, [BankJob(spec, bank.path, bank.membership, data.targets)]),
+                Trainer.train, workers=2, on_result=_Interrupt(after=3))
     finished = sorted((bank.path / "losses").glob("*.npy"))
     assert 3 <= len(finished) < len(jobs), "the build should have been interrupted midway"
     stamps = {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in finished}
@@ -173,3 +174,21 @@ def test_cli_builds_parts_and_merges_them(micro, reference, tmp_path, capsys):
     assert "12 distinct fine-tunes of 12" in out and "2 fine-tune(s) found in more than one" in out
     assert cli.main(["merge-banks", str(tmp_path / "nothing"), "--into", str(tmp_path / "x")]) == 2
     assert "not a ground-truth bank" in capsys.readouterr().err
+
+
+def test_progress_is_plain_lines_when_redirected_and_its_eta_skips_worker_start_up(monkeypatch):
+    import io
+
+    from tdabench import executors
+
+    clock = iter([0.0, 100.0, 101.0, 102.0, 103.0])  # 100 s of worker start-up, then 1 s a job
+    monkeypatch.setattr(executors.time, "monotonic", lambda: next(clock))
+    out = io.StringIO()  # not a terminal
+    progress = executors.Progress(4, "ground truth", every_s=0, file=out)
+    for _ in range(4):
+        progress.update()
+    progress.close()
+    lines = out.getvalue().splitlines()
+    assert "\r" not in out.getvalue() and len(lines) == 4
+    assert lines[1] == "ground truth: 2/4 jobs, 1:41 elapsed, about 0:02 left"  # not 1:41 left
+    assert lines[3] == "ground truth: 4/4 jobs, 1:43 elapsed"

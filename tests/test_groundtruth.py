@@ -104,3 +104,29 @@ def test_a_killed_build_resumes_without_recomputing_finished_subsets(micro, tmp_
     assert resumed.complete
     assert all((f.stat().st_ino, f.stat().st_mtime_ns) == stamps[f] for f in finished)
     np.testing.assert_array_equal(resumed.losses, reference.losses)
+
+
+def test_seed_derivations_are_pinned(micro):
+    """Every seed comes from tdabench.seeds, with the values of the code before the split
+    (pinned: a change here changes every bank and record)."""
+    from tdabench import seeds
+
+    _, spec, data = micro
+    training = replace(spec, groundtruth=replace(spec.groundtruth, stream="training"))
+    assert seeds.training_seed(spec, 3, 1) == 3679268941
+    assert seeds.training_seed(training, 3, 1) == 908297570  # its own stream
+    assert np.flatnonzero(gt.sample_subsets(data, spec)[0]).tolist() == [0, 2, 4, 9, 14, 16, 26, 31,
+                                                                         38, 41, 47, 54]
+    assert seeds.training_split_rng(0, 2).integers(1000, size=3).tolist() == [202, 250, 741]
+    assert (seeds.training_split_seed(2, 5), seeds.datamodel_seed(7)) == (2005, 1_000_007)
+
+
+def test_the_trainer_api_fine_tunes_one_subset_as_a_bank_build_does(micro, tmp_path):
+    from tdabench.building import BankJob, Trainer
+
+    _, spec, data = micro
+    bank = gt.build_bank(spec, data, tmp_path / "bank")
+    trainer = Trainer.load(data, [BankJob(spec, tmp_path / "one", bank.membership, data.targets)])
+    np.testing.assert_array_equal(trainer.train((0, 4, 1)), bank.losses[4, 1])
+    assert [p.name for p in (tmp_path / "one" / "losses").iterdir()] == ["m0004-r1.npy"]
+    assert trainer.device.name == "cpu"

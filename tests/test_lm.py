@@ -187,19 +187,3 @@ def test_length_batches_sort_by_length_stably():
     # what AirRep's encoder batching did before (numpy's stable argsort)
     order = np.argsort(lengths, kind="stable")
     assert sum(lm.length_batches(lengths, 2), []) == order.tolist()
-
-
-def test_publish_dir_leaves_no_temporary_directory(tmp_path):
-    target = tmp_path / "model"
-
-    def fail(tmp):
-        (tmp / "half-written").write_text("x")
-        raise RuntimeError("disk full")
-
-    with pytest.raises(RuntimeError, match="disk full"):
-        lm._publish_dir(target, fail)
-    assert list(tmp_path.iterdir()) == []  # no .model.* left behind
-    lm._publish_dir(target, lambda tmp: (tmp / "weights").write_text("w"))
-    lm._publish_dir(target, lambda tmp: (tmp / "weights").write_text("other"))  # lost the race
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
-    assert (target / "weights").read_text() == "w"

@@ -64,3 +64,28 @@ def test_editing_the_file_changes_the_spec_hash(tmp_path):
     before = spec_hash(get_task(f"jsonl:{path}").spec("tiny"))
     write(path, records(61))
     assert spec_hash(get_task(f"jsonl:{path}").spec("tiny")) != before
+
+
+def test_a_non_utf8_byte_names_the_file_and_line(tmp_path):
+    path = write(tmp_path / "latin1.jsonl", records(6))
+    lines = path.read_bytes().split(b"\n")
+    lines[3] = lines[3].replace(b"answer 3", b"r\xe9ponse 3")  # latin-1, not UTF-8
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataError) as err:
+        get_task(f"jsonl:{path}")
+    assert f"{path}: 1 malformed record(s)" in str(err.value)
+    assert "line 4: not UTF-8: byte 0xe9 at column" in str(err.value)
+
+
+def test_duplicate_ids_are_named_with_their_lines(tmp_path):
+    rows = [{**r, "id": f"x{i % 5}"} for i, r in enumerate(records(7))]
+    with pytest.raises(DataError) as err:
+        get_task(f"jsonl:{write(tmp_path / 'dup.jsonl', rows)}")
+    assert "2 duplicate id(s): 'x0' (lines 1 and 6), 'x1' (lines 2 and 7)" in str(err.value)
+
+
+def test_a_numeric_source_is_refused(tmp_path):
+    rows = records(6)
+    rows[2] = {**rows[2], "source": 1}
+    with pytest.raises(DataError, match=r"line 3: source must be a string \(a label\), not 1; quote it"):
+        get_task(f"jsonl:{write(tmp_path / 'num.jsonl', rows)}")

@@ -1,6 +1,6 @@
 """Ground-truth throughput: the worker's fine-tuning loop against the bare training steps.
 
-One subset, as a ground-truth worker runs it (``groundtruth._train_subset``: reload the base
+One subset, as a ground-truth worker runs it (``building.Trainer.train``: reload the base
 weights, fine-tune on the subset, the loss of every target, write it), is timed against the
 raw training steps on the same batches (forward, backward, clipping and the AdamW step, from
 the same starting weights: the fine-tuned weights then give bit-identical target losses, which
@@ -27,7 +27,10 @@ import numpy as np
 import pytest
 import torch
 
-from tdabench import groundtruth, lm
+from tdabench import lm, seeds
+from tdabench.bank import loss_path, sample_subsets
+from tdabench.building import BankJob
+from tdabench.building import Trainer as Worker
 from tdabench.runner import load_task
 
 SUBSETS_PER_WORKER = 50  # a 100-subset bank on 2 workers
@@ -40,17 +43,17 @@ SIZES = {  # preset -> (spec overrides, subsets timed) at full and smoke sizes
 
 
 class Trainer:
-    """A ground-truth worker's state for one preset, built by ``groundtruth._init_trainer``."""
+    """A ground-truth worker's state for one preset, built by ``building.Trainer.load``."""
 
     def __init__(self, preset: str, full: bool, bank: Path) -> None:
         overrides, self.n_subsets = SIZES[(preset, full)]
         _, self.spec, data = load_task("chatterbot", preset, overrides)
-        self.membership = groundtruth.sample_subsets(data, self.spec)
+        self.membership = sample_subsets(data, self.spec)
         (bank / "losses").mkdir(parents=True)
         self.bank = bank
         lm.load_base_model(self.spec.model, data.warmup, data.pool)  # built once per cache, not timed
         start = time.perf_counter()
-        self.state = groundtruth._init_trainer(data, [(self.spec, bank, self.membership, data.targets)])
+        self.state = Worker.load(data, [BankJob(self.spec, bank, self.membership, data.targets)])
         self.init_s = time.perf_counter() - start
         self.n_examples = len(data.pool) + len(data.targets)
 
@@ -67,7 +70,7 @@ class Trainer:
 
     def drop_frozen_cache(self) -> None:
         """Run every block again in each forward pass, as before the worker cached the frozen
-        blocks' output (``lm.cache_frozen`` in ``groundtruth._init_trainer``)."""
+        blocks' output (``lm.cache_frozen`` in ``building.Trainer.load``)."""
         job = self.state.banks[0]
         self.state.pool = [lm.Encoded(e.ids, e.n_prompt) for e in self.state.pool]
         self.state.banks[0] = replace(job, targets=[lm.Encoded(e.ids, e.n_prompt) for e in job.targets])
@@ -75,7 +78,7 @@ class Trainer:
     def subset(self, m: int) -> float:
         """Seconds for one subset, exactly as the worker runs it."""
         start = time.perf_counter()
-        groundtruth._train_subset(self.state, (0, m, 0))
+        self.state.train((0, m, 0))
         return time.perf_counter() - start
 
     def parts(self, m: int) -> dict[str, float]:
@@ -85,7 +88,7 @@ class Trainer:
         start = time.perf_counter()
         model.load_state_dict(self.state.initial_state, strict=False)  # the trained weights
         out["reload_s"] = time.perf_counter() - start
-        seed = groundtruth.training_seed(spec, m, 0)
+        seed = seeds.training_seed(spec, m, 0)
         start = time.perf_counter()
         batches = list(lm.training_batches([self.state.pool[i] for i in self.members(m)],
                                            spec.finetune, seed, pad))
@@ -101,7 +104,7 @@ class Trainer:
         start = time.perf_counter()
         losses = lm.response_losses(model, self.state.banks[0].targets, pad)
         out["eval_s"] = time.perf_counter() - start
-        written = np.load(groundtruth._loss_path(self.bank, m, 0))
+        written = np.load(loss_path(self.bank, m, 0))
         np.testing.assert_array_equal(losses, written)  # same batches, same fine-tune, bit for bit
         out["tokens"] = float(sum(int(b["attention_mask"].sum()) for b in batches))
         out["steps"] = float(len(batches))
@@ -172,7 +175,7 @@ def test_small_subset_as_the_worker_runs_it(benchmark, perf, small):
 def test_small_subset_without_the_frozen_block_cache(benchmark, perf, small):
     """The same subsets running all 30 blocks in every forward pass (the worker before the
     cache); their losses must be those of the cached fine-tunes, which wrote them first."""
-    files = {m: groundtruth._loss_path(small.bank, m, 0) for m in range(small.n_subsets)}
+    files = {m: loss_path(small.bank, m, 0) for m in range(small.n_subsets)}
     cached = {m: np.load(f) for m, f in files.items() if f.exists()}
     small.drop_frozen_cache()
     subset_s, parts = _time_subsets(benchmark, small, 0)

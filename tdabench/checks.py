@@ -1,0 +1,153 @@
+"""Everything a command checks before it spends any compute, in well under a second.
+
+:func:`validate` resolves and checks the task and preset, the spec overrides (typed and
+ranged), the method, its config (typed, ranged, and the adapter's own cross-field checks),
+the results directory, and the minimums a meaningful bank needs (:func:`minimums`). A problem
+is a :class:`~tdabench.errors.UserError` whose message names the thing and the fix; a
+setting that wastes compute without being wrong is returned as a warning.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, UserError
+from .spec import TaskSpec, override
+
+# The fewest test subsets an LDS is computed over: a rank correlation over two points is +-1
+# whatever the scores, so three is the least that says anything (tens are needed for a tight
+# interval; the presets use 80).
+MIN_TEST_SUBSETS = 3
+MIN_SUBSET_SIZE = 2  # pool examples per subset: a subset of one is a leave-all-but-one design
+
+
+@dataclass
+class Checked:
+    """What :func:`validate` resolved: the preset (a task's only one when none was given),
+    the spec with its overrides, the method's config, and warnings to show the user."""
+
+    preset: str
+    spec: TaskSpec
+    config: Any = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def validate(task: str, preset: str | None = None, spec_overrides: dict[str, str] | None = None,
+             method: str | None = None, config: dict[str, Any] | None = None,
+             results_dir: Path | None = None, evaluates: bool = False, trains: bool = False,
+             grid: dict[str, list[str]] | None = None) -> Checked:
+    """Check a command's inputs without computing anything; UserError on the first problem.
+
+    ``evaluates``: the command computes an LDS (run, tune), so the bank must have enough test
+    subsets; ``trains``: the method must have a ``train`` phase; ``grid``: each value of a
+    tuning grid is checked as a config value too.
+    """
+    from .registry import get_task
+
+    t = get_task(task)
+    preset = t.default_preset() if preset is None else preset
+    spec = override(t.spec(preset), spec_overrides or {})
+    checked = Checked(preset, spec)
+    if method is not None:
+        checked.config = check_method(method, config, trains)
+        for key, values in (grid or {}).items():
+            for value in values:
+                check_method(method, {**(config or {}), key: value})
+    if results_dir is not None:
+        check_writable(Path(results_dir))
+    checked.warnings = minimums(spec, evaluates)
+    return checked
+
+
+def check_method(name: str, config: dict[str, Any] | None = None, trains: bool = False) -> Any:
+    """The method's config with ``config`` applied, its adapter constructed once (so its own
+    cross-field checks run); UserError naming the method otherwise."""
+    from .method import make_config
+    from .registry import get_method
+
+    cls = get_method(name)
+    cfg = make_config(cls, config, name)
+    try:
+        adapter = cls(cfg)
+    except ValueError as err:  # an adapter's __init__ checks its config and nothing else
+        raise ConfigError(f"method {name!r}: {err}") from err
+    if trains and not hasattr(adapter, "train"):
+        raise UserError(f"method {name!r} has nothing to train; `tdabench run` runs it directly")
+    return cfg
+
+
+def check_writable(path: Path) -> None:
+    """UserError unless ``path`` is, or can be created as, a writable directory (nothing is
+    created here)."""
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise UserError(f"results directory {path}: {existing} is a file, not a directory; "
+                        "choose another --results-dir")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"results directory {path}: {existing} is not writable by this user; "
+                        "choose another --results-dir")
+
+
+def minimums(spec: TaskSpec, evaluates: bool = False) -> list[str]:
+    """Refuse a spec whose bank cannot give a meaningful number; return warnings for one
+    that wastes compute.
+
+    Minimums: at least :data:`MIN_TEST_SUBSETS` test subsets (when ``evaluates``), at least
+    :data:`MIN_SUBSET_SIZE` pool examples per subset with some left out; with two or more
+    training seeds, subsets larger than one batch (else the seeds only reorder one batch,
+    change nothing, and the noise ceiling reads 1).
+    """
+    gt = spec.groundtruth
+    if not re.fullmatch(r"all|top:[1-9][0-9]*", spec.model.trainable):
+        raise ConfigError(f"model.trainable must be 'all' or 'top:K' (K >= 1 blocks), not "
+                          f"{spec.model.trainable!r}")
+    if spec.model.init == "gguf":
+        from .lm import PACKAGED_MODELS
+
+        if spec.model.name not in PACKAGED_MODELS:
+            raise ConfigError(f"model.name {spec.model.name!r} is not a packaged GGUF model; "
+                              f"known: {sorted(PACKAGED_MODELS)}")
+    if evaluates and gt.source == "finetune":
+        from .protocol import tuning_subsets
+
+        n_test = int((~tuning_subsets(gt.n_subsets)).sum())
+        if n_test < MIN_TEST_SUBSETS:
+            need = next(m for m in range(1, 100) if (~tuning_subsets(m)).sum() >= MIN_TEST_SUBSETS)
+            raise ConfigError(
+                f"groundtruth.n_subsets={gt.n_subsets} leaves {n_test} test subset(s) (every fifth "
+                f"subset is kept for tuning); an LDS needs at least {MIN_TEST_SUBSETS}: use "
+                f"--set groundtruth.n_subsets={need} or more (the presets use 100)")
+    if gt.source != "finetune" or not spec.data.n_pool:
+        return []
+    return pool_minimums(spec, spec.data.n_pool)
+
+
+def pool_minimums(spec: TaskSpec, n_candidates: int) -> list[str]:
+    """The subset-size minimums for a pool of ``n_candidates`` examples subsets are drawn from
+    (UserError if subsets would be empty, whole or single); warnings (see :func:`minimums`)."""
+    gt = spec.groundtruth
+    k = int(round(gt.fraction * n_candidates))
+    if k < MIN_SUBSET_SIZE or k >= n_candidates:
+        need = math.ceil((MIN_SUBSET_SIZE - 0.5) / gt.fraction)
+        raise ConfigError(
+            f"the pool has {n_candidates} examples, so subsets of groundtruth.fraction="
+            f"{gt.fraction:g} hold {k}: each subset needs {MIN_SUBSET_SIZE} or more examples and "
+            f"must leave some out. Use more data (a pool of at least {need} at this fraction) "
+            f"or another --set groundtruth.fraction")
+    batch = spec.finetune.batch_size
+    if gt.n_seeds >= 2 and k <= batch:
+        return [f"every subset ({k} examples) fits in one batch of finetune.batch_size={batch}: "
+                f"the {gt.n_seeds} training seeds only reorder that batch, so they measure no "
+                "noise (the noise ceiling reads 1) and the extra seeds are wasted compute; use "
+                f"--set finetune.batch_size={max(1, k // 2)} (or a larger groundtruth.fraction), "
+                "or --set groundtruth.n_seeds=1"]
+    return []

@@ -1,0 +1,348 @@
+"""The CLI under bad input and faults (issue 18): one clear line before any compute, nothing
+left behind; a bug (not a user error) keeps its traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tdabench import checks, cli
+from tdabench import groundtruth as gt
+from tdabench.building import bank_lock
+from tdabench.errors import ConfigError, UserError
+from tdabench.registry import register_method
+from tdabench.store import cache_dir
+
+TESTS = str(Path(__file__).parent)
+
+
+def _error(argv: list[str], capsys) -> str:
+    """The one-line error of a command that must fail as a user error (exit status 2)."""
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("tdabench: error: ")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    return err[err.index("tdabench: error: "):].strip()
+
+
+def _nothing_built(before: set[Path]) -> None:
+    """No bank, model or method work directory appeared in the cache."""
+    after = {p for p in cache_dir().rglob("*")}
+    assert after == before, sorted(map(str, after - before))[:5]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--method", "nosuch"], "unknown method 'nosuch'; valid methods: airrep, bm25"),
+    (["--method", "tfidf", "--config", "ngram_min=abc"], "ngram_min must be int >= 1, not 'abc'"),
+    (["--method", "tfidf", "--config", "sublinear_tf=no"], "sublinear_tf must be true or false, not 'no'"),
+    (["--method", "tfidf", "--config", "field=title"],
+     "field must be one of ['prompt', 'response', 'both'], not 'title'"),
+    (["--method", "tfidf", "--config", "ngram_min=3"], "method 'tfidf': need 1 <= ngram_min <= ngram_max"),
+    (["--method", "tfidf", "--config", "ngram"], "expected FIELD=VALUE, got 'ngram'"),
+    (["--method", "random", "--set", "groundtruth.n_subsets=abc"],
+     "groundtruth.n_subsets must be int >= 1, not 'abc'"),
+    (["--method", "random", "--set", "groundtruth.n_subsets=-5"],
+     "groundtruth.n_subsets must be int >= 1, not '-5'"),
+    (["--method", "random", "--set", "groundtruth.n_subsets=1"],
+     "groundtruth.n_subsets=1 leaves 0 test subset(s) (every fifth subset is kept for tuning); "
+     "an LDS needs at least 3: use --set groundtruth.n_subsets=4 or more"),
+    (["--method", "random", "--set", "model.trainable=top"],
+     "model.trainable must be 'all' or 'top:K' (K >= 1 blocks), not 'top'"),
+    (["--method", "random", "--set", "groundtruth.fraction=0.001"],
+     "the pool has 800 examples, so subsets of groundtruth.fraction=0.001 hold 1"),
+])
+def test_bad_run_input_is_one_line_before_any_compute(argv, message, tmp_path, capsys):
+    before = set(cache_dir().rglob("*"))
+    start = time.perf_counter()
+    err = _error(["run", "--task", "chatterbot", "--results-dir", str(tmp_path), *argv], capsys)
+    assert message in err, err
+    assert time.perf_counter() - start < 10  # imports only (torch for some methods), no compute
+    _nothing_built(before)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_smallest_pool_that_passes_is_what_the_message_says(micro):
+    _, spec, _ = micro
+    from tdabench.spec import override
+
+    spec = override(spec, {"groundtruth.fraction": "0.1", "groundtruth.n_seeds": "1"})
+    with pytest.raises(ConfigError, match="a pool of at least 15 at this fraction"):
+        checks.pool_minimums(spec, 14)
+    assert checks.pool_minimums(spec, 15) == []  # round(1.5) = 2 examples per subset
+
+
+def test_a_tiny_data_file_blames_the_pool_before_any_model_is_built(tmp_path, capsys):
+    path = tmp_path / "five.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(5)))
+    before = set(cache_dir().rglob("*"))
+    err = _error(["groundtruth", "--task", f"jsonl:{path}"], capsys)
+    assert "the pool has 3 examples, so subsets of groundtruth.fraction=0.1 hold 0" in err, err
+    assert "Use more data" in err
+    _nothing_built(before)
+
+
+def test_subsets_within_one_batch_warn_that_the_seeds_measure_nothing(micro):
+    # micro: 12 examples per subset, batch 16, 2 seeds
+    checked = checks.validate("micro", None, {}, "random")
+    assert checked.preset == "micro"  # the task's only preset, without --preset
+    assert len(checked.warnings) == 1
+    assert "every subset (12 examples) fits in one batch of finetune.batch_size=16" in checked.warnings[0]
+    assert "--set finetune.batch_size=6" in checked.warnings[0]
+    assert checks.validate("micro", None, {"finetune.batch_size": "6"}).warnings == []
+
+
+def test_a_task_with_one_preset_uses_it(micro, capsys):
+    err = _error(["run", "--method", "nosuch", "--task", "micro"], capsys)
+    assert "no preset" not in err and "unknown method 'nosuch'" in err
+
+
+def test_an_unwritable_results_dir_is_refused_first(micro, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    before = set(cache_dir().rglob("*"))
+    err = _error(["run", "--method", "random", "--task", "micro", "--results-dir", str(blocker / "r")],
+                 capsys)
+    assert f"{blocker} is a file, not a directory; choose another --results-dir" in err
+    _nothing_built(before)
+
+
+def test_train_refuses_a_method_that_does_not_train(micro, capsys):
+    err = _error(["train", "--method", "random", "--task", "micro"], capsys)
+    assert "method 'random' has nothing to train" in err
+
+
+def test_a_bad_tuning_grid_value_is_refused_before_any_trial(micro, tmp_path, capsys):
+    err = _error(["tune", "--method", "tfidf", "--task", "micro", "--results-dir", str(tmp_path),
+                  "--grid", "ngram_max=1,two"], capsys)
+    assert "ngram_max must be int >= 1, not 'two'" in err
+
+
+def test_list_shows_a_methods_config_fields(capsys):
+    for argv in (["list", "tfidf"], ["list", "--method", "tfidf"]):
+        assert cli.main(argv) == 0
+        out = capsys.readouterr().out
+        assert "sublinear_tf" in out and "true or false" in out and "default 1" in out
+        assert "one of ['prompt', 'response', 'both']" in out and "shortest n-gram" in out
+    assert "unknown method 'nosuch'" in _error(["list", "nosuch"], capsys)
+
+
+@dataclass
+class _Broken:
+    """A method with a bug: its own ValueError must keep its traceback."""
+
+    @dataclass
+    class Config:
+        pass
+
+    config: object = None
+
+    def fit(self, pool, context):
+        np.linalg.cholesky(-np.eye(2))  # LinAlgError, a ValueError
+
+    def score(self, targets):
+        raise AssertionError
+
+
+def test_an_error_inside_a_method_keeps_its_traceback(micro, tmp_path):
+    register_method("broken", _Broken)
+    with pytest.raises(np.linalg.LinAlgError):
+        cli.main(["run", "--method", "broken", "--task", "micro", "--results-dir", str(tmp_path),
+                  "--workers", "1"])
+
+
+def test_user_errors_share_one_base_class():
+    from tdabench.bank import BankMismatch, CorruptBank
+    from tdabench.data import DataError
+    from tdabench.method import MissingDependency
+
+    assert all(issubclass(c, UserError) for c in (BankMismatch, CorruptBank, DataError,
+                                                   MissingDependency, ConfigError))
+
+
+def test_help_imports_no_torch():
+    code = ("import sys, tdabench.cli as c; c.build_parser(); "
+            "print(sorted({'torch', 'scipy'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_leaderboard_takes_results_dir_and_the_old_spelling():
+    parser = cli.build_parser()
+    for flag in ("--results-dir", "--results"):
+        args = parser.parse_args(["leaderboard", flag, "a", "b"])
+        assert args.results == [Path("a"), Path("b")]
+    assert "--results-dir" in parser._subparsers._group_actions[0].choices["leaderboard"].format_help()
+
+
+# --- banks: messages that name the file, versions, locks, orphans ---------------------------
+
+def test_corrupt_manifest_and_membership_name_the_file(micro, tmp_path, capsys):
+    base = ["groundtruth", "--task", "micro", "--workers", "1", "--bank", str(tmp_path)]
+    assert cli.main(base) == 0
+    capsys.readouterr()
+    good = (tmp_path / "membership.npy").read_bytes()
+    (tmp_path / "membership.npy").write_bytes(good[:30])
+    assert f"{tmp_path}/membership.npy is corrupt" in _error(base, capsys)
+    (tmp_path / "membership.npy").write_bytes(good)
+    (tmp_path / "manifest.json").write_text("{not json")
+    assert f"{tmp_path}/manifest.json is corrupt" in _error(base, capsys)
+
+
+def test_a_discarded_loss_file_is_reported(micro, tmp_path, capsys):
+    _, spec, data = micro
+    gt.build_bank(spec, data, tmp_path)
+    capsys.readouterr()
+    victim = sorted((tmp_path / "losses").glob("*.npy"))[3]
+    victim.write_bytes(b"garbage")
+    bank = gt.build_bank(spec, data, tmp_path)
+    assert bank.complete
+    err = capsys.readouterr().err
+    assert (f"discarded 1 corrupt or truncated loss file(s) of the bank at {tmp_path} "
+            f"(first: {victim.name})") in err
+
+
+def test_a_bank_of_another_groundtruth_version_is_refused_saying_why(micro, tmp_path):
+    _, spec, data = micro
+    gt.build_bank(spec, data, tmp_path)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["groundtruth_version"] = 0
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(gt.BankMismatch, match="built under ground-truth version 0, and this tdabench "
+                                               "computes version 1 .the fine-tuning or loss code"):
+        gt.build_bank(spec, data, tmp_path)
+
+
+def test_merge_advice_names_what_can_be_merged(micro, tmp_path, capsys):
+    from tdabench.spec import override
+
+    _, spec, data = micro
+    gt.build_bank(spec, data, tmp_path / "a", subsets=slice(0, 2))
+    gt.build_bank(override(spec, {"finetune.lr": "0.002"}), data, tmp_path / "b", subsets=slice(0, 2))
+    err = _error(["merge-banks", str(tmp_path / "a"), str(tmp_path / "b"), "--into", str(tmp_path / "c")],
+                 capsys)
+    assert "finetune.lr: 0.002 -> 0.001" in err and "Only parts of one bank" in err
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_second_build_of_one_bank_waits_and_reuses_the_fine_tunes(micro, tmp_path, capsys):
+    _, spec, data = micro
+    done = {}
+    with bank_lock(tmp_path):  # another process is building this bank
+        worker = threading.Thread(target=lambda: done.setdefault("bank", gt.build_bank(spec, data, tmp_path)))
+        worker.start()
+        time.sleep(1.0)
+        assert worker.is_alive() and not (tmp_path / "losses").exists()  # waiting, not fine-tuning
+    worker.join(timeout=120)
+    assert done["bank"].complete
+    assert "is being built by pid" in capsys.readouterr().err
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import micro_task
+from tdabench.building import build_bank
+from tdabench.spec import override
+task = micro_task()
+spec = override(task.spec("micro"), {{"groundtruth.n_subsets": "60"}})
+build_bank(spec, task.load(spec.data), {bank!r}, workers=2)
+"""
+
+
+def _children(pid: int) -> set[int]:
+    """The pids whose parent is ``pid`` (Linux /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_and_the_resource_tracker_die_with_a_killed_parent(micro, tmp_path):
+    bank = tmp_path / "bank"
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT.format(tests=TESTS, bank=str(bank))],
+                            env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 180
+    while len(list((bank / "losses").glob("*.npy"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    children = _children(proc.pid)
+    assert len(children) >= 2, "the build should have started its workers"
+    proc.kill()  # SIGKILL: no handler, no cleanup in the parent
+    proc.wait()
+    deadline = time.time() + 15
+    while any(_alive(c) for c in children) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [c for c in children if _alive(c)], "workers outlived their parent"
+
+
+INTERRUPT_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import micro_task
+from tdabench import cli
+from tdabench.registry import register_task
+register_task(micro_task())
+sys.exit(cli.main(["groundtruth", "--task", "micro", "--set", "groundtruth.n_subsets=60",
+                   "--workers", "2", "--bank", {bank!r}]))
+"""
+
+
+def test_ctrl_c_during_worker_start_up_prints_one_line(micro, tmp_path):
+    bank = tmp_path / "bank"
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPT_SCRIPT.format(tests=TESTS, bank=str(bank))],
+                            env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while len(_children(proc.pid)) < 2 and time.time() < deadline:  # workers are starting
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if "interrupted" in line]
+    assert lines == ["tdabench: interrupted; finished fine-tunes are kept: run the same command to resume"]
+
+
+def test_a_paper_task_uses_its_only_preset_without_saying_no_preset_tiny():
+    checked = checks.validate("flan", None, {}, "airrep")  # no data is loaded: no hub needed
+    assert checked.preset == "paper" and checked.spec.preset == "paper"
+    from tdabench.registry import get_task
+
+    with pytest.raises(UserError, match=r"no preset .huge.; valid presets: \[.small., .tiny.\]"):
+        get_task("chatterbot").spec("huge")
+
+
+def test_building_the_base_model_is_announced_once(micro, tmp_path, capsys):
+    from tdabench.spec import override
+
+    _, spec, data = micro
+    spec = override(spec, {"model.warmup_seed": "12345", "groundtruth.n_subsets": "1"})  # a new model
+    gt.build_bank(spec, data, tmp_path)
+    assert ("building the base model (1-layer Llama, warm-up of 1 epoch(s) on 120 examples); "
+            "cached after this once") in capsys.readouterr().err
+    gt.build_bank(spec, data, tmp_path / "again")
+    assert "building the base model" not in capsys.readouterr().err
