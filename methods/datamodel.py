@@ -19,11 +19,11 @@ import numpy as np
 
 from tdabench.groundtruth import GroundTruthBank, build_bank
 from tdabench.method import FitContext
+from tdabench.seeds import datamodel_seed
 from tdabench.spec import Example, GroundTruthSpec, spec_hash
 from tdabench.store import cache_dir
 from tdabench.typed import param
 
-SUBSET_SEED_OFFSET = 1_000_000  # the datamodel bank draws subsets with seed + this
 ALPHA_GRID = np.logspace(-3, 3, 25)  # relative ridge penalties tried per target
 
 
@@ -70,7 +70,7 @@ class Datamodel:
         gt = context.spec.groundtruth
         return replace(context.spec, groundtruth=GroundTruthSpec(
             n_subsets=self.config.n_subsets, fraction=gt.fraction, n_seeds=1,
-            seed=gt.seed + SUBSET_SEED_OFFSET, stream="datamodel"))
+            seed=datamodel_seed(gt.seed), stream="datamodel"))
 
     def train(self, context: FitContext) -> bool:
         """Build (or load) the datamodel's own bank; True when it was complete already (the
