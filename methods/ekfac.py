@@ -1,10 +1,11 @@
 """ekfac: influence functions, Gauss-Newton approximated by EK-FAC or K-FAC (``kronfluence``).
 
-Influence functions as in Grosse et al. (2023). At the reference model (the base LM fine-tuned
-on the whole pool, :func:`tdabench.gradients.reference_model`) kronfluence fits the Kronecker factors of the
-tracked linear layers (``tracked``: ``"mlp"`` or ``"linear"``; kronfluence handles only
-``nn.Linear``/``Conv2d``, so embeddings and the LM head are left out) on the pool, then scores
-grad(target's measurement)^T (G + damping)^-1 grad(pool example's loss). Training loss: summed
+Influence functions as in Grosse et al. (2023). At the model ``checkpoint`` names (default: the
+base LM fine-tuned on the whole pool; :data:`tdabench.gradients.CHECKPOINTS`) kronfluence fits
+the Kronecker factors of the tracked linear layers (``tracked``: ``"mlp"``, ``"attention"`` or
+``"linear"``; kronfluence handles only ``nn.Linear``/``Conv2d``, so embeddings and the LM head
+are left out) on the pool, then scores grad(target's measurement)^T (G + damping)^-1
+grad(pool example's loss). Training loss: summed
 response-token cross-entropy of each pool example; measurement: the protocol's model output,
 the target's mean response-token cross-entropy. G is the true Fisher (labels sampled from the
 model, seeded) unless ``empirical_fisher``. ``strategy`` is kronfluence's: ``"ekfac"``,
@@ -84,19 +85,16 @@ def task_class():
 
 class EKFAC:
     @dataclass
-    class Config:
+    class Config(gradients.GradientConfig):
         strategy: str = "ekfac"  # kronfluence's: "ekfac", "kfac", "diagonal" or "identity"
-        tracked: str = gradients.DEFAULT_TRACKED  # "mlp" or "linear"
         damping: float | None = None  # None: kronfluence's heuristic, 0.1 x mean eigenvalue
         empirical_fisher: bool = False  # True: observed labels instead of sampled ones
-        batch_size: int = 32  # pool examples per batch (factors and scores)
-        query_batch_size: int = 32  # targets per batch
+        query_batch_size: int = 32  # targets per batch (batch_size: pool examples per batch)
 
     def __init__(self, config: Config) -> None:
         if config.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {list(STRATEGIES)}, not {config.strategy!r}")
-        if config.tracked not in gradients.TRACKED:
-            raise ValueError(f"tracked must be one of {list(gradients.TRACKED)}, not {config.tracked!r}")
+        config.check(gradients.SINGLE)
         self.config = config
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
@@ -105,12 +103,10 @@ class EKFAC:
         from kronfluence.utils.dataset import DataLoaderKwargs
 
         c = self.config
-        torch.manual_seed(context.seed)  # the sampled labels of the true Fisher
-        reference = gradients.reference_model(context)
-        model, tokenizer = reference.lm.model, reference.lm.tokenizer
-        self.model_spec, self.tokenizer = context.spec.model, tokenizer
-        modules = list(gradients.tracked_modules(model, self.model_spec, c.tracked))
-        task = task_class()(modules)
+        prepared = gradients.prepare(context, c.tracked, c.checkpoint)  # seeds the sampled labels
+        model, tokenizer = prepared.lm.model, prepared.lm.tokenizer
+        self.model_spec, self.tokenizer = prepared.model_spec, tokenizer
+        task = task_class()(list(prepared.modules))
         self.model = kf.prepare_model(model, task)
         self.analyzer = kf.Analyzer("tdabench", self.model, task, cpu=True, disable_tqdm=True,
                                     log_level=logging.WARNING,

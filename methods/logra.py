@@ -1,10 +1,11 @@
 """logra: LoGra (Choe et al., 2024), influence functions on low-rank projected gradients (dattri).
 
-dattri 0.3.0's ``LoGraAttributor`` at the reference model (the base LM fine-tuned on the whole
-pool, :func:`tdabench.gradients.reference_model`). For each tracked linear layer (``tracked``:
-``"mlp"`` or ``"linear"``, as for graddot) LoGra projects the layer's per-token input a and
-output gradient d by two seeded Gaussian matrices of sqrt(``proj_dim``) rows each, so that an
-example's layer gradient sum_t d_t a_t^T becomes a ``proj_dim``-vector without ever being
+dattri 0.3.0's ``LoGraAttributor`` at the model ``checkpoint`` names (default: the base LM
+fine-tuned on the whole pool; :data:`tdabench.gradients.CHECKPOINTS`). For each tracked linear
+layer (``tracked``: ``"mlp"``, ``"attention"`` or ``"linear"``, as for graddot) LoGra projects
+the layer's per-token input a and output gradient d by two seeded Gaussian matrices of
+sqrt(``proj_dim``) rows each, so that an example's layer gradient sum_t d_t a_t^T becomes a
+``proj_dim``-vector without ever being
 formed (dattri computes it inside the layer's backward). Features: projected gradients of the pool
 example's summed response-token cross-entropy and of the target's mean response-token
 cross-entropy (the protocol's model output). ``hessian="eFIM"`` preconditions each layer by the
@@ -14,6 +15,13 @@ mean eigenvalue; ``"Identity"`` skips it (a projected gradient dot product).
 score(x, z) = g_x^T (F + damping)^-1 g_z, returned by dattri as (n_train, n_test); positive =
 a step on z lowers the target's loss = helpful, so :func:`tdabench.gradients.to_scores` only
 transposes it. Pool features (N x layers x ``proj_dim`` float32) are held in memory.
+
+LogIX's defaults, as far as dattri allows: LogIX's LoGra projects each factor to rank 64 per
+layer, so ``proj_dim = 64^2 = 4096`` (dattri's own default too). LogIX can initialise the
+projections from the PCA of each layer's activations and output gradients (``init="pca"``);
+dattri 0.3.0's ``LoGraAttributor`` offers only seeded Gaussian (``"normal"``) projections, so
+the projection here is random (LogIX's default ``init="random"`` too). On the tiny presets the
+MLP factors are 128 and 512 wide, so 64 per factor keeps half of the narrow side.
 """
 
 from __future__ import annotations
@@ -61,17 +69,14 @@ def _train_loss(model: _LossModel, batch: dict[str, torch.Tensor], device: str) 
 
 class LoGra:
     @dataclass
-    class Config:
-        tracked: str = gradients.DEFAULT_TRACKED  # "mlp" or "linear"
-        proj_dim: int = 1024  # per layer: a perfect square, sqrt(proj_dim) rows per factor
+    class Config(gradients.GradientConfig):
+        proj_dim: int = 4096  # per layer: a perfect square, sqrt(proj_dim) rows per factor (LogIX: 64^2)
         hessian: str = "eFIM"  # "eFIM" (projected empirical Fisher) or "Identity"
         damping: float = 0.1  # fraction of each layer's mean Fisher eigenvalue added to its diagonal
-        batch_size: int = 32  # examples per forward/backward pass
         projector_seed: int = 0
 
     def __init__(self, config: Config) -> None:
-        if config.tracked not in gradients.TRACKED:
-            raise ValueError(f"tracked must be one of {list(gradients.TRACKED)}, not {config.tracked!r}")
+        config.check(gradients.SINGLE)
         if config.hessian not in HESSIANS:
             raise ValueError(f"hessian must be one of {list(HESSIANS)}, not {config.hessian!r}")
         if math.isqrt(config.proj_dim) ** 2 != config.proj_dim or config.proj_dim <= 0:
@@ -80,7 +85,7 @@ class LoGra:
         self.config = config
 
     def _loader(self, examples: list[Example]) -> DataLoader:
-        tokenizer = self.reference.lm.tokenizer
+        tokenizer = self.tokenizer
         encoded = lm.encode(tokenizer, examples, self.model_spec)
         pad = tokenizer.pad_token_id
         return DataLoader(encoded, batch_size=self.config.batch_size, shuffle=False,
@@ -92,11 +97,9 @@ class LoGra:
         from dattri.task import AttributionTask
 
         c = self.config
-        torch.manual_seed(context.seed)
-        self.reference = gradients.reference_model(context)
-        self.model_spec = context.spec.model
-        model = self.reference.lm.model
-        modules = gradients.tracked_modules(model, self.model_spec, c.tracked)
+        prepared = gradients.prepare(context, c.tracked, c.checkpoint)
+        self.model_spec, self.tokenizer = prepared.model_spec, prepared.lm.tokenizer
+        model, modules = prepared.lm.model, prepared.modules
         model.requires_grad_(False)  # backward stops below the lowest tracked layer
         for p in gradients.tracked_parameters(modules).values():
             p.requires_grad_(True)
@@ -104,8 +107,8 @@ class LoGra:
         shutil.rmtree(cache, ignore_errors=True)  # dattri would read a previous fit's metadata
         wrapped = _LossModel(model)
         task = AttributionTask(loss_func=_train_loss, model=wrapped,
-                               checkpoints=[str(self.reference.checkpoints[-1])],
-                               checkpoints_load_func=lambda m, _: m.eval())  # already loaded
+                               checkpoints=["loaded"],  # a name only: the weights are in the model
+                               checkpoints_load_func=lambda m, _: m.eval())
         self.attributor = LoGraAttributor(task, layer_names=[f"lm.{name}" for name in modules],
                                           hessian=c.hessian, damping=c.damping, device="cpu",
                                           proj_dim=c.proj_dim, offload="cpu", cache_dir=str(cache))

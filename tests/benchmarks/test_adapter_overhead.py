@@ -85,7 +85,7 @@ def adapter_run(name: str, context, config: dict):
 
 # --- trak -------------------------------------------------------------------------------------
 
-TRAK = {"proj_dim": 2048, "damping": 0.1, "batch_size": 200}  # the adapter's defaults
+TRAK = {"proj_dim": 2048, "damping": 0.1, "batch_size": 200, "n_models": 1}  # one model, as the library side
 
 
 def trak_library(model, tok, pool, targets, model_spec, save_dir):
