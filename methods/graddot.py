@@ -1,7 +1,9 @@
 """graddot, gradcos: similarity of per-example loss gradients at the reference model.
 
 Gradients are taken where ``checkpoint`` says (:data:`tdabench.gradients.CHECKPOINTS`; default
-``"pool"``: the base target LM fine-tuned on the whole pool with the task's recipe). A pool
+``"subset"``: the base target LM fine-tuned with the task's recipe on a seeded random subset of
+the ground truth's subset size, chosen with ``tdabench tune`` on chatterbot/tiny's tuning
+subsets over base, pool, half, subset and trajectory, for graddot and gradcos alike). A pool
 example's gradient is that of its summed response-token cross-entropy, a target's that of its
 mean response-token cross-entropy (the protocol's model output), both with respect to the
 tracked weights (``tracked``: ``"mlp"``, the blocks' MLP linear layers, ``"attention"``, or
@@ -33,6 +35,7 @@ def unit(x: torch.Tensor) -> torch.Tensor:
 class GradDot(InnerProductMethod):
     @dataclass
     class Config(gradients.GradientConfig):
+        checkpoint: str = "subset"  # tuned on chatterbot/tiny's tuning subsets (results/configs.json)
         normalize: bool = False  # True: cosine of the gradients (gradcos)
 
     def transform_train(self, state: gradients.State, rep: torch.Tensor) -> torch.Tensor:

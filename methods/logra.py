@@ -16,12 +16,14 @@ score(x, z) = g_x^T (F + damping)^-1 g_z, returned by dattri as (n_train, n_test
 a step on z lowers the target's loss = helpful, so :func:`tdabench.gradients.to_scores` only
 transposes it. Pool features (N x layers x ``proj_dim`` float32) are held in memory.
 
-LogIX's defaults, as far as dattri allows: LogIX's LoGra projects each factor to rank 64 per
-layer, so ``proj_dim = 64^2 = 4096`` (dattri's own default too). LogIX can initialise the
-projections from the PCA of each layer's activations and output gradients (``init="pca"``);
-dattri 0.3.0's ``LoGraAttributor`` offers only seeded Gaussian (``"normal"``) projections, so
-the projection here is random (LogIX's default ``init="random"`` too). On the tiny presets the
-MLP factors are 128 and 512 wide, so 64 per factor keeps half of the narrow side.
+LogIX's defaults and what was kept: LogIX's LoGra projects each factor to rank 64 per layer,
+``proj_dim = 64^2 = 4096`` (dattri's default too). ``tdabench tune`` on chatterbot/tiny's tuning
+subsets (grid ``damping`` 0.01 to 30 x ``proj_dim`` 256, 1024, 4096; ``results/configs.json``)
+chose ``proj_dim = 1024`` (32 per factor; LDS 0.372 at damping 3 against 0.334 for 4096 at
+damping 1) and ``damping = 3``, so those are the defaults; ``proj_dim=4096`` restores LogIX's
+rank. LogIX can initialise the projections from the PCA of each layer's activations and output
+gradients (``init="pca"``); dattri 0.3.0's ``LoGraAttributor`` offers only seeded Gaussian
+(``"normal"``) projections, so the projection here is random (LogIX's default, ``init="random"``).
 """
 
 from __future__ import annotations
@@ -70,9 +72,9 @@ def _train_loss(model: _LossModel, batch: dict[str, torch.Tensor], device: str) 
 class LoGra:
     @dataclass
     class Config(gradients.GradientConfig):
-        proj_dim: int = 4096  # per layer: a perfect square, sqrt(proj_dim) rows per factor (LogIX: 64^2)
+        proj_dim: int = 1024  # per layer: a perfect square, sqrt(proj_dim) rows per factor; tuned
         hessian: str = "eFIM"  # "eFIM" (projected empirical Fisher) or "Identity"
-        damping: float = 0.1  # fraction of each layer's mean Fisher eigenvalue added to its diagonal
+        damping: float = 3.0  # fraction of each layer's mean Fisher eigenvalue added to its diagonal; tuned
         projector_seed: int = 0
 
     def __init__(self, config: Config) -> None:
