@@ -25,9 +25,13 @@ fit time (P = tracked weights). ``proj_dim = 0`` skips the projection (exact gra
 small P). ``damping`` sets traker's ridge term ``lambda_reg`` on X^T X to that fraction of
 trace(X^T X) / N (the mean eigenvalue of the N x N kernel X X^T, which the projection scales
 by ``proj_dim``, so a damping means the same at every ``proj_dim``). Without it X^T X is singular
-once ``proj_dim`` exceeds the pool size, and a single model's TRAK was noisy here (LDS 0.12 on
-chatterbot/tiny at ``proj_dim=512``, 0.20 with ``damping=0.1``); 0.1 mirrors kronfluence's
-heuristic of 0.1 x the mean eigenvalue. traker returns (n_train, n_targets), higher = more
+once ``proj_dim`` exceeds the pool size.
+
+Settings chosen with ``tdabench tune`` on chatterbot/tiny's tuning subsets only (grids, trials
+and CSVs in ``results/configs.json``, key ``_tuned``): ``damping`` over 0.01 to 30 at one model
+(0.18 at 0.01, 0.26 at 0.1, 0.35 at 1, 0.37 at 3, 0.36 at 10); ``n_models`` 1, 2, 5, 10 at damping
+3 (LDS 0.37, 0.41, 0.45, 0.45: 10 models add 0.005 for twice the cost, so 5); ``checkpoint``
+"half" against "pool" at 5 models (0.53 against 0.45). traker returns (n_train, n_targets), higher = more
 helpful; :func:`tdabench.gradients.to_scores` transposes it.
 """
 
@@ -108,10 +112,10 @@ def tracked_gradient_computer():
 class Trak:
     @dataclass
     class Config(gradients.GradientConfig):
-        checkpoint: str = "pool"  # each reference model: "pool" (another seed) or "half" (TRAK's)
-        n_models: int = 5  # independently trained reference models in the ensemble
+        checkpoint: str = "half"  # each reference model: "half" (TRAK's; tuned) or "pool" (another seed)
+        n_models: int = 5  # independently trained reference models in the ensemble; tuned
         proj_dim: int = 2048  # JL projection dimension (traker's default); 0 = no projection
-        damping: float = 0.1  # traker's lambda_reg, as a fraction of the mean squared feature norm
+        damping: float = 3.0  # traker's lambda_reg, as a fraction of the mean squared feature norm; tuned
         batch_size: int = 200  # examples per featurize/score call (one projection-matrix pass each)
         projector_seed: int = 0
 

@@ -220,7 +220,7 @@ def test_trak_without_projection_equals_the_explicit_trak_formula(micro, tmp_pat
     expected = (phi_t @ torch.linalg.solve(phi.T @ phi + lam * torch.eye(P, dtype=phi.dtype), phi.T)
                 * out_to_loss(model, pool)).numpy()
 
-    config = {"proj_dim": 0, "damping": damping, "n_models": 1}
+    config = {"proj_dim": 0, "damping": damping, "n_models": 1, "checkpoint": "pool"}
     scores = fitted("trak", config, context).score(context.data.targets)
     scale = (scores * expected).sum() / (expected * expected).sum()  # traker rescales (X^T X)^-1
     assert scale > 0
@@ -229,9 +229,10 @@ def test_trak_without_projection_equals_the_explicit_trak_formula(micro, tmp_pat
 
 def test_trak_with_a_projection_much_wider_than_the_gradients_agrees_with_no_projection(micro, tmp_path):
     context = context_for(micro, tmp_path, d_ff=8)  # 768 tracked weights
-    exact = fitted("trak", {"proj_dim": 0, "damping": 0.05}, context).score(context.data.targets)
-    wide = fitted("trak", {"proj_dim": 4096, "damping": 0.05}, context).score(context.data.targets)
-    narrow = fitted("trak", {"proj_dim": 16, "damping": 0.05}, context).score(context.data.targets)
+    one = {"damping": 0.05, "n_models": 1}
+    exact = fitted("trak", {"proj_dim": 0, **one}, context).score(context.data.targets)
+    wide = fitted("trak", {"proj_dim": 4096, **one}, context).score(context.data.targets)
+    narrow = fitted("trak", {"proj_dim": 16, **one}, context).score(context.data.targets)
     corr = [np.corrcoef(exact.ravel(), s.ravel())[0, 1] for s in (wide, narrow)]
     assert corr[0] > 0.995 and corr[0] > corr[1], corr
 
@@ -242,7 +243,7 @@ def test_trak_ensemble_of_m_models_is_tracers_mean_score_times_mean_out_to_loss(
     context.seed + i (no projection here: traker draws each model id's projection apart)."""
     needs("trak")
     context = context_for(micro, tmp_path, d_ff=8)
-    config, targets = {"proj_dim": 0, "damping": 0.05}, context.data.targets
+    config, targets = {"proj_dim": 0, "damping": 0.05, "checkpoint": "pool"}, context.data.targets
     ensemble = fitted("trak", {**config, "n_models": 2}, context).score(targets)
     singles, qs = [], []
     for i in range(2):
