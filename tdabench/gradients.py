@@ -41,7 +41,7 @@ import torch
 from . import lm
 from .data import examples_fingerprint
 from .method import FitContext
-from .spec import Example, stable_hash
+from .spec import Example, ModelSpec, stable_hash
 from .store import atomic_write_json, cache_dir, read_json
 
 TRACKED = ("mlp", "linear", "attention")
@@ -199,7 +199,7 @@ class Prepared:
     (weights) at which the method differentiates it."""
 
     lm: lm.TargetLM
-    model_spec: object
+    model_spec: ModelSpec
     modules: dict[str, torch.nn.Linear]
     states: list[State]
 

@@ -229,7 +229,7 @@ def test_trak_without_projection_equals_the_explicit_trak_formula(micro, tmp_pat
 
 def test_trak_with_a_projection_much_wider_than_the_gradients_agrees_with_no_projection(micro, tmp_path):
     context = context_for(micro, tmp_path, d_ff=8)  # 768 tracked weights
-    one = {"damping": 0.05, "n_models": 1}
+    one = {"damping": 0.05, "n_models": 1, "checkpoint": "pool"}
     exact = fitted("trak", {"proj_dim": 0, **one}, context).score(context.data.targets)
     wide = fitted("trak", {"proj_dim": 4096, **one}, context).score(context.data.targets)
     narrow = fitted("trak", {"proj_dim": 16, **one}, context).score(context.data.targets)
