@@ -1,17 +1,21 @@
 """ekfac: influence functions, Gauss-Newton approximated by EK-FAC or K-FAC (``kronfluence``).
 
-Influence functions as in Grosse et al. (2023). At the reference model (the base LM fine-tuned
-on the whole pool, :func:`tdabench.gradients.reference_model`) kronfluence fits the Kronecker factors of the
-tracked linear layers (``tracked``: ``"mlp"`` or ``"linear"``; kronfluence handles only
-``nn.Linear``/``Conv2d``, so embeddings and the LM head are left out) on the pool, then scores
-grad(target's measurement)^T (G + damping)^-1 grad(pool example's loss). Training loss: summed
+Influence functions as in Grosse et al. (2023). At the model ``checkpoint`` names (default: the
+base LM fine-tuned on the whole pool; :data:`tdabench.gradients.CHECKPOINTS`) kronfluence fits
+the Kronecker factors of the tracked linear layers (``tracked``: ``"mlp"``, ``"attention"`` or
+``"linear"``; kronfluence handles only ``nn.Linear``/``Conv2d``, so embeddings and the LM head
+are left out) on the pool, then scores grad(target's measurement)^T (G + damping)^-1
+grad(pool example's loss). Training loss: summed
 response-token cross-entropy of each pool example; measurement: the protocol's model output,
 the target's mean response-token cross-entropy. G is the true Fisher (labels sampled from the
 model, seeded) unless ``empirical_fisher``. ``strategy`` is kronfluence's: ``"ekfac"``,
 ``"kfac"``, ``"diagonal"`` or ``"identity"``. ``damping`` = None is kronfluence's heuristic
 (0.1 x the mean eigenvalue). kronfluence returns (n_query, n_train), positive = the pool example
 lowers the target's loss; pool gradients are recomputed at scoring time (kronfluence's design).
-On chatterbot/tiny the default damping (heuristic) and ``"mlp"`` gave LDS 0.43 in about 35 s.
+``damping`` was tuned on chatterbot/tiny's tuning subsets (``tdabench tune``: heuristic, 1e-5,
+1e-4, 1e-3, 1e-2; ``results/configs.json``): 1e-4 scored 0.452, the heuristic 0.447, within one
+bootstrap interval (about +-0.04). The default stays the heuristic: it scales with each task's
+Fisher, where an absolute damping tuned on one task does not transfer.
 
 kronfluence 1.0.1 declares a dependency on torchvision, which it does not import and which
 breaks transformers next to the CPU torch: install it with ``pip install --no-deps``.
@@ -86,14 +90,12 @@ def task_class():
 
 class EKFAC:
     @dataclass
-    class Config:
+    class Config(gradients.GradientConfig):
+        checkpoint: gradients.OneModelCheckpoint = param("pool", gradients.CHECKPOINT_HELP)
         strategy: Literal[STRATEGIES] = param("ekfac", "kronfluence's Hessian approximation")
-        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED,
-                                                    "layers whose gradients are used: MLPs or all linear")
         damping: float | None = param(None, "none: kronfluence's heuristic, 0.1 x mean eigenvalue", ge=0)
         empirical_fisher: bool = param(False, "true: observed labels instead of sampled ones")
-        batch_size: int = param(32, "pool examples per batch (factors and scores)", ge=1)
-        query_batch_size: int = param(32, "targets per batch", ge=1)
+        query_batch_size: int = param(32, "targets per batch (batch_size: pool examples per batch)", ge=1)
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -105,12 +107,10 @@ class EKFAC:
         from kronfluence.utils.state import State
 
         c = self.config
-        torch.manual_seed(context.seed)  # the sampled labels of the true Fisher
-        reference = gradients.reference_model(context)
-        model, tokenizer = reference.lm.model, reference.lm.tokenizer
-        self.model_spec, self.tokenizer = context.spec.model, tokenizer
-        modules = list(gradients.tracked_modules(model, self.model_spec, c.tracked))
-        task = task_class()(modules)
+        prepared = gradients.prepare(context, c.tracked, c.checkpoint)  # seeds the sampled labels
+        model, tokenizer = prepared.lm.model, prepared.lm.tokenizer
+        self.model_spec, self.tokenizer = prepared.model_spec, tokenizer
+        task = task_class()(list(prepared.modules))
         self.model = kf.prepare_model(model, task)
         State._reset_state()  # a process-wide singleton: it would keep the first analyzer's device
         self.analyzer = kf.Analyzer("tdabench", self.model, task, cpu=context.device == "cpu",

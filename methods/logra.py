@@ -1,10 +1,11 @@
 """logra: LoGra (Choe et al., 2024), influence functions on low-rank projected gradients (dattri).
 
-dattri 0.3.0's ``LoGraAttributor`` at the reference model (the base LM fine-tuned on the whole
-pool, :func:`tdabench.gradients.reference_model`). For each tracked linear layer (``tracked``:
-``"mlp"`` or ``"linear"``, as for graddot) LoGra projects the layer's per-token input a and
-output gradient d by two seeded Gaussian matrices of sqrt(``proj_dim``) rows each, so that an
-example's layer gradient sum_t d_t a_t^T becomes a ``proj_dim``-vector without ever being
+dattri 0.3.0's ``LoGraAttributor`` at the model ``checkpoint`` names (default: the base LM
+fine-tuned on the whole pool; :data:`tdabench.gradients.CHECKPOINTS`). For each tracked linear
+layer (``tracked``: ``"mlp"``, ``"attention"`` or ``"linear"``, as for graddot) LoGra projects
+the layer's per-token input a and output gradient d by two seeded Gaussian matrices of
+sqrt(``proj_dim``) rows each, so that an example's layer gradient sum_t d_t a_t^T becomes a
+``proj_dim``-vector without ever being
 formed (dattri computes it inside the layer's backward). Features: projected gradients of the pool
 example's summed response-token cross-entropy and of the target's mean response-token
 cross-entropy (the protocol's model output). ``hessian="eFIM"`` preconditions each layer by the
@@ -14,6 +15,15 @@ mean eigenvalue; ``"Identity"`` skips it (a projected gradient dot product).
 score(x, z) = g_x^T (F + damping)^-1 g_z, returned by dattri as (n_train, n_test); positive =
 a step on z lowers the target's loss = helpful, so :func:`tdabench.gradients.to_scores` only
 transposes it. Pool features (N x layers x ``proj_dim`` float32) are held in memory.
+
+LogIX's defaults and what was kept: LogIX's LoGra projects each factor to rank 64 per layer,
+``proj_dim = 64^2 = 4096`` (dattri's default too). ``tdabench tune`` on chatterbot/tiny's tuning
+subsets (grid ``damping`` 0.01 to 30 x ``proj_dim`` 256, 1024, 4096; ``results/configs.json``)
+chose ``proj_dim = 1024`` (32 per factor; LDS 0.372 at damping 3 against 0.334 for 4096 at
+damping 1) and ``damping = 3``, so those are the defaults; ``proj_dim=4096`` restores LogIX's
+rank. LogIX can initialise the projections from the PCA of each layer's activations and output
+gradients (``init="pca"``); dattri 0.3.0's ``LoGraAttributor`` offers only seeded Gaussian
+(``"normal"``) projections, so the projection here is random (LogIX's default, ``init="random"``).
 """
 
 from __future__ import annotations
@@ -63,14 +73,13 @@ def _train_loss(model: _LossModel, batch: dict[str, torch.Tensor], device: str) 
 
 class LoGra:
     @dataclass
-    class Config:
-        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED,
-                                                    "layers whose gradients are used: MLPs or all linear")
-        proj_dim: int = param(1024, "per layer: a perfect square, sqrt(proj_dim) rows per factor", ge=1)
+    class Config(gradients.GradientConfig):
+        checkpoint: gradients.OneModelCheckpoint = param("pool", gradients.CHECKPOINT_HELP)
+        proj_dim: int = param(1024, "per layer: a perfect square, sqrt(proj_dim) rows per factor; tuned",
+                              ge=1)
         hessian: Literal[HESSIANS] = param("eFIM", "eFIM (projected empirical Fisher) or Identity")
-        damping: float = param(0.1,
-                               "fraction of each layer's mean Fisher eigenvalue added to its diagonal", ge=0)
-        batch_size: int = param(32, "examples per forward/backward pass", ge=1)
+        damping: float = param(3.0, "fraction of each layer's mean Fisher eigenvalue added to its "
+                               "diagonal; tuned", ge=0)
         projector_seed: int = param(0, "seed of the random projection")
 
     def __init__(self, config: Config) -> None:
@@ -80,7 +89,7 @@ class LoGra:
         self.config = config
 
     def _loader(self, examples: list[Example]) -> DataLoader:
-        tokenizer = self.reference.lm.tokenizer
+        tokenizer = self.tokenizer
         encoded = lm.encode(tokenizer, examples, self.model_spec)
         pad = tokenizer.pad_token_id
         return DataLoader(encoded, batch_size=self.config.batch_size, shuffle=False,
@@ -92,11 +101,9 @@ class LoGra:
         from dattri.task import AttributionTask
 
         c = self.config
-        torch.manual_seed(context.seed)
-        self.reference = gradients.reference_model(context)
-        self.model_spec = context.spec.model
-        model = self.reference.lm.model
-        modules = gradients.tracked_modules(model, self.model_spec, c.tracked)
+        prepared = gradients.prepare(context, c.tracked, c.checkpoint)
+        self.model_spec, self.tokenizer = prepared.model_spec, prepared.lm.tokenizer
+        model, modules = prepared.lm.model, prepared.modules
         model.requires_grad_(False)  # backward stops below the lowest tracked layer
         for p in gradients.tracked_parameters(modules).values():
             p.requires_grad_(True)
@@ -104,8 +111,8 @@ class LoGra:
         shutil.rmtree(cache, ignore_errors=True)  # dattri would read a previous fit's metadata
         wrapped = _LossModel(model)
         task = AttributionTask(loss_func=_train_loss, model=wrapped,
-                               checkpoints=[str(self.reference.checkpoints[-1])],
-                               checkpoints_load_func=lambda m, _: m.eval())  # already loaded
+                               checkpoints=["loaded"],  # a name only: the weights are in the model
+                               checkpoints_load_func=lambda m, _: m.eval())
         self.attributor = LoGraAttributor(task, layer_names=[f"lm.{name}" for name in modules],
                                           hessian=c.hessian, damping=c.damping, device=context.device,
                                           proj_dim=c.proj_dim, offload="cpu", cache_dir=str(cache))

@@ -1,7 +1,7 @@
 """repsim: similarity of the target LM's own hidden states (representation similarity).
 
-Each example runs through the reference model (the base target LM fine-tuned on the whole pool,
-:func:`tdabench.gradients.reference_model`, shared with the gradient methods); its
+Each example runs through the model ``checkpoint`` names (default: the base target LM fine-tuned
+on the whole pool, :func:`tdabench.gradients.prepare`, shared with the gradient methods); its
 representation is the mean of one layer's hidden states over the response tokens. The score is
 the cosine (or dot product) of target and pool representations: more similar = more helpful.
 
@@ -29,13 +29,15 @@ class RepSim:
         layer: int = param(-1, "index into hidden_states (0 = embeddings, -1 = last layer)")
         similarity: Literal["cosine", "dot"] = param("cosine", "how two representations are compared")
         batch_size: int = param(64, "examples per forward pass", ge=1)
+        checkpoint: gradients.OneModelCheckpoint = param(
+            "pool", "the model whose hidden states are compared (tdabench.gradients.CHECKPOINTS)")
 
     def __init__(self, config: Config) -> None:
         self.config = config
 
     def _represent(self, examples: list[Example]) -> np.ndarray:
         """(len(examples), d): mean hidden state of the chosen layer over response positions."""
-        target, spec = self.reference.lm, self.model_spec
+        target, spec = self.prepared.lm, self.prepared.model_spec
         encoded, pad = lm.encode(target.tokenizer, examples, spec), target.tokenizer.pad_token_id
         out = []
         with torch.no_grad():
@@ -52,8 +54,7 @@ class RepSim:
         return reps.cpu().numpy()
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
-        self.reference = gradients.reference_model(context)
-        self.model_spec = context.spec.model
+        self.prepared = gradients.prepare(context, tracked=None, checkpoint=self.config.checkpoint)
         self.pool_representations = self._represent(pool)  # (N, d)
 
     def score(self, targets: list[Example]) -> np.ndarray:

@@ -1,7 +1,17 @@
 """trak: TRAK (Park et al., 2023) through MadryLab's ``traker`` (import ``trak``).
 
-One TRAKer featurizes the pool at the reference model (the base LM fine-tuned on the whole
-pool, :func:`tdabench.gradients.reference_model`) and scores the targets. The model output is
+One TRAKer featurizes the pool at each of ``n_models`` independently trained reference models
+and scores the targets with all of them, as TRAK's ensemble (traker's ``load_checkpoint(...,
+model_id=i)`` loop). Model i is the base LM fine-tuned with seed ``context.seed + i``
+(:func:`tdabench.gradients.prepare`) on its own seeded random subset of the ground truth's
+subset size (``checkpoint="subset"``, the default), on a random half (``"half"``, the TRAK
+paper's models) or on the whole pool (``"pool"``: models differ in their data order only);
+``"base"`` allows one model. The ensemble is traker's
+(``TRAKer.finalize_scores``, traker 0.3.2): with S_i = Phi_i (X_i^T X_i + lambda_i)^-1
+X_target,i^T of model i and Q_i its out-to-loss vector over the pool,
+score = (sum_i S_i / M) * (sum_i Q_i / M), the mean single-model score times the mean Q, not
+the mean of the single models' Q-weighted scores; traker also draws model i's projection from
+``projector_seed + 10^4 i``. lambda_i is set from model i's own features (below). The model output is
 our own causal-LM one (``CausalLMOutput``): the sum over an example's response tokens of the
 log-odds log(p / (1 - p)) of the correct next token, TRAK's margin applied per token; the
 out-to-loss term Q of a pool example is the mean over its response tokens of 1 - p. Gradients
@@ -16,9 +26,16 @@ fit time (P = tracked weights). ``proj_dim = 0`` skips the projection (exact gra
 small P). ``damping`` sets traker's ridge term ``lambda_reg`` on X^T X to that fraction of
 trace(X^T X) / N (the mean eigenvalue of the N x N kernel X X^T, which the projection scales
 by ``proj_dim``, so a damping means the same at every ``proj_dim``). Without it X^T X is singular
-once ``proj_dim`` exceeds the pool size, and a single model's TRAK was noisy here (LDS 0.12 on
-chatterbot/tiny at ``proj_dim=512``, 0.20 with ``damping=0.1``); 0.1 mirrors kronfluence's
-heuristic of 0.1 x the mean eigenvalue. traker returns (n_train, n_targets), higher = more
+once ``proj_dim`` exceeds the pool size.
+
+Settings chosen with ``tdabench tune`` on chatterbot/tiny's tuning subsets only (grids, trials
+and CSVs in ``results/configs.json``, key ``_tuned``): ``damping`` over 0.01 to 30 at one model
+(0.18 at 0.01, 0.26 at 0.1, 0.35 at 1, 0.37 at 3, 0.36 at 10); ``n_models`` 1, 2, 5, 10 at damping
+3 (LDS 0.37, 0.41, 0.45, 0.45: 10 models add 0.005 for twice the cost, so 5); ``checkpoint`` at
+5 models: "subset" 0.56, "half" 0.53, "pool" 0.45, so each model is fine-tuned on its own random
+subset of the ground truth's subset size (the TRAK paper's models see random halves); at that
+ensemble damping 3 still led (1: 0.556, 3: 0.564, 10: 0.538).
+traker returns (n_train, n_targets), higher = more
 helpful; :func:`tdabench.gradients.to_scores` transposes it.
 """
 
@@ -27,12 +44,12 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 
 from tdabench import gradients, lm
+from tdabench.errors import ConfigError
 from tdabench.method import FitContext, require
 from tdabench.spec import Example
 from tdabench.typed import param
@@ -100,67 +117,91 @@ def tracked_gradient_computer():
 
 class Trak:
     @dataclass
-    class Config:
-        tracked: Literal[gradients.TRACKED] = param(gradients.DEFAULT_TRACKED,
-                                                    "layers whose gradients are used: MLPs or all linear")
+    class Config(gradients.GradientConfig):
+        checkpoint: gradients.OneModelCheckpoint = param(
+            "subset", "each reference model's training data (tuned; TRAK's: half)")
+        n_models: int = param(5, "independently trained reference models in the ensemble; tuned", ge=1)
         proj_dim: int = param(2048, "JL projection dimension (traker's default); 0 = no projection", ge=0)
-        damping: float = param(0.1,
-                               "traker's lambda_reg, as a fraction of the mean squared feature norm", ge=0)
+        damping: float = param(3.0, "traker's lambda_reg, as a fraction of the mean squared feature "
+                               "norm; tuned", ge=0)
         batch_size: int = param(200,
                                 "examples per featurize/score call (one projection-matrix pass each)", ge=1)
         projector_seed: int = param(0, "seed of the random projection")
 
     def __init__(self, config: Config) -> None:
+        if config.checkpoint == "base" and config.n_models > 1:
+            raise ConfigError(f"n_models must be 1 with checkpoint='base' (there is one base model), "
+                              f"not {config.n_models}")
         self.config = config
 
     def _batches(self, examples: list[Example]):
-        tokenizer = self.reference.lm.tokenizer
+        tokenizer = self.tokenizer
         encoded = lm.encode(tokenizer, examples, self.model_spec)
         for rows, batch in gradients.batches(encoded, self.config.batch_size, tokenizer.pad_token_id):
-            batch = lm.to_device(batch, lm.model_device(self.reference.lm.model))
+            batch = lm.to_device(batch, self.device)
             yield rows.stop - rows.start, (batch["input_ids"], batch["attention_mask"], batch["labels"])
 
-    def fit(self, pool: list[Example], context: FitContext) -> None:
-        trak = require("trak", "trak", "trak")
-        c = self.config
-        torch.manual_seed(context.seed)
-        self.reference = gradients.reference_model(context)
-        self.model_spec = context.spec.model
-        model = self.reference.lm.model
+    def _reference(self, context: FitContext, i: int) -> torch.nn.Module:
+        """Reference model i: fine-tuned with seed ``context.seed + i`` (on its own random half
+        of the pool with ``checkpoint="half"``), on eager attention, no weight requiring grad."""
+        prepared = gradients.prepare(context, self.config.tracked, self.config.checkpoint,
+                                     seed=context.seed + i)
+        self.tokenizer, self.model_spec = prepared.lm.tokenizer, prepared.model_spec
+        model = prepared.lm.model
         model.requires_grad_(False)  # torch.func differentiates the tracked weights by itself
         if hasattr(model, "set_attn_implementation"):  # else an older transformers
             model.set_attn_implementation("eager")  # torch.func.vmap cannot batch the SDPA mask path
         else:
             model.config._attn_implementation = "eager"
-        modules = gradients.tracked_modules(model, self.model_spec, c.tracked)
+        self.grad_wrt = list(gradients.tracked_parameters(prepared.modules))
+        return model
+
+    def _traker(self, model: torch.nn.Module, n_pool: int, context: FitContext):
+        trak = require("trak", "trak", "trak")
+        c = self.config
         save_dir = context.workdir / "trak"
         shutil.rmtree(save_dir, ignore_errors=True)  # traker resumes from what it finds there
         # projector None: traker's CudaProjector on a GPU (fast_jl), its BasicProjector on the CPU
         projector = trak.projectors.NoOpProjector(device=context.device) if c.proj_dim == 0 else None
-        self.traker = trak.TRAKer(
-            model=model, task=model_output_class()(), train_set_size=len(pool),
+        return trak.TRAKer(
+            model=model, task=model_output_class()(), train_set_size=n_pool,
             save_dir=str(save_dir), device=context.device,
             projector=projector, proj_dim=c.proj_dim, use_half_precision=False,
-            projector_seed=c.projector_seed, grad_wrt=list(gradients.tracked_parameters(modules)),
+            projector_seed=c.projector_seed, grad_wrt=self.grad_wrt,
             gradient_computer=tracked_gradient_computer(), logging_level=logging.WARNING)
-        self.state = {k: v.clone() for k, v in model.state_dict().items()}
-        self.traker.load_checkpoint(self.state, model_id=0)
+
+    def fit(self, pool: list[Example], context: FitContext) -> None:
+        require("trak", "trak", "trak")
+        self.device = context.device  # where prepare put the models and traker works
+        self.states = []  # per model: its weights, for scoring
+        for i in range(self.config.n_models):
+            model = self._reference(context, i)
+            if i == 0:
+                self.traker = self._traker(model, len(pool), context)
+            self.states.append({k: v.clone() for k, v in model.state_dict().items()})
+            self._featurize(i, pool)
+        self.n_pool = len(pool)
+
+    def _featurize(self, i: int, pool: list[Example]) -> None:
+        """Featurize the pool at model i and finalize its features with its own damping."""
+        self.traker.load_checkpoint(self.states[i], model_id=i)
         for n, batch in self._batches(pool):
             self.traker.featurize(batch=batch, num_samples=n)
         features = np.asarray(self.traker.saver.current_store["grads"], dtype=np.float64)  # (N, k)
-        self.traker.score_computer.lambda_reg = c.damping * float(np.square(features).sum()) / len(pool)
-        self.traker.finalize_features()
+        lambda_reg = self.config.damping * float(np.square(features).sum()) / len(pool)
+        self.traker.score_computer.lambda_reg = lambda_reg
+        self.traker.finalize_features(model_ids=[i])
         projector = self.traker.projector
         if getattr(projector, "proj_matrix_available", True) is False:
             # traker 0.3.2 frees the projection matrix in finalize_features; with proj_dim <= 100
             # (one block) BasicProjector.project never regenerates it
             projector.generate_sketch_matrix(projector.generator_states[0])
-        self.n_pool = len(pool)
 
     def score(self, targets: list[Example]) -> np.ndarray:
-        self.traker.start_scoring_checkpoint(exp_name="targets", checkpoint=self.state, model_id=0,
-                                             num_targets=len(targets))
-        for n, batch in self._batches(targets):
-            self.traker.score(batch=batch, num_samples=n)
-        native = self.traker.finalize_scores(exp_name="targets")  # (n_train, n_targets)
+        for i, state in enumerate(self.states):
+            self.traker.start_scoring_checkpoint(exp_name="targets", checkpoint=state, model_id=i,
+                                                 num_targets=len(targets))
+            for n, batch in self._batches(targets):
+                self.traker.score(batch=batch, num_samples=n)
+        native = self.traker.finalize_scores(exp_name="targets")  # (n_train, n_targets), all models
         return gradients.to_scores(native, "trak", len(targets), self.n_pool)

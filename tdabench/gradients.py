@@ -1,15 +1,23 @@
 """Shared machinery of the gradient-based attribution methods (graddot, gradcos, tracin, trak, ekfac,
 logra, less).
 
-* :func:`reference_model`: the task's base target LM fine-tuned on the **whole pool** with the
-  task's recipe (``lm.finetune``, seeded, one torch thread, on ``context.device``), cached as
-  safetensors under ``cache_dir()/"reference"/<key>`` with a checkpoint after every epoch (TracIn uses them).
+* :func:`reference_model`: the task's base target LM fine-tuned with the task's recipe
+  (``lm.finetune``, seeded, one torch thread, on ``context.device``) on the **whole pool** or on
+  a given part of it, cached as safetensors under ``cache_dir()/"reference"/<key>`` with a
+  checkpoint after every epoch (TracIn uses them).
+* :data:`CHECKPOINTS`, :class:`GradientConfig` and :func:`prepare`: **where the gradients are
+  taken**, one option shared by every gradient method (``checkpoint``): the base LM, the pool
+  fine-tune, a fine-tune on a random half of the pool or on a random subset of the ground
+  truth's size, or the pool fine-tune's trajectory (its epoch checkpoints, lr-weighted).
+  :func:`prepare` is the one place where a method's model is loaded, moved to
+  ``context.device`` and set up.
 * Losses in the forms libraries need: :func:`train_losses` (summed response-token cross-entropy
   of each training example: what a fine-tuning step on it descends, up to the batch's token
   count) and :func:`measurement` (the protocol's model output: mean response-token
   cross-entropy of each target).
 * Tracked parameters (:data:`TRACKED`): ``"mlp"`` = the ``nn.Linear`` layers of the blocks' MLPs,
-  ``"linear"`` = every ``nn.Linear`` in the blocks (attention projections too). Embeddings, norms
+  ``"attention"`` = the attention projections (q, k, v, o), ``"linear"`` = every ``nn.Linear``
+  in the blocks. Embeddings, norms
   and the LM head are never tracked, nor blocks that the recipe does not train (``top:K``).
 * :func:`batches`, :func:`per_example_gradients` and :func:`to_scores`, the one place where a
   library's output becomes a (T, N) float64 array with the protocol's sign (higher = the pool
@@ -21,12 +29,10 @@ logra, less).
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -34,10 +40,11 @@ import torch
 from . import device, lm
 from .data import examples_fingerprint
 from .method import FitContext
-from .spec import stable_hash
-from .store import atomic_write_json, cache_dir, read_json
+from .spec import Example, ModelSpec, stable_hash
+from .store import atomic_dir, atomic_write_json, cache_dir, read_json
+from .typed import param
 
-TRACKED = ("mlp", "linear")
+TRACKED = ("mlp", "linear", "attention")
 DEFAULT_TRACKED = "mlp"  # the MLPs hold most of a block's weights; attention adds little on these models
 
 
@@ -45,7 +52,7 @@ DEFAULT_TRACKED = "mlp"  # the MLPs hold most of a block's weights; attention ad
 
 @dataclass
 class Reference:
-    """The fine-tuned reference model. ``lm.model`` holds the final weights (eval mode);
+    """A fine-tuned reference model. ``lm.model`` holds the final weights (eval mode);
     ``checkpoints[e]`` are the weights after epoch e + 1 (the last is the final model), each
     trained with learning rate ``lr``."""
 
@@ -55,39 +62,50 @@ class Reference:
     path: Path
 
 
-def reference_key(context: FitContext, base_fingerprint: str, seed: int) -> str:
-    """Cache key: the spec's model and fine-tuning fields, the pool, the base weights, the seed
-    (and, other than on the CPU in fp32, the device kind and dtype it was fine-tuned with)."""
+def reference_key(context: FitContext, base_fingerprint: str, seed: int,
+                  train: Sequence[Example] | None = None) -> str:
+    """Cache key: the spec's model and fine-tuning fields, the training examples (default: the
+    pool), the base weights, the seed (and, other than on the CPU in fp32, the device kind and
+    dtype it was fine-tuned with)."""
     spec, compute = context.spec, device.of(context)
+    train = context.data.pool if train is None else train
     where = {} if compute == device.CPU else {"device": "cuda", "dtype": compute.dtype}
     return stable_hash({"model": spec.model, "finetune": spec.finetune,
-                        "pool": examples_fingerprint(context.data.pool), "base": base_fingerprint,
+                        "pool": examples_fingerprint(train), "base": base_fingerprint,
                         "seed": seed, "torch": torch.__version__.split("+")[0], **where})
 
 
-def reference_model(context: FitContext, seed: int | None = None) -> Reference:
-    """The base target LM fine-tuned on the whole pool (built once, then loaded from the cache).
+def reference_model(context: FitContext, seed: int | None = None,
+                    train: Sequence[Example] | None = None) -> Reference:
+    """The base target LM fine-tuned on ``train`` (default: the whole pool), built once, then
+    loaded from the cache.
 
     Fine-tuning is ``lm.finetune`` itself, single-threaded and seeded with ``seed`` (default:
-    ``context.seed``), so the reference is what a ground-truth fine-tune on the full pool would
+    ``context.seed``), so the reference is what a ground-truth fine-tune on ``train`` would
     give; the per-epoch checkpoints are taken from inside that one run (see ``_build``).
     """
     from safetensors.torch import load_model
 
-    spec, data = context.spec, context.data
     seed = context.seed if seed is None else seed
-    target = lm.load_base_model(spec.model, data.warmup, data.pool)
-    target.model.to(context.device)
-    path = cache_dir() / "reference" / reference_key(context, target.fingerprint, seed)
+    train = list(context.data.pool if train is None else train)
+    target = load_base(context)
+    path = cache_dir() / "reference" / reference_key(context, target.fingerprint, seed, train)
     if not (path / "reference.json").exists():
-        _build(context, target, seed, path)
-        target = lm.load_base_model(spec.model, data.warmup, data.pool)  # fresh base weights
-        target.model.to(context.device)
+        _build(context, target, train, seed, path)
+        target = load_base(context)  # fresh base weights
     meta = read_json(path / "reference.json")
     checkpoints = [path / name for name in meta["checkpoints"]]
     load_model(target.model, checkpoints[-1])
     target.model.eval()
     return Reference(target, checkpoints, float(meta["lr"]), path)
+
+
+def load_base(context: FitContext) -> lm.TargetLM:
+    """The task's base target LM, on ``context.device`` (training mode, as loaded)."""
+    data = context.data
+    target = lm.load_base_model(context.spec.model, data.warmup, data.pool)
+    target.model.to(context.device)
+    return target
 
 
 def load_checkpoint(model: torch.nn.Module, checkpoint: Path) -> torch.nn.Module:
@@ -98,22 +116,20 @@ def load_checkpoint(model: torch.nn.Module, checkpoint: Path) -> torch.nn.Module
     return model.eval()
 
 
-def _build(context: FitContext, target: lm.TargetLM, seed: int, path: Path) -> None:
+def _build(context: FitContext, target: lm.TargetLM, pool: Sequence[Example], seed: int,
+           path: Path) -> None:
     from safetensors.torch import save_model
 
-    spec, pool = context.spec, context.data.pool
+    spec = context.spec
     model, pad = target.model, target.tokenizer.pad_token_id
     encoded = lm.encode(target.tokenizer, pool, spec.model)
     recipe = spec.finetune
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    with atomic_dir(path) as tmp:  # another process may build the same reference first
+        # Checkpoints from inside one uninterrupted run (same shuffles, same AdamW state) instead
+        # of restarting the optimizer every epoch.
+        def snapshot(epoch: int) -> None:
+            save_model(model, str(tmp / f"epoch{epoch}.safetensors"))
 
-    # Checkpoints from inside one uninterrupted run (same shuffles, same AdamW state) instead of
-    # restarting the optimizer every epoch.
-    def snapshot(epoch: int) -> None:
-        save_model(model, str(tmp / f"epoch{epoch}.safetensors"))
-
-    try:
         with lm.torch_threads(1), device.of(context).autocast():
             lm.finetune(model, lm.trainable_parameters(model, spec.model), encoded, recipe,
                         seed=seed, pad_id=pad, after_epoch=snapshot)
@@ -121,13 +137,102 @@ def _build(context: FitContext, target: lm.TargetLM, seed: int, path: Path) -> N
         atomic_write_json(tmp / "reference.json", {
             "checkpoints": names, "lr": recipe.lr, "seed": seed, "base_fingerprint": target.fingerprint,
             "n_pool": len(pool), "finetune": recipe})
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process built the same reference first
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# --- where the gradients are taken ----------------------------------------------------------
+
+# checkpoint -> what it is. "half" and "subset" draw their part of the pool with the model's seed.
+CHECKPOINTS = {
+    "base": "the base LM before any fine-tuning on the pool",
+    "pool": "the base LM fine-tuned on the whole pool (the task's recipe)",
+    "half": "the base LM fine-tuned on a random half of the pool (TRAK's reference models)",
+    "subset": "the base LM fine-tuned on a random subset of the ground truth's subset size",
+    "trajectory": "every epoch checkpoint of the pool fine-tune, each weighted by its lr (TracIn)",
+}
+
+
+SINGLE = ("base", "pool", "half", "subset")  # the choices of a method that uses one model
+# The field types (make_config checks a value against them): an adapter that changes a default
+# re-declares the field with one of these.
+TrackedName = Literal[TRACKED]
+CheckpointName = Literal[tuple(CHECKPOINTS)]
+OneModelCheckpoint = Literal[SINGLE]
+TRACKED_HELP = "weights differentiated: the blocks' MLPs, attention projections or every linear layer"
+CHECKPOINT_HELP = "where the gradients are taken (tdabench.gradients.CHECKPOINTS)"
+
+
+@dataclass
+class GradientConfig:
+    """Settings shared by the gradient methods; an adapter's ``Config`` subclasses it. A method
+    that uses one model narrows ``checkpoint`` to :data:`OneModelCheckpoint` (its choices are checked
+    by ``make_config`` from the type)."""
+
+    tracked: TrackedName = param(DEFAULT_TRACKED, TRACKED_HELP)
+    checkpoint: CheckpointName = param("pool", CHECKPOINT_HELP)
+    batch_size: int = param(32, "examples per forward/backward pass", ge=1)
+
+
+@dataclass
+class State:
+    """One set of weights at which representations are taken: a safetensors file (None: the
+    weights the model was loaded with) and the weight of its scores in the sum over states."""
+
+    path: Path | None
+    weight: float = 1.0
+
+
+@dataclass
+class Prepared:
+    """A method's model, ready: the LM (eval mode), its spec, the tracked modules and the states
+    (weights) at which the method differentiates it."""
+
+    lm: lm.TargetLM
+    model_spec: ModelSpec
+    modules: dict[str, torch.nn.Linear]
+    states: list[State]
+
+    def load(self, state: State) -> torch.nn.Module:
+        """Put ``state``'s weights into the model (nothing to do for the loaded weights)."""
+        if state.path is not None:
+            load_checkpoint(self.lm.model, state.path)
+        return self.lm.model
+
+
+def training_part(pool: Sequence[Example], checkpoint: str, fraction: float, seed: int
+                  ) -> list[Example] | None:
+    """The examples the reference of ``checkpoint`` is fine-tuned on: None (the whole pool) for
+    "pool"/"trajectory", a seeded random half for "half", a seeded random ``fraction`` (the
+    ground truth's subset size) for "subset"."""
+    share = {"half": 0.5, "subset": fraction}.get(checkpoint)
+    if share is None:
+        return None
+    rng = np.random.default_rng(seed)
+    n = max(1, round(share * len(pool)))
+    return [pool[i] for i in sorted(rng.choice(len(pool), n, replace=False))]
+
+
+def prepare(context: FitContext, tracked: str | None = DEFAULT_TRACKED, checkpoint: str = "pool",
+            seed: int | None = None) -> Prepared:
+    """Load the model a gradient method works on (see :data:`CHECKPOINTS`), seed torch with
+    ``context.seed`` and pick the tracked modules (``tracked=None``: none).
+
+    ``seed`` (default ``context.seed``) seeds the reference fine-tune and the draw of its part
+    of the pool, so TRAK's independently trained models are ``seed = context.seed + i``.
+    """
+    torch.manual_seed(context.seed)
+    seed = context.seed if seed is None else seed
+    spec, data = context.spec, context.data
+    if checkpoint == "base":
+        target, states = load_base(context), [State(None)]
+        target.model.eval()
+    else:
+        train = training_part(data.pool, checkpoint, spec.groundtruth.fraction, seed)
+        ref = reference_model(context, seed, train)
+        target = ref.lm
+        states = ([State(path, ref.lr) for path in ref.checkpoints] if checkpoint == "trajectory"
+                  else [State(None)])
+    modules = {} if tracked is None else tracked_modules(target.model, spec.model, tracked)
+    return Prepared(target, spec.model, modules, states)
 
 
 # --- losses ---------------------------------------------------------------------------------
@@ -157,7 +262,8 @@ LOSSES = {"train": train_losses, "measurement": measurement}
 def tracked_modules(model: torch.nn.Module, model_spec, which: str = DEFAULT_TRACKED
                     ) -> dict[str, torch.nn.Linear]:
     """The ``nn.Linear`` modules whose weights a method attributes through, by their names in
-    ``model.named_modules()``: ``"mlp"`` (inside each block's ``mlp``) or ``"linear"`` (anywhere in
+    ``model.named_modules()``: ``"mlp"`` (inside each block's ``mlp``), ``"attention"`` (inside its
+    ``self_attn``: q, k, v, o) or ``"linear"`` (anywhere in
     the blocks). Only blocks that fine-tuning trains (``model.trainable``) count."""
     if which not in TRACKED:
         raise ValueError(f"tracked must be one of {list(TRACKED)}, not {which!r}")
@@ -168,7 +274,7 @@ def tracked_modules(model: torch.nn.Module, model_spec, which: str = DEFAULT_TRA
     for name, module in model.named_modules():
         if not (isinstance(module, torch.nn.Linear) and name.startswith(prefix + ".")):
             continue
-        if which == "mlp" and ".mlp." not in name:
+        if which != "linear" and {"mlp": ".mlp.", "attention": ".self_attn."}[which] not in name:
             continue
         if id(module.weight) in trained:
             out[name] = module

@@ -94,14 +94,15 @@ def test_bank_manifest_states_the_device_and_refuses_another_precision(micro, tm
 
 def _cpu_results(spec, data, root: Path, context_device: dict) -> dict[str, np.ndarray]:
     """The micro bank (all weights trained; top:1 of 2 layers, frozen block cached) and graddot
-    and repsim scores, built in ``root`` with FitContext fields ``context_device``."""
+    (at the pool fine-tune, the only model it used at 4c7e86e) and repsim scores, built in
+    ``root`` with FitContext fields ``context_device``."""
     top = replace(spec, model=replace(spec.model, n_layers=2, trainable="top:1"))
     extra = {"device": device.resolve(**context_device)} if context_device else {}
     out = {"bank_losses": groundtruth.build_bank(spec, data, root / "bank", **extra).losses,
            "bank_top_losses": groundtruth.build_bank(top, data, root / "bank-top", **extra).losses}
-    for name in ("graddot", "repsim"):
+    for name, config in (("graddot", {"checkpoint": "pool"}), ("repsim", {})):
         cls = get_method(name)
-        adapter = cls(make_config(cls, {}))
+        adapter = cls(make_config(cls, config))
         context = FitContext(spec=spec, data=data, workdir=root / name, seed=0, **context_device)
         context.workdir.mkdir(parents=True)
         adapter.fit(data.pool, context)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tdabench import gradients, lm, runner
 from tdabench.method import FitContext, MissingDependency, make_config
 from tdabench.registry import get_method
+from tdabench.store import read_json
 
 KRONFLUENCE = ("kronfluence is not installed: pip install -c constraints.txt 'tdabench[influence]' && "
                "pip install --no-deps kronfluence==1.0.1")
@@ -126,9 +127,10 @@ def test_graddot_and_gradcos_equal_explicit_per_example_autograd_gradients(micro
     dot = (g_targets @ g_pool.T).numpy()
     cos = (F.normalize(g_targets, dim=1) @ F.normalize(g_pool, dim=1).T).numpy()
     assert np.abs(dot).max() > 0
-    np.testing.assert_allclose(fitted("graddot", {}, context).score(context.data.targets), dot,
+    pool = {"checkpoint": "pool"}  # the reference above
+    np.testing.assert_allclose(fitted("graddot", pool, context).score(context.data.targets), dot,
                                rtol=1e-4, atol=1e-5 * np.abs(dot).max())
-    np.testing.assert_allclose(fitted("gradcos", {}, context).score(context.data.targets), cos,
+    np.testing.assert_allclose(fitted("gradcos", pool, context).score(context.data.targets), cos,
                                rtol=1e-4, atol=1e-5)
 
 
@@ -195,6 +197,16 @@ def margin_sum(logits, labels, mask):
     return (logp - torch.log1p(-logp.exp())).sum()
 
 
+def out_to_loss(model, encoded):
+    """(N,) TRAK's Q of each pool example: mean over its response tokens of 1 - p(correct)."""
+    q = []
+    with torch.no_grad():
+        for ex in encoded:
+            logits, labels, mask = single(model, ex)
+            q.append(1 - logits.softmax(-1).gather(-1, labels[:, None])[:, 0][mask].double().mean())
+    return torch.stack(q)
+
+
 def test_trak_without_projection_equals_the_explicit_trak_formula(micro, tmp_path):
     needs("trak")
     context = context_for(micro, tmp_path, d_ff=8)
@@ -204,16 +216,12 @@ def test_trak_without_projection_equals_the_explicit_trak_formula(micro, tmp_pat
     damping = 0.05
     phi = explicit_gradients(model, params, pool, margin_sum) / P ** 0.5  # (N, P)
     phi_t = explicit_gradients(model, params, targets, margin_sum) / P ** 0.5
-    q = []
-    with torch.no_grad():
-        for ex in pool:
-            logits, labels, mask = single(model, ex)
-            q.append(1 - logits.softmax(-1).gather(-1, labels[:, None])[:, 0][mask].double().mean())
     lam = damping * phi.square().sum() / len(pool)
     expected = (phi_t @ torch.linalg.solve(phi.T @ phi + lam * torch.eye(P, dtype=phi.dtype), phi.T)
-                * torch.stack(q)).numpy()
+                * out_to_loss(model, pool)).numpy()
 
-    scores = fitted("trak", {"proj_dim": 0, "damping": damping}, context).score(context.data.targets)
+    config = {"proj_dim": 0, "damping": damping, "n_models": 1, "checkpoint": "pool"}
+    scores = fitted("trak", config, context).score(context.data.targets)
     scale = (scores * expected).sum() / (expected * expected).sum()  # traker rescales (X^T X)^-1
     assert scale > 0
     np.testing.assert_allclose(scores / scale, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
@@ -221,11 +229,85 @@ def test_trak_without_projection_equals_the_explicit_trak_formula(micro, tmp_pat
 
 def test_trak_with_a_projection_much_wider_than_the_gradients_agrees_with_no_projection(micro, tmp_path):
     context = context_for(micro, tmp_path, d_ff=8)  # 768 tracked weights
-    exact = fitted("trak", {"proj_dim": 0, "damping": 0.05}, context).score(context.data.targets)
-    wide = fitted("trak", {"proj_dim": 4096, "damping": 0.05}, context).score(context.data.targets)
-    narrow = fitted("trak", {"proj_dim": 16, "damping": 0.05}, context).score(context.data.targets)
+    one = {"damping": 0.05, "n_models": 1, "checkpoint": "pool"}
+    exact = fitted("trak", {"proj_dim": 0, **one}, context).score(context.data.targets)
+    wide = fitted("trak", {"proj_dim": 4096, **one}, context).score(context.data.targets)
+    narrow = fitted("trak", {"proj_dim": 16, **one}, context).score(context.data.targets)
     corr = [np.corrcoef(exact.ravel(), s.ravel())[0, 1] for s in (wide, narrow)]
     assert corr[0] > 0.995 and corr[0] > corr[1], corr
+
+
+def test_trak_ensemble_of_m_models_is_tracers_mean_score_times_mean_out_to_loss(micro, tmp_path):
+    """traker's finalize_scores over M model ids: (sum_i S_i / M) * (sum_i Q_i / M), S_i the
+    single-model score before its Q weighting. Model i of an ensemble is the single model of seed
+    context.seed + i (no projection here: traker draws each model id's projection apart)."""
+    needs("trak")
+    context = context_for(micro, tmp_path, d_ff=8)
+    config, targets = {"proj_dim": 0, "damping": 0.05, "checkpoint": "pool"}, context.data.targets
+    ensemble = fitted("trak", {**config, "n_models": 2}, context).score(targets)
+    singles, qs = [], []
+    for i in range(2):
+        single_context = replace(context, seed=i, workdir=tmp_path / f"model{i}")
+        singles.append(fitted("trak", {**config, "n_models": 1}, single_context).score(targets))
+        ref = gradients.reference_model(context, seed=i)
+        qs.append(out_to_loss(ref.lm.model, lm.encode(ref.lm.tokenizer, context.data.pool,
+                                                      context.spec.model)).numpy())
+    assert not np.allclose(singles[0], singles[1], rtol=1e-2) and not np.allclose(qs[0], qs[1])
+    expected = np.mean([s / q for s, q in zip(singles, qs)], axis=0) * np.mean(qs, axis=0)
+    np.testing.assert_allclose(ensemble, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
+    # closer to traker's definition than to the mean of the single models' Q-weighted scores
+    error = np.abs(ensemble - expected).max()
+    assert error < 0.1 * np.abs(ensemble - np.mean(singles, axis=0)).max(), error
+
+
+@pytest.mark.parametrize("config, words", [
+    ({"checkpoint": "trajectory"}, "checkpoint must be one of"), ({"n_models": 0}, "n_models must be"),
+    ({"checkpoint": "base", "n_models": 2}, "one base model")])
+def test_trak_refuses_configs_without_a_model_ensemble(config, words):
+    cls = get_method("trak")
+    with pytest.raises(ValueError, match=words):
+        cls(make_config(cls, {k: str(v) for k, v in config.items()}))
+
+
+# --- where the gradients are taken -----------------------------------------------------------
+
+def test_graddot_on_the_trajectory_is_tracin(micro, tmp_path):
+    context = context_for(micro, tmp_path)
+    tracin = fitted("tracin", {}, context).score(context.data.targets)
+    graddot = fitted("graddot", {"checkpoint": "trajectory"}, context).score(context.data.targets)
+    np.testing.assert_allclose(graddot, tracin, rtol=1e-6)
+    final = fitted("tracin", {"checkpoint": "pool"}, context).score(context.data.targets)
+    pool = fitted("graddot", {"checkpoint": "pool"}, context).score(context.data.targets)
+    np.testing.assert_allclose(final, pool, rtol=1e-6)
+    assert not np.allclose(final, tracin)
+
+
+def test_checkpoints_base_half_and_subset_are_the_models_they_name(micro, tmp_path):
+    context = context_for(micro, tmp_path)
+    spec, pool = context.spec, context.data.pool
+    base = lm.load_base_model(spec.model, context.data.warmup, pool).model
+    prepared = {c: gradients.prepare(context, "mlp", c) for c in ("base", "pool", "half", "subset")}
+    for (n, p), q in zip(base.named_parameters(), prepared["base"].lm.model.parameters()):
+        assert torch.equal(p, q), n
+    weights = {c: torch.cat([p.flatten() for p in v.lm.model.parameters()]) for c, v in prepared.items()}
+    assert all(not torch.equal(weights[a], weights[b]) for a in weights for b in weights if a < b)
+    half = gradients.training_part(pool, "half", spec.groundtruth.fraction, 0)
+    subset = gradients.training_part(pool, "subset", spec.groundtruth.fraction, 0)
+    assert len(half) == 30 and len(subset) == round(0.2 * 60) == 12
+    assert {ex.id for ex in subset} < {ex.id for ex in pool}
+    assert subset == gradients.training_part(pool, "subset", 0.2, 0)
+    assert subset != gradients.training_part(pool, "subset", 0.2, 1)
+    assert gradients.training_part(pool, "pool", 0.2, 0) is None
+    ref = gradients.reference_model(context, 0, subset)  # what prepare(..., "subset") loaded
+    assert read_json(ref.path / "reference.json")["n_pool"] == 12
+    assert torch.equal(torch.cat([p.flatten() for p in ref.lm.model.parameters()]), weights["subset"])
+
+
+@pytest.mark.parametrize("name", ["graddot", "ekfac", "logra", "repsim"])
+def test_an_unknown_checkpoint_names_the_choices(name):
+    cls = get_method(name)
+    with pytest.raises(ValueError, match=r"checkpoint must be one of \['base', 'pool'"):
+        cls(make_config(cls, {"checkpoint": "final"}))
 
 
 # --- ekfac ----------------------------------------------------------------------------------
@@ -291,7 +373,8 @@ def test_a_missing_library_names_the_extra_to_install(micro, tmp_path, monkeypat
 @pytest.mark.parametrize("name", METHODS)
 def test_bad_tracked_parameters_name_the_choices(name):
     cls = get_method(name)
-    with pytest.raises(ValueError, match=r"tracked must be one of \['mlp', 'linear'\], not 'embed'"):
+    with pytest.raises(ValueError,
+                       match=r"tracked must be one of \['mlp', 'linear', 'attention'\], not 'embed'"):
         cls(make_config(cls, {"tracked": "embed"}))
 
 

@@ -85,7 +85,8 @@ def adapter_run(name: str, context, config: dict):
 
 # --- trak -------------------------------------------------------------------------------------
 
-TRAK = {"proj_dim": 2048, "damping": 0.1, "batch_size": 200}  # the adapter's defaults
+# the adapter's settings, with one model on the whole pool, as the library side
+TRAK = {"proj_dim": 2048, "damping": 3.0, "batch_size": 200, "n_models": 1, "checkpoint": "pool"}
 
 
 def trak_library(model, tok, pool, targets, model_spec, save_dir):

@@ -1,0 +1,113 @@
+"""The one inner-product core of the gradient methods (graddot, gradcos, tracin, less).
+
+Each of them scores a target x against a pool example z as
+
+    score(x, z) = sum over states c of  w_c * <phi_c(target rep_c(x)), psi_c(train rep_c(z))>
+
+where a state c is one set of model weights (``Prepared.states``: the reference model, or the
+epochs of a trajectory, or LESS's warm-up checkpoints) with weight w_c (1, or the learning rate
+for TracIn-style sums). :class:`InnerProductMethod` owns that loop, the pool-side cache and the
+conversion to the protocol's (T, N) float64 with higher = more helpful; an adapter overrides only
+what differs, in the style of dattri's ``BaseInnerProductAttributor``:
+
+* :meth:`~InnerProductMethod.setup`: the model and its states (default:
+  :func:`tdabench.gradients.prepare` with the config's ``tracked`` and ``checkpoint``);
+* :meth:`~InnerProductMethod.load`: put a state's weights into the model;
+* :meth:`~InnerProductMethod.train_rep` / :meth:`~InnerProductMethod.target_rep`: (n, P)
+  representations, by default per-example gradients of the pool example's summed and the
+  target's mean response-token cross-entropy over the tracked weights;
+* :meth:`~InnerProductMethod.transform_train` / :meth:`~InnerProductMethod.transform_target`:
+  (n, P) -> (n, k), identity by default (unit norm, a projection, ...).
+
+The transformed pool representations are cached in ``fit``: in memory (on the model's device)
+for one state, on disk (one ``.npy`` per state in the work directory, read back to the model's
+device one at a time) for several. The model is on ``context.device``, put there by
+:func:`tdabench.gradients.prepare`; on the CPU every step is the code path of a CPU-only build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import gradients, lm
+from .method import FitContext
+from .spec import Example
+
+
+class InnerProductMethod:
+    """Base class of the inner-product gradient methods; ``config`` is a
+    :class:`tdabench.gradients.GradientConfig` (or subclass), its choices and ranges checked by
+    ``make_config`` from the field types."""
+
+    def __init__(self, config: gradients.GradientConfig) -> None:
+        self.config = config
+
+    # --- what an adapter overrides ------------------------------------------------------------
+
+    def setup(self, pool: list[Example], context: FitContext) -> gradients.Prepared:
+        """The model and the states at which representations are taken."""
+        return gradients.prepare(context, self.config.tracked, self.config.checkpoint)
+
+    def load(self, state: gradients.State) -> None:
+        """Put ``state``'s weights into the model."""
+        self.prepared.load(state)
+
+    def train_rep(self, state: gradients.State, examples: list[Example]) -> torch.Tensor:
+        """(n, P): gradients of each pool example's summed response-token cross-entropy."""
+        return self.gradients(examples, "train")
+
+    def target_rep(self, state: gradients.State, examples: list[Example]) -> torch.Tensor:
+        """(n, P): gradients of each target's mean response-token cross-entropy."""
+        return self.gradients(examples, "measurement")
+
+    def transform_train(self, state: gradients.State, rep: torch.Tensor) -> torch.Tensor:
+        return rep
+
+    def transform_target(self, state: gradients.State, rep: torch.Tensor) -> torch.Tensor:
+        return rep
+
+    # --- the shared structure -----------------------------------------------------------------
+
+    def gradients(self, examples: list[Example], loss: str) -> torch.Tensor:
+        """(n, P) per-example gradients of ``loss`` ("train" or "measurement") over the tracked
+        modules, at the weights now in the model."""
+        target = self.prepared.lm
+        encoded = lm.encode(target.tokenizer, examples, self.prepared.model_spec)
+        return gradients.per_example_gradients(target.model, self.prepared.modules, encoded,
+                                               target.tokenizer.pad_token_id, loss,
+                                               self.config.batch_size)
+
+    def fit(self, pool: list[Example], context: FitContext) -> None:
+        self.prepared = self.setup(pool, context)
+        self.n_pool = len(pool)
+        states = self.prepared.states
+        self.pool_features: list[torch.Tensor] = []  # per state (N, k), when held in memory
+        self.files: list[Path] = []  # per state, when kept on disk
+        if len(states) > 1:
+            context.workdir.mkdir(parents=True, exist_ok=True)
+        for c, state in enumerate(states):
+            self.load(state)
+            features = self.transform_train(state, self.train_rep(state, pool))
+            if len(states) == 1:
+                self.pool_features.append(features)
+            else:
+                self.files.append(context.workdir / f"pool-features-{c}.npy")
+                np.save(self.files[-1], features.cpu().numpy())
+
+    def _pool_features(self, c: int, device: torch.device) -> torch.Tensor:
+        """(N, k) state c's pool features on ``device`` (read back from disk when kept there)."""
+        if self.pool_features:
+            return self.pool_features[c]
+        return torch.from_numpy(np.load(self.files[c])).to(device)
+
+    def score(self, targets: list[Example]) -> np.ndarray:
+        device = lm.model_device(self.prepared.lm.model)
+        total = torch.zeros(len(targets), self.n_pool, dtype=torch.float64, device=device)
+        for c, state in enumerate(self.prepared.states):
+            self.load(state)
+            features = self.transform_target(state, self.target_rep(state, targets))
+            total += state.weight * (features @ self._pool_features(c, device).T).double()
+        return gradients.to_scores(total, "gradients", len(targets), self.n_pool)
