@@ -112,8 +112,10 @@ def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="the method's seed (default: 0)")
     p.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
                    help="set a method config field, e.g. --config similarity=cosine")
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="a trained checkpoint for methods that take one (same as --config checkpoint=PATH)")
+    p.add_argument("--checkpoint", default=None, metavar="VALUE",
+                   help="the method's `checkpoint` config field (same as --config checkpoint=VALUE): "
+                        "a trained model's directory or hub id for airrep; where gradients are taken "
+                        "(base, pool, half, subset, trajectory) for the gradient methods")
 
 
 def _add_correlation_arg(p: argparse.ArgumentParser) -> None:
