@@ -8,29 +8,12 @@ scipy) are imported only when a command runs, so ``--help`` is fast.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from pathlib import Path
-from types import ModuleType
 
 from . import registry
 from .errors import ConfigError, UserError
-
-
-def _lazy(name: str) -> ModuleType:
-    """``name``, imported on first attribute access (importlib's LazyLoader recipe)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.find_spec(name)
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-runner = _lazy("tdabench.runner")  # torch, scipy: loaded when a command runs, not for --help
 
 
 def _assignments(pairs: list[str]) -> dict[str, str]:
@@ -177,6 +160,8 @@ def _subset_slice(text: str) -> slice:
 
 
 def cmd_groundtruth(args: argparse.Namespace) -> None:
+    from . import runner  # torch and scipy load when a command runs, not for --help
+
     _validate(args)
     bank = runner.groundtruth(args.task, args.preset, _assignments(args.spec_overrides),
                               args.workers, args.bank, args.executor, args.address, args.subsets,
@@ -225,6 +210,8 @@ def cmd_merge_banks(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from . import runner  # torch and scipy load when a command runs, not for --help
+
     _validate(args, evaluates=True)
     record, path = runner.run(args.method, args.task, args.preset, args.seed, _method_config(args),
                               _assignments(args.spec_overrides), args.workers, args.results_dir,
@@ -242,6 +229,8 @@ def _method_config(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
+    from . import runner  # torch and scipy load when a command runs, not for --help
+
     _validate(args, evaluates=True)
     grid = {key: [v.strip() for v in values.split(",")] for key, values in _assignments(args.grid).items()}
     trials, path = runner.tune(args.method, args.task, grid, args.preset, args.seed, _method_config(args),
@@ -284,6 +273,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from . import runner  # torch and scipy load when a command runs, not for --help
+
     _validate(args, trains=True)
     path = runner.train(args.method, args.task, args.preset, args.seed, _method_config(args),
                         _assignments(args.spec_overrides), args.workers, args.executor, args.address,

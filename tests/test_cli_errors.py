@@ -346,3 +346,14 @@ def test_building_the_base_model_is_announced_once(micro, tmp_path, capsys):
             "cached after this once") in capsys.readouterr().err
     gt.build_bank(spec, data, tmp_path / "again")
     assert "building the base model" not in capsys.readouterr().err
+
+
+def test_a_worker_process_can_import_the_bank_builder_after_the_cli():
+    """A spawned ground-truth worker re-imports the ``tdabench`` script (the CLI) and then
+    unpickles its job, which imports the bank builder and torch. With the runner loaded lazily
+    that crashed every worker (torch's import inspects sys.modules, which woke the lazy runner
+    mid-import: a circular import); the CLI must leave nothing half-imported behind."""
+    code = "import tdabench.cli, tdabench.building; print('ok')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
