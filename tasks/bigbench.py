@@ -125,12 +125,14 @@ def load(spec: DataSpec) -> TaskData:
     return load_with_options("bigbench", spec, DEFAULT_OPTIONS, examples)
 
 
-TINY = presets.tiny("bigbench", DataSpec(n_pool=900, n_targets=100, seed=0, options=dict(DEFAULT_OPTIONS)))
+DATA = DataSpec(n_pool=900, n_targets=100, seed=0, options=dict(DEFAULT_OPTIONS))
+TINY = presets.tiny("bigbench", DATA)
+SMALL = presets.small("bigbench", DATA)
 
 TASK = Task(
     name="bigbench",
     description="BIG-bench 1.0.0 free-text tasks as an instruction mixture, 33 tasks (offline, CPU)",
-    presets={"tiny": TINY},
+    presets={"tiny": TINY, "small": SMALL},
     load=load,
     labels="BIG-bench task (33)",
 )

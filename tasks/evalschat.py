@@ -120,12 +120,14 @@ def load(spec: DataSpec) -> TaskData:
     return load_with_options("evalschat", spec, DEFAULT_OPTIONS, examples)
 
 
-TINY = presets.tiny("evalschat", DataSpec(n_pool=900, n_targets=100, seed=0, options=dict(DEFAULT_OPTIONS)))
+DATA = DataSpec(n_pool=900, n_targets=100, seed=0, options=dict(DEFAULT_OPTIONS))
+TINY = presets.tiny("evalschat", DATA)
+SMALL = presets.small("evalschat", DATA)
 
 TASK = Task(
     name="evalschat",
     description="single-turn chat prompts and ideal answers of the evals 3.0.1.post1 registry (offline, CPU)",
-    presets={"tiny": TINY},
+    presets={"tiny": TINY, "small": SMALL},
     load=load,
     labels="eval data folder (80)",
 )

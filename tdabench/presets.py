@@ -21,7 +21,7 @@ TINY_GROUNDTRUTH = GroundTruthSpec(n_subsets=100, fraction=0.1, n_seeds=2, seed=
 
 
 SMALL_MODEL = ModelSpec(init="gguf", name="SmolLM2-135M-Instruct-Q4_1", trainable="top:2",
-                        max_prompt_tokens=32, max_response_tokens=32, system_prompt="")
+                        max_prompt_tokens=64, max_response_tokens=64, system_prompt="")
 SMALL_RECIPE = FinetuneRecipe(lr=1e-4, batch_size=16, epochs=2, grad_clip=1.0)
 
 
