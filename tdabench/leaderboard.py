@@ -377,9 +377,11 @@ def table(selection: Selection) -> pd.DataFrame:
 
 def lds_matrix(df: pd.DataFrame) -> pd.DataFrame:
     """LDS as methods (row labels) x tasks (``task/preset``), rows by mean LDS over the tasks
-    each was run on, reference methods after the ranked ones."""
+    each was run on, reference methods after the ranked ones; a task's tiers side by side,
+    cheap first (:data:`tdabench.tiers.TIERS`)."""
     wide = df.assign(column=df["task"] + "/" + df["preset"]).pivot_table(
         index="label", columns="column", values="lds", aggfunc="first")
+    wide = wide[sorted(wide.columns, key=tiers.column_order)]
     reference = df.groupby("label")["reference"].any().reindex(wide.index)
     order = pd.DataFrame({"reference": reference, "mean": -wide.mean(axis=1)})
     return wide.loc[order.sort_values(["reference", "mean"], kind="stable").index]

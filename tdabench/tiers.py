@@ -37,6 +37,13 @@ MIN_METHODS = 3  # fewer methods give a tau of +-1 or 0 and nothing to learn fro
 GRADIENT_METHODS = ("graddot", "gradcos", "tracin", "less", "logra", "trak", "ekfac")
 
 
+def column_order(column: str) -> tuple[str, int, str]:
+    """Sort key of a ``task/preset`` column: by task, then the tiers in :data:`TIERS` order,
+    then other presets by name."""
+    task, _, preset = column.partition("/")
+    return task, TIERS.index(preset) if preset in TIERS else len(TIERS), preset
+
+
 @dataclass
 class RankAgreement:
     """Kendall's tau between the rankings of ``labels`` in the two tiers of ``task``.

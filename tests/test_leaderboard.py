@@ -477,6 +477,7 @@ def test_leaderboard_shows_both_tiers_and_their_rank_agreement(tmp_path):
     assert [r.split(" | ")[2] for r in rows] == ["4", "3", "2", "1"]
     assert [r.split(" | ")[4] for r in rows] == ["1 |", "2 |", "3 |", "4 |"]
     assert "only_small" not in block.split("## toy/", 1)[0]
+    assert list(leaderboard.lds_matrix(leaderboard.table(sel)).columns) == ["toy/tiny", "toy/small"]
     tex = leaderboard.render(leaderboard.table(sel), "latex", sel)
     assert "% tiny vs small: rank agreement" in tex
 
