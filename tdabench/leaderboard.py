@@ -363,13 +363,15 @@ def best_flags(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def table(selection: Selection) -> pd.DataFrame:
-    """One row per shown record, sorted by task, preset, ranked before reference rows, and LDS
-    (best first); ``best`` lists (``;``-separated) the columns in which the row is best within
-    its task."""
+    """One row per shown record, sorted by task, preset (tiers cheap first), ranked before
+    reference rows, and LDS (best first); ``best`` lists (``;``-separated) the columns in which
+    the row is best within its task."""
     rows = [row(r, selection.labels.get(r.path)) for r in selection.records]
     df = pd.DataFrame(rows, columns=COLUMNS[:-1])
     df = df.sort_values(["task", "preset", "reference", "lds", "label"],
-                        ascending=[True, True, True, False, True], kind="stable").reset_index(drop=True)
+                        ascending=[True, True, True, False, True], kind="stable",
+                        key=lambda col: col.map(tiers.tier_rank) if col.name == "preset" else col)
+    df = df.reset_index(drop=True)
     flags = best_flags(df)
     df["best"] = [";".join(c for c in BEST if flags.at[i, c]) for i in df.index]
     return df

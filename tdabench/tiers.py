@@ -37,11 +37,15 @@ MIN_METHODS = 3  # fewer methods give a tau of +-1 or 0 and nothing to learn fro
 GRADIENT_METHODS = ("graddot", "gradcos", "tracin", "less", "logra", "trak", "ekfac")
 
 
-def column_order(column: str) -> tuple[str, int, str]:
-    """Sort key of a ``task/preset`` column: by task, then the tiers in :data:`TIERS` order,
-    then other presets by name."""
+def tier_rank(preset: str) -> tuple[int, str]:
+    """Sort key of a preset: the tiers in :data:`TIERS` order, then other presets by name."""
+    return TIERS.index(preset) if preset in TIERS else len(TIERS), preset
+
+
+def column_order(column: str) -> tuple[str, tuple[int, str]]:
+    """Sort key of a ``task/preset`` column: by task, then :func:`tier_rank`."""
     task, _, preset = column.partition("/")
-    return task, TIERS.index(preset) if preset in TIERS else len(TIERS), preset
+    return task, tier_rank(preset)
 
 
 @dataclass
