@@ -29,6 +29,11 @@ Split (:func:`tdabench.data.balanced_split`, seeded by ``data.seed``): targets r
 tasks, then the pool round-robin over tasks, and the rest, cut to ``max_warmup`` [4000], warms
 up the from-scratch target LM, so the base model has seen the tasks' formats but never the pool
 or the targets.
+
+Presets: ``tiny`` (the from-scratch LM above) and ``small`` (SmolLM2-135M-Instruct, its top 2
+blocks fine-tuned; :mod:`tdabench.presets`), on the same pool and targets; the small tier uses
+no warm-up split. The selection's character limits were set for the tiny tier's 32-token cut;
+``small`` cuts at 64 SmolLM2 tokens (the fractions cut are in :mod:`tdabench.presets`).
 """
 
 from __future__ import annotations
@@ -125,12 +130,14 @@ def load(spec: DataSpec) -> TaskData:
     return load_with_options("bigbench", spec, DEFAULT_OPTIONS, examples)
 
 
-TINY = presets.tiny("bigbench", DataSpec(n_pool=900, n_targets=100, seed=0, options=dict(DEFAULT_OPTIONS)))
+DATA = DataSpec(n_pool=900, n_targets=100, seed=0, options=dict(DEFAULT_OPTIONS))
+TINY = presets.tiny("bigbench", DATA)
+SMALL = presets.small("bigbench", DATA)
 
 TASK = Task(
     name="bigbench",
     description="BIG-bench 1.0.0 free-text tasks as an instruction mixture, 33 tasks (offline, CPU)",
-    presets={"tiny": TINY},
+    presets={"tiny": TINY, "small": SMALL},
     load=load,
     labels="BIG-bench task (33)",
 )

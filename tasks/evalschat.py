@@ -28,6 +28,11 @@ Selection (settings in ``data.options``; defaults of the presets in brackets):
 Split (:func:`tdabench.data.balanced_split`, seeded by ``data.seed``): targets round-robin over
 sources, then the pool round-robin over sources, and the rest, cut to ``max_warmup`` [4000],
 warms up the from-scratch target LM, which so never sees the pool or the targets.
+
+Presets: ``tiny`` (the from-scratch LM above) and ``small`` (SmolLM2-135M-Instruct, its top 2
+blocks fine-tuned; :mod:`tdabench.presets`), on the same pool and targets; the small tier uses
+no warm-up split. The selection's character limits were set for the tiny tier's 32-token cut;
+``small`` cuts at 64 SmolLM2 tokens (the fractions cut are in :mod:`tdabench.presets`).
 """
 
 from __future__ import annotations
@@ -120,12 +125,14 @@ def load(spec: DataSpec) -> TaskData:
     return load_with_options("evalschat", spec, DEFAULT_OPTIONS, examples)
 
 
-TINY = presets.tiny("evalschat", DataSpec(n_pool=900, n_targets=100, seed=0, options=dict(DEFAULT_OPTIONS)))
+DATA = DataSpec(n_pool=900, n_targets=100, seed=0, options=dict(DEFAULT_OPTIONS))
+TINY = presets.tiny("evalschat", DATA)
+SMALL = presets.small("evalschat", DATA)
 
 TASK = Task(
     name="evalschat",
     description="single-turn chat prompts and ideal answers of the evals 3.0.1.post1 registry (offline, CPU)",
-    presets={"tiny": TINY},
+    presets={"tiny": TINY, "small": SMALL},
     load=load,
     labels="eval data folder (80)",
 )

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import tiers
 from .errors import ConfigError
 from .record import Record, RecordError
 from .record import load as load_record
@@ -362,13 +363,15 @@ def best_flags(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def table(selection: Selection) -> pd.DataFrame:
-    """One row per shown record, sorted by task, preset, ranked before reference rows, and LDS
-    (best first); ``best`` lists (``;``-separated) the columns in which the row is best within
-    its task."""
+    """One row per shown record, sorted by task, preset (tiers cheap first), ranked before
+    reference rows, and LDS (best first); ``best`` lists (``;``-separated) the columns in which
+    the row is best within its task."""
     rows = [row(r, selection.labels.get(r.path)) for r in selection.records]
     df = pd.DataFrame(rows, columns=COLUMNS[:-1])
     df = df.sort_values(["task", "preset", "reference", "lds", "label"],
-                        ascending=[True, True, True, False, True], kind="stable").reset_index(drop=True)
+                        ascending=[True, True, True, False, True], kind="stable",
+                        key=lambda col: col.map(tiers.tier_rank) if col.name == "preset" else col)
+    df = df.reset_index(drop=True)
     flags = best_flags(df)
     df["best"] = [";".join(c for c in BEST if flags.at[i, c]) for i in df.index]
     return df
@@ -376,9 +379,11 @@ def table(selection: Selection) -> pd.DataFrame:
 
 def lds_matrix(df: pd.DataFrame) -> pd.DataFrame:
     """LDS as methods (row labels) x tasks (``task/preset``), rows by mean LDS over the tasks
-    each was run on, reference methods after the ranked ones."""
+    each was run on, reference methods after the ranked ones; a task's tiers side by side,
+    cheap first (:data:`tdabench.tiers.TIERS`)."""
     wide = df.assign(column=df["task"] + "/" + df["preset"]).pivot_table(
         index="label", columns="column", values="lds", aggfunc="first")
+    wide = wide[sorted(wide.columns, key=tiers.column_order)]
     reference = df.groupby("label")["reference"].any().reindex(wide.index)
     order = pd.DataFrame({"reference": reference, "mean": -wide.mean(axis=1)})
     return wide.loc[order.sort_values(["reference", "mean"], kind="stable").index]
@@ -430,10 +435,12 @@ class _Shown:
     rows: list[list[str]]
     bold: list[list[bool]]
     footnotes: list[str]
+    speed: str | None = None  # the speed claim's line (tdabench.tiers.speed_claims)
 
 
 def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
     flags = best_flags(df)
+    speed = tiers.speed_claims(df)
     blocks = []
     for (task, preset), g in df.groupby(["task", "preset"], sort=False):
         # (header, column in df or None, formatter)
@@ -486,8 +493,45 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
             note += (f"; noise ceiling (highest LDS the ground truth allows) {first['noise_ceiling']:.3f} "
                      f"[{first['noise_ceiling_low']:.3f}, {first['noise_ceiling_high']:.3f}]")
         note += "; " + _provenance(g)
-        blocks.append(_Shown(f"{task}/{preset}", note, [c[0] for c in cols], rows, bold, footnotes))
+        claim = speed.get((task, preset))
+        blocks.append(_Shown(f"{task}/{preset}", note, [c[0] for c in cols], rows, bold, footnotes,
+                             claim.describe() if claim else None))
     return blocks
+
+
+def _agreement_table(agreements: list[tiers.RankAgreement]) -> _Shown:
+    """Kendall's tau between the tiers' rankings, one row per task."""
+    rows = [[a.task, str(len(a.labels)), f"{a.tau:+.2f}", f"[{a.ci95[0]:+.2f}, {a.ci95[1]:+.2f}]",
+             "shared, paired" if a.paired else "independent"] for a in agreements]
+    cheap, real = agreements[0].tiers
+    note = (f"Does the cheap tier predict the realistic one? Kendall's tau (tau-b) between the "
+            f"{cheap} and {real} rankings of the methods ranked in both, with a 95% bootstrap "
+            f"interval over targets ({agreements[0].n_boot} replicates; a replicate resamples "
+            "each tier's targets for all its methods at once and reranks).")
+    headers = ["task", "methods", "Kendall's tau", "95% CI", "targets"]
+    return _Shown(f"{cheap} vs {real}: rank agreement", note, headers, rows,
+                  [[False] * len(headers) for _ in rows], [])
+
+
+def _side_by_side(agreement: tiers.RankAgreement) -> _Shown:
+    """One task's methods with their LDS and rank in both tiers."""
+    df = tiers.side_by_side(agreement)
+    headers = ["method"]
+    for tier in agreement.tiers:
+        headers += [f"LDS {tier}", f"rank {tier}"]
+    rows = [[r["label"]] + [cell for tier in agreement.tiers
+                            for cell in (f"{r[f'lds_{tier}']:+.3f}", str(r[f"rank_{tier}"]))]
+            for _, r in df.iterrows()]
+    return _Shown(f"{agreement.task}: {' vs '.join(agreement.tiers)}", tiers.describe(agreement),
+                  headers, rows, [[False] * len(headers) for _ in rows], [])
+
+
+def _tier_blocks(selection: Selection | None) -> list[_Shown]:
+    """The rank-agreement table and each task's side-by-side table (none with one tier)."""
+    agreements = tiers.rank_agreements(selection) if selection else []
+    if not agreements:
+        return []
+    return [_agreement_table(agreements), *(_side_by_side(a) for a in agreements)]
 
 
 def _overview(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[bool]]]:
@@ -560,6 +604,7 @@ def render(df: pd.DataFrame, fmt: str = "markdown", selection: Selection | None 
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}; valid formats: {', '.join(FORMATS)}")
     blocks = _blocks(df, selection)
+    tier_blocks = _tier_blocks(selection)
     out: list[str] = []
     costs = ("Costs are wall-clock times and memory on the machine that wrote each record; "
              "storage is what the method holds in memory plus writes to disk. Best per column "
@@ -569,17 +614,23 @@ def render(df: pd.DataFrame, fmt: str = "markdown", selection: Selection | None 
     if fmt == "markdown":
         if len(blocks) > 1:
             out += ["## LDS by task (95% CI)", "", *_md_table(*_overview(df)), ""]
+        for b in tier_blocks:
+            out += [f"## {b.title}", "", b.note, "", *_md_table(b.headers, b.rows, b.bold), ""]
         for b in blocks:
             out += [f"## {b.title}", "", b.note, "", *_md_table(b.headers, b.rows, b.bold), ""]
             if b.footnotes:
                 out += ["Non-default configs: " + "; ".join(b.footnotes), ""]
+            if b.speed:
+                out += [f"Speed: {b.speed}.", ""]
         out.append(textwrap.fill(costs, 100))
     else:
         out.append("% tdabench leaderboard; needs \\usepackage{booktabs}. " + costs)
         if len(blocks) > 1:
             out += ["", "% LDS by task (95% CI)", *_tex_table(*_overview(df))]
-        for b in blocks:
+        for b in tier_blocks + blocks:
             out += ["", f"% {b.title}: {b.note}", *_tex_table(b.headers, b.rows, b.bold)]
             if b.footnotes:
                 out.append("% non-default configs: " + "; ".join(b.footnotes))
+            if b.speed:
+                out.append(f"% speed: {b.speed}")
     return "\n".join(out) + "\n"

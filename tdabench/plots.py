@@ -3,7 +3,10 @@
 * ``lds``: LDS per method with its 95% bootstrap interval;
 * ``pareto``: LDS against inference time per target (log scale) with the Pareto front (the
   methods no other method beats on both LDS and time) as a step line;
-* ``per_target_lds``: the distribution over targets of the per-target LDS, per method.
+* ``per_target_lds``: the distribution over targets of the per-target LDS, per method;
+* ``rank_agreement`` (only where some task has records in both tiers, ``tiny`` and ``small``):
+  Kendall's tau between the tiers' method rankings per task with its bootstrap interval, then
+  one panel per task of each method's LDS in the cheap tier against the realistic one.
 
 Each method keeps one colour in every figure (sorted method names onto a qualitative
 palette); configs of one method share its colour and are told apart by their row labels. The
@@ -22,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import leaderboard
+from . import leaderboard, tiers
 from .method import MissingDependency
 
 try:
@@ -215,8 +218,47 @@ def plot_pareto(df: pd.DataFrame, colors: dict[str, Any]) -> Figure:
     return fig
 
 
+def plot_rank_agreement(agreements: Sequence[tiers.RankAgreement], colors: dict[str, Any],
+                        methods: dict[str, str]) -> Figure:
+    """Top: Kendall's tau per task with its 95% bootstrap interval; below, one panel per task:
+    each method's LDS in the cheap tier (x) against the realistic tier (y), in its colour
+    (``methods``: row label -> method name), with the identity line dotted."""
+    fig = Figure(figsize=(WIDTH, 1.0 + 0.25 * len(agreements) + 2.4 * len(agreements)),
+                 layout="constrained")
+    FigureCanvasAgg(fig)
+    ratios = [0.4 + 0.25 * len(agreements)] + [2.2] * len(agreements)
+    axes = fig.subplots(len(agreements) + 1, 1, squeeze=False, gridspec_kw={"height_ratios": ratios})[:, 0]
+    top = axes[0]
+    ys = np.arange(len(agreements))[::-1]
+    for y, a in zip(ys, agreements):
+        lo, hi = a.ci95
+        top.errorbar(a.tau, y, xerr=[[a.tau - lo], [hi - a.tau]], fmt="o", ms=3.5, color="black",
+                     capsize=1.8, elinewidth=0.9)
+    top.set_yticks(ys, [a.task for a in agreements])
+    top.set_xlim(-1.05, 1.05)
+    top.set_ylim(-0.6, len(agreements) - 0.4)
+    top.axvline(0, color="0.55", lw=0.6, ls=":", zorder=0)
+    top.set_xlabel(f"Kendall's tau, {agreements[0].tiers[0]} vs {agreements[0].tiers[1]} ranking (95% CI)")
+    top.grid(axis="x", lw=0.3, alpha=0.5)
+    for ax, a in zip(axes[1:], agreements):
+        x, y = a.lds
+        for label, xi, yi in zip(a.labels, x, y):
+            ax.plot(xi, yi, "o", ms=3.5, color=colors[methods[label]])
+            ax.annotate(label, (xi, yi), xytext=(2, 2), textcoords="offset points", fontsize=5)
+        lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+        pad = 0.05 * (hi - lo or 1)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ":", color="0.55", lw=0.6, zorder=0)
+        ax.set_title(f"{a.task}: tau {a.tau:+.2f} [{a.ci95[0]:+.2f}, {a.ci95[1]:+.2f}]",
+                     loc="left", fontweight="bold")
+        ax.set_xlabel(f"LDS, {a.tiers[0]}")
+        ax.set_ylabel(f"LDS, {a.tiers[1]}")
+        ax.grid(lw=0.3, alpha=0.5)
+    return fig
+
+
 def plot_all(selection: leaderboard.Selection, out_dir: Path | str) -> list[Path]:
-    """Draw the three figures for the records in ``selection``; returns the files written."""
+    """Draw the figures for the records in ``selection`` (``rank_agreement`` only where some
+    task has records in both tiers); returns the files written."""
     df = leaderboard.table(selection)
     per_target = {str(r.path): r.record.per_target_lds for r in selection.records}
     colors = method_colors(df["method"])
@@ -226,6 +268,10 @@ def plot_all(selection: leaderboard.Selection, out_dir: Path | str) -> list[Path
     with matplotlib.rc_context(STYLE):
         figures = {"lds": plot_lds(df, colors), "pareto": plot_pareto(df, colors),
                    "per_target_lds": plot_per_target(df, per_target, colors)}
+        agreements = tiers.rank_agreements(selection)
+        if agreements:
+            methods = dict(zip(df["label"], df["method"]))
+            figures["rank_agreement"] = plot_rank_agreement(agreements, colors, methods)
         for name, fig in figures.items():
             for fmt in FORMATS:
                 path = out_dir / f"{name}.{fmt}"

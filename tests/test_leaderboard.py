@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tdabench import cli, leaderboard, record
+from tdabench import cli, leaderboard, record, tiers
 from tdabench.protocol import PROTOCOL_VERSION, protocol_hash
 
 SPEC_A = "aaaaaaaaaaaaaaaa"
@@ -30,13 +30,17 @@ def make_record(root: Path, *, task: str = "toy", preset: str = "tiny", spec: st
                 fit: float = 1.0, per_target: float = 1e-3, rss: int = 500 * 2**20,
                 storage: int = 1000, train: float | None = None, train_cached: bool = False,
                 info: type | None = None, reference: bool = False, host: str = "hostA",
-                commit: str | None = "0123456789abcdef", name: str | None = None) -> Path:
+                commit: str | None = "0123456789abcdef", name: str | None = None,
+                per_target_lds: list[float] | None = None, data: dict | None = None) -> Path:
     """Write a small but complete synthetic schema-3 record; returns its path. ``info``: a
-    method class whose Config the record stores as its defaults (None: no method info)."""
+    method class whose Config the record stores as its defaults (None: no method info);
+    ``per_target_lds``: the per-target LDS (default: 20 values around ``lds``); ``data``: the
+    spec's data section (default: none)."""
     config = {"x": 1} if config is None else config
     config_hash = config_hash or f"{zlib.crc32(json.dumps(config, sort_keys=True).encode()):08x}"
     rng = np.random.default_rng(zlib.crc32(f"{method} {config_hash} {seed} {spec}".encode()))
-    per_target_lds = (lds + 0.2 * rng.standard_normal(20)).tolist()
+    if per_target_lds is None:
+        per_target_lds = (lds + 0.2 * rng.standard_normal(20)).tolist()
     phase = {"wall_s": fit, "cpu_s": fit, "peak_rss_bytes": rss, "peak_rss_delta_bytes": rss // 2,
              "cuda_peak_bytes": None}
     cost = {"fit": phase, "score": {**phase, "wall_s": per_target * 20, "peak_rss_bytes": rss // 2},
@@ -48,7 +52,8 @@ def make_record(root: Path, *, task: str = "toy", preset: str = "tiny", spec: st
         method_info = {"reference": True, "config_fields": [], "config_defaults": {}}
     lo, hi = ci or (lds - 0.05, lds + 0.05)
     rec = {
-        "schema": 3, "task": task, "preset": preset, "spec_hash": spec, "spec": {"task": task},
+        "schema": 3, "task": task, "preset": preset, "spec_hash": spec,
+        "spec": {"task": task, **({"data": data} if data is not None else {})},
         "bank": {"path": "/bank", "n_subsets": 12, "n_test_subsets": 10, "n_seeds": 1, "fraction": 0.1,
                  "source": "finetune", "subset_sizes": [8], "n_pool": 80, "n_targets": 20},
         "method": method, "config": config, "config_hash": config_hash, "seed": seed,
@@ -400,3 +405,119 @@ def test_committed_leaderboard_and_readme_table_match_the_records():
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert _overview_lines(fresh) == _overview_lines(readme[readme.index("## Results"):]), (
         "the README's results table differs from results/LEADERBOARD.md's first table")
+
+
+# ----------------------------------------------------------------------------- tiers, speed
+
+def _tier_lds(means, n_targets: int, seed: int, noise: float = 0.05) -> np.ndarray:
+    """(K, T) per-target LDS: ``means`` plus Gaussian noise."""
+    rng = np.random.default_rng(seed)
+    return np.asarray(means)[:, None] + noise * rng.standard_normal((len(means), n_targets))
+
+
+def test_kendall_bootstrap_identical_and_reversed_rankings():
+    means = [0.1, 0.2, 0.3, 0.4, 0.5]
+    a = _tier_lds(means, 100, seed=1)
+    tau, (lo, hi) = tiers.kendall_bootstrap(a, _tier_lds(means, 80, seed=2))
+    assert (tau, lo, hi) == pytest.approx((1, 1, 1))  # 0.1 apart, 0.005 standard error: never swapped
+    tau, (lo, hi) = tiers.kendall_bootstrap(a, _tier_lds(means[::-1], 80, seed=2))
+    assert (tau, hi) == pytest.approx((-1, -1))
+    # one swap among four methods: (5 concordant - 1 discordant) / 6 pairs
+    tau, _ = tiers.kendall_bootstrap(a[:4], _tier_lds([0.1, 0.2, 0.4, 0.3], 80, seed=3))
+    assert tau == pytest.approx(4 / 6)
+
+
+def test_kendall_bootstrap_interval_widens_with_close_methods_and_pairs_shared_targets():
+    close = [0.30, 0.31, 0.32, 0.33]
+    _, (lo, hi) = tiers.kendall_bootstrap(_tier_lds(close, 50, seed=4, noise=0.2),
+                                          _tier_lds(close, 50, seed=5, noise=0.2))
+    assert lo <= 0 and hi - lo >= 1.0  # methods 0.01 apart with 0.03 standard errors: the ranking is noise
+    # on shared targets a method's luck per target is the same in both tiers: resampled jointly
+    # the two rankings move together; resampled independently they do not
+    luck = np.random.default_rng(6).normal(0, 0.5, (4, 60))
+    means = np.array([0.1, 0.15, 0.2, 0.25])[:, None]
+    a, b = (means + luck + _tier_lds([0, 0, 0, 0], 60, seed=s, noise=0.02) for s in (7, 8))
+    tau, paired = tiers.kendall_bootstrap(a, b, paired=True)
+    _, independent = tiers.kendall_bootstrap(a, b, paired=False)
+    assert tau == pytest.approx(1) and paired[0] >= 0.6
+    assert independent[0] <= 0
+    with pytest.raises(ValueError, match="same targets"):
+        tiers.kendall_bootstrap(a, b[:, :50], paired=True)
+
+
+def _two_tiers(root: Path, small_means: list[float], data: dict | None = None) -> None:
+    methods = ["m1", "m2", "m3", "m4"]
+    tiny_means = [0.1, 0.2, 0.3, 0.4]
+    for preset, means, seed in (("tiny", tiny_means, 10), ("small", small_means, 20)):
+        spec = SPEC_A if preset == "tiny" else SPEC_B
+        for k, (method, mean) in enumerate(zip(methods, means)):
+            per = _tier_lds([mean], 40, seed=seed + k)[0]
+            make_record(root, preset=preset, spec=spec, method=method, lds=float(per.mean()),
+                        per_target_lds=per.tolist(), data=data)
+    # a method in one tier only and a reference row: neither is ranked across tiers
+    make_record(root, preset="small", spec=SPEC_B, method="only_small", lds=0.9)
+    make_record(root, preset="tiny", spec=SPEC_A, method="datamodel", lds=0.0, reference=True)
+    make_record(root, preset="small", spec=SPEC_B, method="datamodel", lds=0.9, reference=True)
+
+
+def test_leaderboard_shows_both_tiers_and_their_rank_agreement(tmp_path):
+    _two_tiers(tmp_path / "same", [0.15, 0.25, 0.35, 0.45])
+    _two_tiers(tmp_path / "rev", [0.45, 0.35, 0.25, 0.15], data={"n_pool": 80})
+    (same,) = tiers.rank_agreements(leaderboard.load([tmp_path / "same"]))
+    assert same.labels == ["m1", "m2", "m3", "m4"] and same.tau == pytest.approx(1) and not same.paired
+    sel = leaderboard.load([tmp_path / "rev"])
+    (rev,) = tiers.rank_agreements(sel)
+    assert rev.tau == pytest.approx(-1) and rev.paired  # equal data specs and target counts: paired
+    text = leaderboard.render(leaderboard.table(sel), "markdown", sel)
+    assert "## tiny vs small: rank agreement" in text
+    assert "| toy | 4 | -1.00 | [-1.00, -1.00] | shared, paired |" in text
+    block = text[text.index("## toy: tiny vs small"):]
+    rows = block.splitlines()[6:10]  # best on small first: m1, last on tiny
+    assert [r.split(" | ")[0] for r in rows] == ["| m1", "| m2", "| m3", "| m4"]
+    assert [r.split(" | ")[2] for r in rows] == ["4", "3", "2", "1"]
+    assert [r.split(" | ")[4] for r in rows] == ["1 |", "2 |", "3 |", "4 |"]
+    assert "only_small" not in block.split("## toy/", 1)[0]
+    assert list(leaderboard.lds_matrix(leaderboard.table(sel)).columns) == ["toy/tiny", "toy/small"]
+    tex = leaderboard.render(leaderboard.table(sel), "latex", sel)
+    assert "% tiny vs small: rank agreement" in tex
+
+
+def test_no_rank_agreement_with_one_tier_or_too_few_methods(tmp_path):
+    for i, method in enumerate(["m1", "m2", "m3"]):
+        make_record(tmp_path, method=method, lds=0.1 * i)
+    for i, method in enumerate(["m1", "m2"]):
+        make_record(tmp_path, preset="small", spec=SPEC_B, method=method, lds=0.1 * i)
+    sel = leaderboard.load([tmp_path])
+    assert tiers.rank_agreements(sel) == []  # two shared methods: nothing to rank
+    assert "rank agreement" not in leaderboard.render(leaderboard.table(sel), "markdown", sel)
+
+
+def test_speed_claim_compares_with_the_fastest_gradient_method(tmp_path):
+    times = {"airrep": 30.6e-3, "logra": 4.71e-3, "graddot": 11.5e-3, "bm25": 0.05e-3}
+    for method, t in times.items():
+        make_record(tmp_path, method=method, per_target=t)
+    make_record(tmp_path, preset="small", spec=SPEC_B, method="airrep", per_target=2e-3)
+    make_record(tmp_path, preset="small", spec=SPEC_B, method="ekfac", per_target=0.5)
+    make_record(tmp_path, task="nogradient", method="airrep", per_target=1e-3)
+    make_record(tmp_path, task="nogradient", method="bm25", per_target=1e-5)
+    sel = leaderboard.load([tmp_path])
+    df = leaderboard.table(sel)
+    claims = tiers.speed_claims(df)
+    assert set(claims) == {("toy", "tiny"), ("toy", "small")}  # bm25 is no gradient method
+    tiny, small = claims[("toy", "tiny")], claims[("toy", "small")]
+    assert tiny.baseline == "logra" and tiny.speedup == pytest.approx(4.71 / 30.6)
+    assert small.baseline == "ekfac" and small.speedup == pytest.approx(250)
+    text = leaderboard.render(df, "markdown", sel)
+    assert ("Speed: inference per target: airrep 30.6 ms, fastest gradient method logra 4.71 ms: "
+            "airrep is 6.5x slower (ratio 0.154).") in text
+    assert "airrep is 250x faster (ratio 250)" in text
+
+
+def test_rank_agreement_figure_is_drawn_with_both_tiers(tmp_path, capsys):
+    _two_tiers(tmp_path / "res", [0.15, 0.25, 0.45, 0.35])
+    assert cli.main(["plot", "--results", str(tmp_path / "res"), "--out", str(tmp_path / "figs")]) == 0
+    printed = [Path(p) for p in capsys.readouterr().out.split()]
+    figure = tmp_path / "figs" / "rank_agreement.png"
+    assert figure in printed and (tmp_path / "figs" / "rank_agreement.pdf") in printed
+    width, height = _png_size(figure)
+    assert width == round(3.3 * 200) and height > 600

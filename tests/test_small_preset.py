@@ -7,10 +7,27 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from tdabench import lm
+from tdabench import checks, lm, presets
 from tdabench.groundtruth import build_bank
-from tdabench.spec import DataSpec, GroundTruthSpec
+from tdabench.registry import get_task
+from tdabench.spec import DataSpec, GroundTruthSpec, spec_hash
 from tdabench.tasks import chatterbot
+
+OFFLINE_TASKS = ("chatterbot", "bigbench", "evalschat")
+
+
+@pytest.mark.parametrize("name", OFFLINE_TASKS)
+def test_every_offline_task_has_a_small_tier_on_the_tiny_tiers_data(name):
+    task = get_task(name)
+    tiny, small = task.spec("tiny"), task.spec("small")
+    assert small.preset == "small" and small.model == presets.SMALL_MODEL
+    assert (small.model.init, small.model.trainable) == ("gguf", "top:2")
+    # the cut measured on these tasks' pools and targets (README, presets): 64 tokens each
+    assert (small.model.max_prompt_tokens, small.model.max_response_tokens) == (64, 64)
+    assert (small.groundtruth.n_subsets, small.groundtruth.n_seeds) == (100, 2)  # the protocol
+    # same pool and targets as tiny: the tiers' rankings are compared on the same targets
+    assert small.data == tiny.data and spec_hash(small) != spec_hash(tiny)
+    assert checks.validate(name, "small", evaluates=True).warnings == []
 
 
 def test_a_system_prompt_replaces_the_templates_default(micro):
