@@ -88,12 +88,7 @@ def fetch_package_archive(package: str, version: str, filename: str, sha256: str
                     f"index: {proc.stderr.strip()[-500:] or 'file not in the download'}. "
                     f"Check the network, or place the file at {target} by hand.")
             got.replace(target)
-    actual = sha256_file(target)
-    if actual != sha256:
-        raise DataError(
-            f"{target} has sha256 {actual}, expected {sha256} for {package}=={version}. "
-            f"Delete the file to download it again.")
-    return target
+    return _verified(target, sha256, f"{package}=={version}")
 
 
 def pip_setting(name: str) -> str | None:
@@ -208,12 +203,7 @@ def fetch_index_file(package: str, filename: str, sha256: str) -> Path:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    actual = sha256_file(target)
-    if actual != sha256:
-        raise DataError(
-            f"{target} has sha256 {actual}, expected {sha256} for {package} ({filename}). "
-            f"Delete the file to download it again.")
-    return target
+    return _verified(target, sha256, f"{package} ({filename})")
 
 
 def cached_examples(name: str, key: dict, build: Callable[[], list[Example]]) -> list[Example]:
@@ -317,3 +307,12 @@ def load_with_options(task: str, spec: Any, defaults: dict[str, Any],
     spec's), ``examples(options)``, then :func:`balanced_split` with ``options["max_warmup"]``."""
     options = task_options(task, spec.options, defaults)
     return balanced_split(examples(options), spec.n_pool, spec.n_targets, spec.seed, options["max_warmup"])
+
+
+def _verified(target: Path, sha256: str, what: str) -> Path:
+    """``target`` if its sha256 is ``sha256``; else a DataError naming it and the fix."""
+    actual = sha256_file(target)
+    if actual != sha256:
+        raise DataError(f"{target} has sha256 {actual}, expected {sha256} for {what}. "
+                        "Delete the file to download it again.")
+    return target
