@@ -7,7 +7,9 @@ Terms absent from the pool are ignored, so a target sharing no term with an exam
 
 Config: ``field`` is which text of an example is indexed and which text of the target is the
 query: ``"prompt"``, ``"response"`` or ``"both"`` (the protocol's ``example_text``,
-``"Question: <prompt>\\nAnswer: <response>"``); ``ngram_min``/``ngram_max`` (sklearn's
+``"Question: <prompt>\\nAnswer: <response>"``); ``text``: ``"model"`` (default) reads prompt
+and response as the target LM sees them, cut to the preset's token limits, ``"full"`` whole;
+``ngram_min``/``ngram_max`` (sklearn's
 ``ngram_range``), ``sublinear_tf`` and ``min_df`` (an int is a document count, a float a
 fraction) keep sklearn's defaults.
 """
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tdabench.method import FitContext, check_field, field_texts, require
+from tdabench.method import FitContext, check_field, check_text, field_texts, require, text_view
 from tdabench.spec import Example
 
 
@@ -26,6 +28,7 @@ class TfIdf:
     @dataclass
     class Config:
         field: str = "both"  # "prompt", "response" or "both"
+        text: str = "model"  # "model": as the target LM sees it (after the preset's truncation); "full"
         ngram_min: int = 1
         ngram_max: int = 1
         sublinear_tf: bool = False
@@ -33,6 +36,7 @@ class TfIdf:
 
     def __init__(self, config: Config) -> None:
         check_field(config.field)
+        check_text(config.text)
         if not 1 <= config.ngram_min <= config.ngram_max:
             raise ValueError(f"need 1 <= ngram_min <= ngram_max, not {config.ngram_min}, {config.ngram_max}")
         self.config = config
@@ -40,10 +44,13 @@ class TfIdf:
     def fit(self, pool: list[Example], context: FitContext) -> None:
         text = require("sklearn.feature_extraction.text", "lexical", "tfidf")
         c = self.config
+        self.view = text_view(c.text, context)
         self.vectorizer = text.TfidfVectorizer(ngram_range=(c.ngram_min, c.ngram_max),
                                                sublinear_tf=c.sublinear_tf, min_df=c.min_df)
-        self.pool_vectors = self.vectorizer.fit_transform(field_texts(pool, c.field))  # (N, V) sparse
+        # (N, V) sparse
+        self.pool_vectors = self.vectorizer.fit_transform(field_texts(self.view(pool), c.field))
 
     def score(self, targets: list[Example]) -> np.ndarray:
-        queries = self.vectorizer.transform(field_texts(targets, self.config.field))  # (T, V), L2 rows
+        # (T, V), L2-normalised rows
+        queries = self.vectorizer.transform(field_texts(self.view(targets), self.config.field))
         return (queries @ self.pool_vectors.T).toarray().astype(np.float64)  # (T, N)
