@@ -6,18 +6,36 @@ Linear(d, d) projector; no normalisation. s(x, z) = dot product of the two repre
 g(x, S) = sum_{z in S} softmax_{z in S}(|s(x, z)|) * s(x, z). Text: "Question: <prompt>\\nAnswer:
 <response>", prompt capped at 256 words, at most 512 tokens.
 
-Training (``train``, timed apart from ``fit``): the harness builds a training bank for the task
-(``tdabench.groundtruth.build_training_bank``: splits of pool examples as dev targets, subsets
-of the rest, a seed stream of its own; never the evaluation targets or subsets). Labels: per dev
-example, the z-score over its split's subsets of minus the loss, clipped to [-10, 10]. Loss:
-weighted RankNet over subset pairs, w * softplus(-(g_a - g_b)) for y_a > y_b, w = min(y_a - y_b,
-10), mean over pairs. AdamW, linear warm-up then constant lr, gradient clipping, dropout off.
-Memory stays bounded by a two-pass step: encode everything without gradients, take the loss's
-gradient with respect to the embeddings, then re-encode in batches and back-propagate those
-gradients (as GradCache does). The last split is held out: its LDS is the training curve's.
-A checkpoint is saved after every epoch (training resumes from it) and at the end in the
-released AirRep format (``config.json`` of a BERT config with ``model_type="airrep"``,
-``model.safetensors`` with ``bert.*`` and ``projector.*``), with ``curve.json`` beside it.
+Text: by default (``text="model"``) prompt and response as the target LM sees them, cut to the
+preset's token limits (``tdabench.method.text_view``); ``text="full"`` reads them whole.
+
+Training (``train``, timed apart from ``fit``), as the authors' ``airrep/airrep_trainer.py``
+(github.com/sunnweiwei/AirRep), scaled: a training bank of ``n_splits`` splits, each with
+``n_dev`` dev targets drawn from the pool and ``subsets_per_split`` subsets of ``fraction`` of the
+rest, fine-tuned once each on a seed stream of its own (never an evaluation target, subset or
+seed; :func:`build_training_bank`; the paper: 100 x 100). Labels: per dev example, the z-score
+over its split's subsets of minus the loss, clipped to [-10, 10]. Loss: weighted RankNet over
+subset pairs, w * softplus(-(g_a - g_b)) for y_a > y_b, w = min(y_a - y_b, 10), mean over pairs,
+with g the configured pooling. A step takes one split (each once per epoch, in a random order)
+and samples ``dev_per_step`` dev examples and ``subsets_per_step`` subsets, the least often drawn
+first (the authors' sampler). Projector: random start (BERT's N(0, 0.02), the authors') or
+identity. AdamW (1e-4 encoder, ``projector_lr`` the projector), linear warm-up over
+``warmup_steps`` then constant, gradient clipping 1.0, dropout off, ``steps`` steps (the paper:
+about 5,000). ``train_encoder``: ``"none"`` (projector only), ``"top:K"`` (the top K layers and the
+projector; the frozen lower layers run once per text and their output is cached, so a step runs
+only what trains) or ``"all"`` (the paper). Memory stays bounded by a two-pass step: encode
+everything without gradients, take the loss's gradient with respect to the embeddings, then
+re-encode in batches and back-propagate those gradients (as GradCache does). The last split is
+held out: its LDS is the training curve's. Departures: the training bank's scale and the step
+count (CPU), the base encoder (all-MiniLM-L6-v2 offline; the paper: gte-small), the dev and
+subset members' exact gradient in one two-pass step (the authors accumulate it subset by
+subset), a step's split drawn per epoch without the authors' DataLoader, and ``pooling="sum"``
+also training the sum (the authors train attention pooling only).
+A resumable state is saved every :data:`SAVE_EVERY` steps, the result in the released AirRep
+format (``config.json`` of a BERT config with ``model_type="airrep"``, ``model.safetensors``
+with ``bert.*`` and ``projector.*``), with ``curve.json`` and ``cost.json`` (bank size, regime,
+steps, seconds, as measured when trained) beside it. A trained checkpoint loaded from the cache
+exposes that original cost as ``train_cost = {"cached": True, "original": {...}}``.
 
 ``checkpoint`` takes such a directory or a hub id (e.g. ``sunweiwei/AirRep-Flan-Small``);
 empty, the task's own trained checkpoint is used, trained first when there is none.

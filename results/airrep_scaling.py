@@ -73,7 +73,46 @@ def baselines() -> dict:
     return out
 
 
+def plot() -> None:
+    """The tuning LDS against the training bank's size, one line per regime and variant, the
+    untrained encoder and the text baselines as horizontal lines."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    results = json.loads(OUT.read_text())
+    series: dict[str, list] = {}
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for p in results["points"]:
+        if p["point"] == "untrained":
+            ax.axhline(p["tuning"]["tuning_lds"], color="grey", ls=":", label="untrained encoder")
+            continue
+        regime, _, rest = p["point"].partition("@")
+        splits, _, variant = rest.partition("+")
+        series.setdefault(f"{regime} {variant}".strip(), []).append(
+            (int(splits) * 100, p["tuning"]["tuning_lds"], p["tuning"]["ci_low"], p["tuning"]["ci_high"]))
+    for name, pts in sorted(series.items()):
+        x, y, lo, hi = map(list, zip(*sorted(pts)))
+        ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]],
+                    marker="o", capsize=3, label=f"airrep {name}")
+    for (method, texts), style in zip(results.get("baselines", {}).items(), ("--", "-.", (0, (1, 1)))):
+        ax.axhline(texts["model"]["tuning_lds"], color="black", ls=style, lw=0.8,
+                   label=f"{method} (text=model)")
+    ax.set_xscale("log")
+    ax.set_xlabel("training bank size (fine-tunes; 100 per split, the last split held out)")
+    ax.set_ylabel("LDS, tuning subsets (20 x 2 seeds)")
+    ax.set_title("AirRep on chatterbot/tiny: what training buys")
+    ax.legend(fontsize=7, loc="best")
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(FIGURE, dpi=120)
+
+
 def main(points: list[str]) -> None:
+    if points == ["--plot"]:
+        plot()
+        return
     results = json.loads(OUT.read_text()) if OUT.exists() else {"points": []}
     results.setdefault("commands", []).append("OMP_NUM_THREADS=1 python results/airrep_scaling.py "
                                               + " ".join(points))
