@@ -109,21 +109,29 @@ def plot() -> None:
     fig.savefig(FIGURE, dpi=120)
 
 
+def save(key: str, value) -> None:
+    """Read, update and write the JSON (other runs of this script may have added points)."""
+    results = json.loads(OUT.read_text()) if OUT.exists() else {"points": []}
+    if key == "points":
+        results["points"] = [p for p in results["points"] if p["point"] != value["point"]] + [value]
+    elif key == "commands":
+        results.setdefault("commands", []).append(value)
+    else:
+        results[key] = value
+    OUT.write_text(json.dumps(results, indent=1) + "\n")
+
+
 def main(points: list[str]) -> None:
     if points == ["--plot"]:
         plot()
         return
-    results = json.loads(OUT.read_text()) if OUT.exists() else {"points": []}
-    results.setdefault("commands", []).append("OMP_NUM_THREADS=1 python results/airrep_scaling.py "
-                                              + " ".join(points))
+    save("commands", "OMP_NUM_THREADS=1 python results/airrep_scaling.py " + " ".join(points))
     for point in points:
         if point == "baselines":
-            results["baselines"] = baselines()
-            OUT.write_text(json.dumps(results, indent=1) + "\n")
+            save("baselines", baselines())
             continue
         entry = run_point(point)
-        results["points"] = [p for p in results["points"] if p["point"] != point] + [entry]
-        OUT.write_text(json.dumps(results, indent=1) + "\n")
+        save("points", entry)
         print(f"{point}: tuning LDS {entry['tuning']['tuning_lds']:.4f}", flush=True)
 
 
