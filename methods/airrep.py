@@ -249,7 +249,7 @@ class AirRep:
         subsets_per_split: int = 100
         fraction: float = 0.1
         steps: int = 1000
-        train_encoder: str = "top:2"  # "none" (projector only), "top:K" (top K layers) or "all"
+        train_encoder: str = "all"  # "none" (projector only), "top:K" (top K layers) or "all" (the paper)
         projector_init: str = "random"  # "random" (the authors') or "identity"
         lr: float = 1e-4  # the encoder's AdamW rate
         projector_lr: float = 1e-4
