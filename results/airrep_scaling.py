@@ -81,7 +81,7 @@ def plot() -> None:
 
     results = json.loads(OUT.read_text())
     series: dict[str, list] = {}
-    fig = Figure(figsize=(7, 4.5))
+    fig = Figure(figsize=(9.5, 4.8))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for p in results["points"]:
@@ -92,18 +92,23 @@ def plot() -> None:
         splits, _, variant = rest.partition("+")
         series.setdefault(f"{regime} {variant}".strip(), []).append(
             (int(splits) * 100, p["tuning"]["tuning_lds"], p["tuning"]["ci_low"], p["tuning"]["ci_high"]))
-    for name, pts in sorted(series.items()):
+    for i, (name, pts) in enumerate(sorted(series.items())):
         x, y, lo, hi = map(list, zip(*sorted(pts)))
+        x = [v * 1.025 ** (i - 3) for v in x]  # a small offset per line so that the bars stay apart
         ax.errorbar(x, y, yerr=[[a - b for a, b in zip(y, lo)], [b - a for a, b in zip(y, hi)]],
                     marker="o", capsize=3, label=f"airrep {name}")
     for (method, texts), style in zip(results.get("baselines", {}).items(), ("--", "-.", (0, (1, 1)))):
         ax.axhline(texts["model"]["tuning_lds"], color="black", ls=style, lw=0.8,
                    label=f"{method} (text=model)")
     ax.set_xscale("log")
+    sizes = sorted({int(p["point"].partition("@")[2].partition("+")[0]) * 100
+                    for p in results["points"] if "@" in p["point"]})
+    ax.set_xticks(sizes, [f"{v:,}" for v in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("training bank size (fine-tunes; 100 per split, the last split held out)")
     ax.set_ylabel("LDS, tuning subsets (20 x 2 seeds)")
     ax.set_title("AirRep on chatterbot/tiny: what training buys")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     FIGURE.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(FIGURE, dpi=120)
