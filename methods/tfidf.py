@@ -7,7 +7,9 @@ Terms absent from the pool are ignored, so a target sharing no term with an exam
 
 Config: ``field`` is which text of an example is indexed and which text of the target is the
 query: ``"prompt"``, ``"response"`` or ``"both"`` (the protocol's ``example_text``,
-``"Question: <prompt>\\nAnswer: <response>"``); ``ngram_min``/``ngram_max`` (sklearn's
+``"Question: <prompt>\\nAnswer: <response>"``); ``text``: ``"model"`` (default) reads prompt
+and response as the target LM sees them, cut to the preset's token limits, ``"full"`` whole;
+``ngram_min``/``ngram_max`` (sklearn's
 ``ngram_range``), ``sublinear_tf`` and ``min_df`` (an int is a document count, a float a
 fraction) keep sklearn's defaults.
 """
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tdabench.method import FitContext, TextField, field_texts, require
+from tdabench.method import FitContext, TextField, TextView, field_texts, require, text_view
 from tdabench.spec import Example
 from tdabench.typed import param
 
@@ -27,6 +29,7 @@ class TfIdf:
     @dataclass
     class Config:
         field: TextField = param("both", "which text is indexed and queried with")
+        text: TextView = param("model", "model: as the target LM reads it (preset's token cut); full: whole")
         ngram_min: int = param(1, "shortest n-gram", ge=1)
         ngram_max: int = param(1, "longest n-gram (>= ngram_min)", ge=1)
         sublinear_tf: bool = param(False, "true: 1 + log(tf) instead of tf")
@@ -41,10 +44,13 @@ class TfIdf:
     def fit(self, pool: list[Example], context: FitContext) -> None:
         text = require("sklearn.feature_extraction.text", "lexical", "tfidf")
         c = self.config
+        self.view = text_view(c.text, context)
         self.vectorizer = text.TfidfVectorizer(ngram_range=(c.ngram_min, c.ngram_max),
                                                sublinear_tf=c.sublinear_tf, min_df=c.min_df)
-        self.pool_vectors = self.vectorizer.fit_transform(field_texts(pool, c.field))  # (N, V) sparse
+        # (N, V) sparse
+        self.pool_vectors = self.vectorizer.fit_transform(field_texts(self.view(pool), c.field))
 
     def score(self, targets: list[Example]) -> np.ndarray:
-        queries = self.vectorizer.transform(field_texts(targets, self.config.field))  # (T, V), L2 rows
+        # (T, V), L2-normalised rows
+        queries = self.vectorizer.transform(field_texts(self.view(targets), self.config.field))
         return (queries @ self.pool_vectors.T).toarray().astype(np.float64)  # (T, N)

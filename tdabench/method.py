@@ -19,8 +19,10 @@ keep train-side files under ``context.workdir``, whose size the harness reports 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -131,3 +133,38 @@ def field_texts(examples: list[Example], field: str, max_prompt_words: int = 256
     if field == "response":
         return [ex.response for ex in examples]
     return [example_text(ex, max_prompt_words) for ex in examples]
+
+
+TextView = Literal["model", "full"]  # what a text method reads of an example (see text_view)
+TEXTS = typing.get_args(TextView)
+
+
+def check_text(text: str) -> None:
+    """Refuse an unknown ``text`` (see :func:`text_view`), naming the valid ones."""
+    if text not in TEXTS:
+        raise ValueError(f"text must be one of {list(TEXTS)}, not {text!r}")
+
+
+def text_view(text: str, context: FitContext) -> Callable[[list[Example]], list[Example]]:
+    """What a text method reads of an example: ``"full"``, the example as stored; ``"model"``,
+    its prompt and response as the target LM sees them, each cut to the preset's
+    ``max_prompt_tokens`` / ``max_response_tokens`` of the target LM's tokenizer (as
+    ``tdabench.lm.encode`` cuts them) and decoded back to text. A part that fits is kept as is."""
+    check_text(text)
+    if text == "full":
+        return list
+    from . import lm
+
+    spec = context.spec.model
+    tokenizer = lm.load_base_model(spec, context.data.warmup, context.data.pool).tokenizer
+
+    def cut(part: str, limit: int) -> str:
+        ids = tokenizer(part, add_special_tokens=False)["input_ids"]
+        return part if len(ids) <= limit else tokenizer.decode(ids[:limit])
+
+    def view(examples: list[Example]) -> list[Example]:
+        return [dataclasses.replace(ex, prompt=cut(ex.prompt, spec.max_prompt_tokens),
+                                    response=cut(ex.response, spec.max_response_tokens))
+                for ex in examples]
+
+    return view

@@ -52,7 +52,9 @@ class RecordWriteError(UserError, ValueError):
 @dataclass
 class Phase:
     """The cost of one timed phase (seconds, bytes). ``cached``: the phase loaded an artefact
-    made earlier (a trained model, a bank) instead of computing it: its time is not its cost."""
+    made earlier (a trained model, a bank) instead of computing it: its time is not its cost.
+    ``original``: the method's own account of what it trained (AirRep's ``cost.json``: training
+    bank, steps, seconds), as measured when it trained; None when the method keeps none."""
 
     wall_s: float
     cpu_s: float
@@ -60,6 +62,7 @@ class Phase:
     peak_rss_delta_bytes: int
     cuda_peak_bytes: int | None = None
     cached: bool = False
+    original: dict[str, Any] | None = None
 
 
 @dataclass

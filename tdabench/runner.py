@@ -98,6 +98,17 @@ def train(method: str, task: str, preset: str = "tiny", seed: int = 0,
     return str(getattr(adapter, "checkpoint", context.workdir))
 
 
+def train_account(adapter: Any, cached: bool) -> dict[str, Any]:
+    """The train phase's ``cached`` flag and, when the adapter keeps a ``train_cost`` (a dict:
+    ``{"cached": False, ...measured now}`` or ``{"cached": True, "original": {...}}`` for a
+    loaded model), that account as ``original``: the cost of the training, wherever it ran."""
+    own = getattr(adapter, "train_cost", None)
+    if own is None:
+        return {"cached": cached}
+    original = own.get("original") if own["cached"] else {k: v for k, v in own.items() if k != "cached"}
+    return {"cached": bool(own["cached"]), "original": original}
+
+
 def attribute(adapter: Any, context: FitContext, membership: np.ndarray, method: str,
               group_score: str | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any], str]:
     """Train (if the method trains), fit and score one adapter, timing each phase.
@@ -115,7 +126,7 @@ def attribute(adapter: Any, context: FitContext, membership: np.ndarray, method:
     costs: dict[str, Any] = {"device": where.describe()}
     if hasattr(adapter, "train"):
         cached, train_cost = measure(lambda: adapter.train(context), device=where)
-        costs["train"] = {**train_cost.to_dict(), "cached": cached is True}
+        costs["train"] = {**train_cost.to_dict(), **train_account(adapter, cached is True)}
     _, fit_cost = measure(lambda: adapter.fit(data.pool, context), device=where)
     raw, score_cost = measure(lambda: adapter.score(data.targets), device=where)
     scores = _check_scores("scores", raw, (T, N), method)

@@ -14,23 +14,24 @@ import torch.nn.functional as F
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from tdabench import metrics, runner
-from tdabench.groundtruth import (
-    TrainingBankSpec,
-    build_bank,
-    build_training_bank,
-    training_seed,
-    training_splits,
-)
+from tdabench.groundtruth import build_bank, sample_subsets, training_seed
+from tdabench.method import FitContext, make_config
+from tdabench.methods import airrep
 from tdabench.methods.airrep import (
     DTYPES,
+    AirRep,
     AirRepEncoder,
+    TrainingBankSpec,
+    build_training_bank,
     load_encoder,
     ranknet_loss,
     save_encoder,
+    training_bank_root,
+    training_splits,
     zscore_labels,
 )
 
-SMALL_TRAINING = {"n_splits": "2", "n_dev": "6", "subsets_per_split": "4", "epochs": "2",
+SMALL_TRAINING = {"n_splits": "2", "n_dev": "6", "subsets_per_split": "4", "steps": "4",
                   "subsets_per_step": "3", "batch_size": "16"}
 
 
@@ -53,6 +54,21 @@ def test_the_training_bank_shares_no_target_subset_or_seed_with_the_evaluation_b
         assert bank.complete and bank.losses.shape == (6, 1, 6)
     with pytest.raises(ValueError, match="leak"):
         training_splits(spec, replace(data, targets=data.pool[:3]), tb)
+    # a split seed that draws the evaluation bank's subsets is refused
+    clash = replace(spec, groundtruth=replace(spec.groundtruth, seed=0, stream="training"))
+    assert (sample_subsets(data, clash) == sample_subsets(data, spec)).all()
+    with pytest.raises(ValueError, match="evaluation subset"):
+        airrep.check_no_evaluation_subset(spec, data, [(clash, data)])
+
+
+def test_a_smaller_training_bank_is_the_first_splits_of_a_larger_one(micro):
+    _, spec, data = micro
+    small, large = TrainingBankSpec(n_splits=2, n_dev=6, n_subsets=4), TrainingBankSpec(n_splits=3, n_dev=6,
+                                                                                         n_subsets=4)
+    assert training_bank_root(spec, small) == training_bank_root(spec, large)
+    for (s_spec, s_data), (l_spec, l_data) in zip(training_splits(spec, data, small),
+                                                  training_splits(spec, data, large)):
+        assert s_spec == l_spec and s_data.targets == l_data.targets
 
 
 def test_ranknet_loss_matches_an_explicit_pair_loop():
@@ -134,28 +150,102 @@ def test_group_scores_are_the_attention_pooled_scores(released_checkpoint, micro
                                metrics.attention_pooled_group_scores(scores, membership))
 
 
-@pytest.mark.parametrize("train_encoder", ["false", "true"])
-def test_training_end_to_end_is_cached_and_resumable(micro, tmp_path, capsys, train_encoder):
+@pytest.mark.parametrize("train_encoder", ["none", "top:1"])
+def test_training_end_to_end_is_cached_resumable_and_costed(micro, tmp_path, capsys, monkeypatch,
+                                                            train_encoder):
+    monkeypatch.setattr(airrep, "SAVE_EVERY", 2)
     config = {**SMALL_TRAINING, "train_encoder": train_encoder}
     record, _ = runner.run("airrep", "micro", "micro", config=config, results_dir=tmp_path)
     out = capsys.readouterr().out
-    assert "no trained checkpoint" in out and "epoch 2/2" in out
-    assert record["cost"]["train"]["wall_s"] > 0 and -1 <= record["metrics"]["lds"]["mean"] <= 1
-    path = runner.train("airrep", "micro", "micro", config=config)
-    curve = json.loads((Path(path) / "curve.json").read_text())
-    assert [c["epoch"] for c in curve["curve"]] == [0, 1, 2]
+    assert "no trained checkpoint" in out and "step 4/4" in out
+    path = Path(runner.train("airrep", "micro", "micro", config=config))
+    curve = json.loads((path / "curve.json").read_text())
+    assert [c["step"] for c in curve["curve"]] == [0, 2, 4]
     assert all(c["held_out_lds"] is not None for c in curve["curve"])
+    cost = json.loads((path / "cost.json").read_text())
+    assert cost["bank_fine_tunes"] == 8 and cost["steps"] == 4 and cost["train_s"] > 0
+    assert cost["trained_layers"] == (0 if train_encoder == "none" else 1)
     assert "using the trained checkpoint" in capsys.readouterr().out
-    # another training config trains another checkpoint; a lost final one is rebuilt from the
-    # last epoch's checkpoint without training again
+    # a cached checkpoint shows the cost measured when it was trained, marked cached
+    method = AirRep(make_config(AirRep, config))
+    _, spec, data = micro
+    method.train(FitContext(spec, data, tmp_path))
+    assert method.train_cost == {"cached": True, "original": cost}
+    # a lost final checkpoint is rebuilt from the last saved step without training again
     shutil.rmtree(path)
-    longer = runner.train("airrep", "micro", "micro", config={**config, "epochs": "3"})
-    assert Path(longer) != Path(path)  # another training config, another checkpoint
-    out = capsys.readouterr().out
-    assert "epoch 1/3" in out
-    (Path(longer).parent / "final").rename(Path(longer).parent / "final-old")
-    runner.train("airrep", "micro", "micro", config={**config, "epochs": "3"})
-    assert "resuming after epoch 3" in capsys.readouterr().out
+    runner.train("airrep", "micro", "micro", config=config)
+    assert "resuming after step 4" in capsys.readouterr().out
+    longer = runner.train("airrep", "micro", "micro", config={**config, "steps": "5"})
+    assert Path(longer) != path and "step 5/5" in capsys.readouterr().out
+
+
+def _trainer(micro, regime: str):
+    _, spec, data = micro
+    method = AirRep(make_config(AirRep, {**SMALL_TRAINING, "train_encoder": regime}))
+    method._view = list
+    texts = method._texts(data.pool)
+    bank = build_training_bank(spec, data, TrainingBankSpec(n_splits=2, n_dev=6, n_subsets=4))
+    splits = airrep.prepare_splits(data.pool, bank)
+    return method, texts, splits, airrep.make_trainer(method, texts, splits)
+
+
+def test_top_k_from_the_cache_equals_the_full_encoder(micro):
+    method, texts, _, trainer = _trainer(micro, "top:2")
+    every = np.arange(len(texts))
+    full = method._encode(trainer.encoder, trainer.tokenizer, texts)
+    torch.testing.assert_close(trainer.embed(every), full, atol=1e-5, rtol=1e-5)
+    assert trainer.cache.hidden is not None and len(trainer.cache.hidden) == len(texts)
+
+
+@pytest.mark.parametrize("regime,top", [("none", 0), ("top:2", 2), ("all", 6)])
+def test_gradients_reach_only_the_trained_layers(micro, regime, top):
+    _, _, splits, trainer = _trainer(micro, regime)
+    before = {n: p.detach().clone() for n, p in trainer.encoder.named_parameters()}
+    trainer.step(0, splits[0])
+    n_layers = len(trainer.encoder.bert.encoder.layer)
+    trained = {f"bert.encoder.layer.{i}." for i in range(n_layers - top, n_layers)}
+    for name, p in trainer.encoder.named_parameters():
+        should = name.startswith("projector.") or any(name.startswith(t) for t in trained) or (
+            top == n_layers)
+        assert (p.grad is not None) == should, name
+        if not should:
+            assert torch.equal(p, before[name]), name
+    assert not torch.equal(trainer.encoder.projector.weight, before["projector.weight"])
+
+
+def test_the_projector_starts_random_as_the_authors_or_as_the_identity(micro):
+    _, _, _, trainer = _trainer(micro, "none")
+    w = trainer.encoder.projector.weight.detach()
+    assert abs(float(w.std()) - trainer.encoder.bert.config.initializer_range) < 2e-3
+    identity = AirRep(make_config(AirRep, {"projector_init": "identity"}))
+    encoder, _ = load_encoder(airrep._base_model_path(identity.config))
+    airrep.init_projector(encoder, "identity")
+    assert torch.equal(encoder.projector.weight, torch.eye(w.shape[0]))
+
+
+def test_group_scores_match_the_numpy_pooling():
+    rng = np.random.default_rng(0)
+    s = rng.normal(size=(3, 7))
+    members = rng.random((4, 7)) < 0.5
+    members[:, 0] = True
+    for pooling, ref in (("attention", metrics.attention_pooled_group_scores),
+                         ("sum", metrics.sum_group_scores)):
+        got = airrep.group_scores(torch.tensor(s), torch.tensor(members), pooling)
+        np.testing.assert_allclose(got.numpy(), ref(s, members), rtol=1e-10)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("train_encoder", "top:x", "train_encoder"), ("train_encoder", "some", "train_encoder"),
+    ("projector_init", "zeros", "projector_init"), ("text", "short", "text")])
+def test_bad_training_settings_are_refused_before_compute(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        AirRep(make_config(AirRep, {field: value}))
+
+
+def test_encoder_regimes_parse():
+    assert [airrep.trained_layers(v, 6) for v in ("none", "top:2", "all", False, True)] == [0, 2, 6, 0, 6]
+    with pytest.raises(ValueError, match="1 <= K <= 6"):
+        airrep.trained_layers("top:7", 6)
 
 
 def test_the_cli_takes_a_checkpoint(released_checkpoint, micro, tmp_path, capsys):

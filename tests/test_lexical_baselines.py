@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tdabench import runner
-from tdabench.method import FitContext, field_texts, make_config
+from tdabench import lm, runner
+from tdabench.method import FitContext, field_texts, make_config, text_view
 from tdabench.methods.bm25 import BM25
 from tdabench.methods.tfidf import TfIdf
 from tdabench.registry import get_method
@@ -52,7 +52,8 @@ def test_scores_are_a_finite_float64_matrix_and_zero_for_a_query_with_no_known_t
         micro, tmp_path, name):
     data = micro[2]
     stranger = Example("x", "zzqx qqzx", "xqzz", "none")  # no token of the pool's prompts
-    scores = fitted(name, {"field": "prompt"}, data.pool, micro, tmp_path).score([*data.targets, stranger])
+    scores = fitted(name, {"field": "prompt", "text": "full"}, data.pool, micro, tmp_path).score(
+        [*data.targets, stranger])
     assert scores.shape == (len(data.targets) + 1, len(data.pool)) and scores.dtype == np.float64
     assert np.isfinite(scores).all()
     assert (scores[-1] == 0).all() and (scores[:-1].max(axis=1) > 0).all()
@@ -81,7 +82,7 @@ def test_bm25_is_the_bm25s_library(micro, tmp_path, config):
     import bm25s
 
     data = micro[2]
-    method = fitted("bm25", config, data.pool, micro, tmp_path)
+    method = fitted("bm25", {**config, "text": "full"}, data.pool, micro, tmp_path)
     scores = method.score(data.targets[:1])[0]
 
     c = method.config  # the library's own README recipe: tokenize, index, retrieve
@@ -108,7 +109,7 @@ def test_tfidf_is_sklearns_cosine_similarity(micro, tmp_path, config):
     from sklearn.metrics.pairwise import cosine_similarity
 
     data = micro[2]
-    method = fitted("tfidf", config, data.pool, micro, tmp_path)
+    method = fitted("tfidf", {**config, "text": "full"}, data.pool, micro, tmp_path)
     c = method.config
     vectorizer = TfidfVectorizer(ngram_range=(c.ngram_min, c.ngram_max), sublinear_tf=c.sublinear_tf,
                                  min_df=c.min_df)
@@ -151,3 +152,30 @@ def test_repsim_ranks_an_exact_copy_first(micro, tmp_path, similarity):
     if similarity == "cosine":  # a copy has the very same representation: cosine 1
         assert scores.argmax(axis=1).tolist() == list(range(n_rest, n_rest + T))
         np.testing.assert_allclose(scores[np.arange(T), n_rest + np.arange(T)], 1.0, atol=1e-5)
+
+
+def test_the_model_text_is_what_the_target_lm_sees(micro, tmp_path):
+    _, spec, data = micro
+    view = text_view("model", FitContext(spec, data, tmp_path))
+    seen = view(data.pool)
+    tokenizer = lm.load_base_model(spec.model, data.warmup, data.pool).tokenizer
+    assert lm.encode(tokenizer, seen, spec.model) == lm.encode(tokenizer, data.pool, spec.model)
+    cut = [a != b for ex, cut_ex in zip(data.pool, seen) for a, b in
+           ((ex.prompt, cut_ex.prompt), (ex.response, cut_ex.response))]
+    assert any(cut)  # micro truncates at 16 tokens: some texts are cut, ...
+    kept = [ex for ex, cut_ex in zip(data.pool, seen) if ex == cut_ex]
+    assert kept  # ... and those that fit are kept as they are
+    assert text_view("full", FitContext(spec, data, tmp_path))(data.pool) == data.pool
+    with pytest.raises(ValueError, match=r"text must be one of \['model', 'full'\]"):
+        text_view("short", FitContext(spec, data, tmp_path))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_text_model_scores_the_truncated_examples(micro, tmp_path, name):
+    _, spec, data = micro
+    view = text_view("model", FitContext(spec, data, tmp_path))
+    model = fitted(name, {}, data.pool, micro, tmp_path).score(data.targets)
+    full = fitted(name, {"text": "full"}, data.pool, micro, tmp_path).score(data.targets)
+    by_hand = fitted(name, {"text": "full"}, view(data.pool), micro, tmp_path).score(view(data.targets))
+    np.testing.assert_allclose(model, by_hand, rtol=1e-6)
+    assert not np.allclose(model, full)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from tdabench import cli, runner
+from tdabench import cli, record, runner
 from tdabench.method import FitContext, make_config
 from tdabench.methods.embedding import Embedding
 from tdabench.registry import get_method, register_method
@@ -151,3 +151,17 @@ def test_the_datamodel_bank_is_trained_once_then_reported_as_cached(micro, tmp_p
     assert first["cost"]["train"]["cached"] is False and again["cost"]["train"]["cached"] is True
     assert first["method_info"]["reference"] is True
     assert again["metrics"]["lds"]["mean"] == first["metrics"]["lds"]["mean"]
+
+
+def test_the_train_phase_keeps_the_adapters_own_account_of_its_training():
+    from types import SimpleNamespace
+
+    original = {"bank_fine_tunes": 40, "train_s": 12.5}
+    assert runner.train_account(SimpleNamespace(), True) == {"cached": True}
+    assert runner.train_account(SimpleNamespace(train_cost={"cached": False, **original}), False) == {
+        "cached": False, "original": original}
+    loaded = SimpleNamespace(train_cost={"cached": True, "original": original})
+    assert runner.train_account(loaded, True) == {"cached": True, "original": original}
+    phase = record.Phase(wall_s=0.1, cpu_s=0.1, peak_rss_bytes=1, peak_rss_delta_bytes=0,
+                         **runner.train_account(loaded, True))
+    assert record._build(record.Phase, record._to_json(phase), "cost.train") == phase
