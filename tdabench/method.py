@@ -149,9 +149,12 @@ def text_view(text: str, context: FitContext) -> Callable[[list[Example]], list[
     """What a text method reads of an example: ``"full"``, the example as stored; ``"model"``,
     its prompt and response as the target LM sees them, each cut to the preset's
     ``max_prompt_tokens`` / ``max_response_tokens`` of the target LM's tokenizer (as
-    ``tdabench.lm.encode`` cuts them) and decoded back to text. A part that fits is kept as is."""
+    ``tdabench.lm.encode`` cuts them) and decoded back to text. A part that fits is kept as is.
+    On published ground truth (``groundtruth.source="published"``) the model that made the
+    losses saw the records as their authors formatted them, not through tdabench's cut, so
+    ``"model"`` is the example as stored there too."""
     check_text(text)
-    if text == "full":
+    if text == "full" or context.spec.groundtruth.source != "finetune":
         return list
     from . import lm
 
