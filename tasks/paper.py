@@ -31,7 +31,7 @@ import numpy as np
 from tdabench import data
 from tdabench.data import DataError
 from tdabench.groundtruth import PublishedGroundTruth
-from tdabench.spec import PAPER_MODEL, PAPER_RECIPE, DataSpec, Example, GroundTruthSpec, TaskSpec
+from tdabench.spec import DataSpec, Example, FinetuneRecipe, GroundTruthSpec, ModelSpec, TaskSpec
 from tdabench.store import sha256_file
 from tdabench.task import Task, TaskData
 
@@ -41,7 +41,18 @@ REPO = "sunweiwei/airrep-test"
 # from the hub needs an explicit --set data.options.revision=<40-hex commit hash>.
 PINNED_REVISION = ""
 COMMIT = re.compile(r"[0-9a-f]{40}")
-OFFLINE_TASKS = "chatterbot, bigbench or evalschat"
+# The AirRep paper's target-LM recipe (arXiv 2505.18513): Qwen2.5-0.5B, full fine-tune, AdamW
+# 2e-5 constant, batch 16, 2 epochs, grad clip 1.0, 512 tokens, bf16; 100 subsets, one seed each.
+PAPER_MODEL = ModelSpec(
+    init="pretrained",
+    name="Qwen/Qwen2.5-0.5B",
+    max_prompt_tokens=256,
+    max_response_tokens=256,
+    dtype="bfloat16",
+    trainable="all",
+)
+PAPER_RECIPE = FinetuneRecipe(lr=2e-5, batch_size=16, epochs=2, grad_clip=1.0)
+
 FILES = ("train.jsonl", "test.jsonl", "lds.jsonl")
 PROMPT_FIELDS = ("inputs", "prompt", "instruction")  # format_item's order: the first present wins
 RESPONSE_FIELDS = ("response", "targets", "output")
@@ -162,8 +173,8 @@ def fetch(benchmark: str, filename: str, options: dict) -> Path:
         raise DataError(
             f"could not fetch {benchmark}/{filename} of the dataset {REPO} at {revision} from the "
             f"Hugging Face hub ({type(err).__name__}: {str(err)[:200]}). Without hub access, copy "
-            f"the dataset here and pass --set data.options.path=DIR, or use an offline task "
-            f"({OFFLINE_TASKS})."
+            f"the dataset here and pass --set data.options.path=DIR, or use a task that needs no "
+            "hub (`tdabench list` marks them)."
         ) from err
 
 

@@ -128,19 +128,6 @@ SECTIONS = {"data": DataSpec, "model": ModelSpec, "finetune": FinetuneRecipe,
             "groundtruth": GroundTruthSpec}
 
 
-# The AirRep paper's target-LM recipe (arXiv 2505.18513): Qwen2.5-0.5B, full fine-tune, AdamW
-# 2e-5 constant, batch 16, 2 epochs, grad clip 1.0, 512 tokens, bf16; 100 subsets, one seed each.
-PAPER_MODEL = ModelSpec(
-    init="pretrained",
-    name="Qwen/Qwen2.5-0.5B",
-    max_prompt_tokens=256,
-    max_response_tokens=256,
-    dtype="bfloat16",
-    trainable="all",
-)
-PAPER_RECIPE = FinetuneRecipe(lr=2e-5, batch_size=16, epochs=2, grad_clip=1.0)
-
-
 def canonical_json(obj: Any) -> str:
     """JSON with sorted keys and no whitespace: the input of every hash in tdabench."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):

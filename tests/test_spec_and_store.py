@@ -12,8 +12,6 @@ from tdabench import spec as spec_module
 from tdabench import store
 from tdabench.errors import ConfigError
 from tdabench.spec import (
-    PAPER_MODEL,
-    PAPER_RECIPE,
     TaskSpec,
     override,
     setup_hash,
@@ -21,6 +19,7 @@ from tdabench.spec import (
     spec_hash,
 )
 from tdabench.tasks.chatterbot import TINY
+from tdabench.tasks.paper import PAPER_MODEL, PAPER_RECIPE
 
 
 def test_spec_round_trips_and_hash_is_stable():
