@@ -352,13 +352,12 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     import json
 
     _check_reproduce(args)
-    configs = {}
-    if args.configs.exists():
-        configs = {k: v for k, v in json.loads(args.configs.read_text()).items() if not k.startswith("_")}
+    given = json.loads(args.configs.read_text()) if args.configs.exists() else {}
+    configs = {k: v for k, v in given.items() if not k.startswith("_")}
     from .reproduce import reproduce
 
     written = reproduce(args.preset, args.task or None, args.method or None, configs,
-                        args.results_dir, args.workers, _device(args))
+                        args.results_dir, args.workers, _device(args), given.get("_tuned"))
     print(f"{len(written)} new record(s) under {args.results_dir}")
 
 

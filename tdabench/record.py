@@ -222,6 +222,9 @@ class Record:
     code: Code
     created: str
     schema: int = SCHEMA
+    # How the config's values were chosen, when they were tuned (``results/configs.json``'s
+    # ``_tuned`` entry: the fields tuned, on which subsets, the grid, the choice, the CSVs)
+    tuning: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from . import record, runner
 from .device import CPU, Device
@@ -28,11 +29,12 @@ def current(path: Path, spec: TaskSpec) -> bool:
 def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: list[str] | None = None,
               configs: dict[str, dict[str, str]] | None = None,
               results_dir: Path | str = record.REFERENCE_RESULTS, workers: int = 1,
-              device: Device = CPU) -> list[Path]:
+              device: Device = CPU, tuned: dict[str, dict[str, Any]] | None = None) -> list[Path]:
     """Run every method on every offline task that has ``preset``, skipping records that exist
     for the current spec and protocol (so it resumes). ``configs`` maps a method to its config
     overrides. Methods whose optional dependency is missing are skipped with a message;
-    ``device``: where every phase runs."""
+    ``device``: where every phase runs; ``tuned`` maps a method to how its settings were chosen
+    (stored in its records)."""
     configs = configs or {}
     record.check_writable(results_dir)
     written = []
@@ -53,7 +55,8 @@ def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: lis
                 continue
             try:
                 rec, out = runner.run(method, task_name, preset, config=configs.get(method),
-                                      workers=workers, results_dir=results_dir, device=device)
+                                      workers=workers, results_dir=results_dir, device=device,
+                                      tuning=(tuned or {}).get(method))
             except MissingDependency as err:
                 print(f"skip {method}: {err}")
                 continue

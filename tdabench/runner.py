@@ -167,9 +167,12 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
         workers: int = 1, results_dir: Path | str | None = None,
         bank_path: Path | None = None, group_score: str | None = None,
         correlation: str = "spearman", executor: str = "local",
-        address: str | None = None, device: Device = CPU) -> tuple[dict[str, Any], Path]:
+        address: str | None = None, device: Device = CPU,
+        tuning: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
     """Build or reuse the ground truth, run ``method`` on it, write and return the record (its
-    JSON form; :func:`record.from_dict` types it) and where it was written.
+    JSON form; :func:`record.from_dict` types it) and where it was written. ``tuning``: how the
+    config's values were chosen (what was tuned, on which subsets, over which grid), stored in
+    the record as given.
 
     The record holds the metrics on the bank's test subsets, the costs and the protocol;
     beside it, ``<record>.npz`` holds the (T, M_test) group scores and labels, which
@@ -214,7 +217,7 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
         "protocol_version": PROTOCOL_VERSION, "protocol_hash": protocol_hash(correlation),
         "metrics": measured, "per_target_lds": per_target, "cost": costs, "versions": versions(),
         "host": dataclasses.asdict(record.host()), "code": dataclasses.asdict(record.code()),
-        "created": record.now(),
+        "created": record.now(), "tuning": tuning,
     })
     test = ~tuning_subsets(labels.shape[1])
     out = record.save(rec, record_path(results_dir, spec, method, config_hash, seed, correlation),
@@ -301,4 +304,7 @@ def summary(rec: record.Record | dict[str, Any]) -> str:
         lines.append(f"  device     {where['device']} ({where['gpu']}), {where['dtype']}")
     lines.append(f"  per target {c.score_per_target_s * 1e3:.2f} ms; storage "
                  f"{c.storage.memory / 2**20:.2f} MiB in memory, {c.storage.disk / 2**20:.2f} MiB on disk")
+    if r.tuning:
+        lines.append(f"  tuned      {', '.join(r.tuning.get('tuned', []))} on "
+                     f"{r.tuning.get('subsets', 'the tuning subsets')}")
     return "\n".join(lines)

@@ -165,3 +165,17 @@ def test_the_train_phase_keeps_the_adapters_own_account_of_its_training():
     phase = record.Phase(wall_s=0.1, cpu_s=0.1, peak_rss_bytes=1, peak_rss_delta_bytes=0,
                          **runner.train_account(loaded, True))
     assert record._build(record.Phase, record._to_json(phase), "cost.train") == phase
+
+
+def test_reproduce_stores_how_each_config_was_tuned_in_its_records(micro, tmp_path):
+    """The record says what was tuned, on which subsets, over which grid (results/configs.json's
+    ``_tuned`` entry, passed by ``tdabench reproduce``); a method without one records none."""
+    from tdabench import record
+
+    tuned = {"tuned": ["seed"], "subsets": "the micro bank's tuning subsets",
+             "grid": {"seed": [0, 1]}, "chosen": {"seed": 0}}
+    rec, path = runner.run("random", "micro", "micro", results_dir=tmp_path, tuning=tuned)
+    assert record.load(path).tuning == tuned and rec["tuning"] == tuned
+    assert "tuned      seed on the micro bank's tuning subsets" in runner.summary(rec)
+    _, plain = runner.run("random", "micro", "micro", seed=1, results_dir=tmp_path)
+    assert record.load(plain).tuning is None
