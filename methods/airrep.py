@@ -362,8 +362,7 @@ class AirRep:
     def fit(self, pool: list[Example], context: FitContext) -> None:
         self.device = context.device
         if not hasattr(self, "checkpoint"):
-            self.train(context)
-        self._view = text_view(self.config.text, context)
+            self.train(context)  # sets self._view too
         self.encoder, self.tokenizer = load_encoder(self.checkpoint)
         self.encoder.to(device=self.device, dtype=DTYPES[self.config.dtype])
         self.pool_embeddings = self._encode(self.encoder, self.tokenizer, self._texts(pool)).cpu().numpy()

@@ -134,10 +134,9 @@ class Trak:
                               f"not {config.n_models}")
         self.config = config
 
-    def _batches(self, examples: list[Example]):
-        tokenizer = self.tokenizer
-        encoded = lm.encode(tokenizer, examples, self.model_spec)
-        for rows, batch in gradients.batches(encoded, self.config.batch_size, tokenizer.pad_token_id):
+    def _batches(self, encoded: list):
+        """Batches of tokenised examples on the device, with their sizes."""
+        for rows, batch in gradients.batches(encoded, self.config.batch_size, self.tokenizer.pad_token_id):
             batch = lm.to_device(batch, self.device)
             yield rows.stop - rows.start, (batch["input_ids"], batch["attention_mask"], batch["labels"])
 
@@ -178,11 +177,12 @@ class Trak:
             model = self._reference(context, i)
             if i == 0:
                 self.traker = self._traker(model, len(pool), context)
+                encoded = lm.encode(self.tokenizer, pool, self.model_spec)  # once for every model
             self.states.append({k: v.clone() for k, v in model.state_dict().items()})
-            self._featurize(i, pool)
+            self._featurize(i, encoded)
         self.n_pool = len(pool)
 
-    def _featurize(self, i: int, pool: list[Example]) -> None:
+    def _featurize(self, i: int, pool: list) -> None:
         """Featurize the pool at model i and finalize its features with its own damping."""
         self.traker.load_checkpoint(self.states[i], model_id=i)
         for n, batch in self._batches(pool):
@@ -198,10 +198,11 @@ class Trak:
             projector.generate_sketch_matrix(projector.generator_states[0])
 
     def score(self, targets: list[Example]) -> np.ndarray:
+        encoded = lm.encode(self.tokenizer, targets, self.model_spec)  # once for every model
         for i, state in enumerate(self.states):
             self.traker.start_scoring_checkpoint(exp_name="targets", checkpoint=state, model_id=i,
                                                  num_targets=len(targets))
-            for n, batch in self._batches(targets):
+            for n, batch in self._batches(encoded):
                 self.traker.score(batch=batch, num_samples=n)
         native = self.traker.finalize_scores(exp_name="targets")  # (n_train, n_targets), all models
         return gradients.to_scores(native, "trak", len(targets), self.n_pool)

@@ -73,9 +73,13 @@ class InnerProductMethod:
 
     def gradients(self, examples: list[Example], loss: str) -> torch.Tensor:
         """(n, P) per-example gradients of ``loss`` ("train" or "measurement") over the tracked
-        modules, at the weights now in the model."""
+        modules, at the weights now in the model. The same ``examples`` list is tokenised once, however many
+        states ask for it."""
         target = self.prepared.lm
-        encoded = lm.encode(target.tokenizer, examples, self.prepared.model_spec)
+        cached = getattr(self, "_encoded", None)
+        if cached is None or cached[0] is not examples:
+            self._encoded = (examples, lm.encode(target.tokenizer, examples, self.prepared.model_spec))
+        encoded = self._encoded[1]
         return gradients.per_example_gradients(target.model, self.prepared.modules, encoded,
                                                target.tokenizer.pad_token_id, loss,
                                                self.config.batch_size)

@@ -25,6 +25,7 @@ from .protocol import (
     PROTOCOL_VERSION,
     RECALL_KS,
     bank_reliability,
+    check_correlation,
     evaluate,
     paper_lds,
     protocol,
@@ -239,7 +240,7 @@ def tune(method: str, task: str, grid: dict[str, list[str]], preset: str = "tiny
     """
     import pandas as pd
 
-    protocol(correlation)
+    check_correlation(correlation)
     results_dir = record.check_writable(results_dir or record.user_results_dir())
     t, spec, data = load_task(task, preset, spec_overrides)
     bank = ensure_bank(t, spec, data, bank_path, workers, executor, address, device=device)
