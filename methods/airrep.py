@@ -264,6 +264,7 @@ def zscore_labels(losses: np.ndarray) -> np.ndarray:
 
 
 class AirRep:
+    FAMILY = "representation"
     @dataclass
     class Config:
         checkpoint: str = param("", 'a trained AirRep (directory or hub id); "" = this task\'s own')

@@ -29,6 +29,7 @@ VARIANTS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
 
 
 class BM25:
+    FAMILY = "lexical"
     @dataclass
     class Config:
         field: TextField = param("both", "which text is indexed and queried with")

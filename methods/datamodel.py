@@ -53,6 +53,7 @@ def ridge_loo(X: np.ndarray, Y: np.ndarray, alphas: np.ndarray) -> tuple[np.ndar
 
 
 class Datamodel:
+    FAMILY = "datamodel"
     REFERENCE = True  # plots show it as a reference line: its cost is the retraining, not inference
 
     @dataclass

@@ -89,6 +89,7 @@ def task_class():
 
 
 class EKFAC:
+    FAMILY = "gradient"
     @dataclass
     class Config(gradients.GradientConfig):
         checkpoint: gradients.OneModelCheckpoint = param("pool", gradients.CHECKPOINT_HELP)

@@ -21,6 +21,7 @@ from tdabench.typed import param
 
 
 class Embedding:
+    FAMILY = "representation"
     @dataclass
     class Config:
         model: str = param("",

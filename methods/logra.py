@@ -72,6 +72,7 @@ def _train_loss(model: _LossModel, batch: dict[str, torch.Tensor], device: str) 
 
 
 class LoGra:
+    FAMILY = "gradient"
     @dataclass
     class Config(gradients.GradientConfig):
         checkpoint: gradients.OneModelCheckpoint = param("pool", gradients.CHECKPOINT_HELP)

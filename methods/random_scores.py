@@ -12,6 +12,7 @@ from tdabench.typed import param
 
 
 class RandomScores:
+    FAMILY = "control"
     @dataclass
     class Config:
         seed: int = param(0, "added to the run's seed")

@@ -24,6 +24,7 @@ from tdabench.typed import param
 
 
 class RepSim:
+    FAMILY = "representation"
     @dataclass
     class Config:
         layer: int = param(-1, "index into hidden_states (0 = embeddings, -1 = last layer)")

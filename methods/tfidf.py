@@ -26,6 +26,7 @@ from tdabench.typed import param
 
 
 class TfIdf:
+    FAMILY = "lexical"
     @dataclass
     class Config:
         field: TextField = param("both", "which text is indexed and queried with")

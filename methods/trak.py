@@ -116,6 +116,7 @@ def tracked_gradient_computer():
 
 
 class Trak:
+    FAMILY = "gradient"
     @dataclass
     class Config(gradients.GradientConfig):
         checkpoint: gradients.OneModelCheckpoint = param(

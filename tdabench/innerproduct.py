@@ -42,6 +42,8 @@ class InnerProductMethod:
     :class:`tdabench.gradients.GradientConfig` (or subclass), its choices and ranges checked by
     ``make_config`` from the field types."""
 
+    FAMILY = "gradient"
+
     def __init__(self, config: gradients.GradientConfig) -> None:
         self.config = config
 

@@ -44,7 +44,7 @@ MIB = 2**20
 # The columns of :func:`table`, in order (also the header of the csv output).
 COLUMNS = [
     "task", "preset", "spec_hash", "protocol_hash", "label", "method", "config_hash", "seed",
-    "reference", "lds", "lds_ci_low", "lds_ci_high", "lds_ci_subsets_low", "lds_ci_subsets_high",
+    "reference", "family", "lds", "lds_ci_low", "lds_ci_high", "lds_ci_subsets_low", "lds_ci_subsets_high",
     "noise_ceiling", "noise_ceiling_low", "noise_ceiling_high", "recall_at_1", "recall_at_1_chance",
     "recall_at_10", "recall_at_10_chance", "train_s", "train_cached", "fit_s", "score_per_target_s",
     "peak_rss_bytes", "cuda_peak_bytes", "storage_bytes", "storage_memory_bytes",
@@ -324,6 +324,7 @@ def row(entry: Entry, label: str | None = None) -> dict[str, Any]:
         "task": r.task, "preset": r.preset, "spec_hash": r.spec_hash, "protocol_hash": r.protocol_hash,
         "label": label or r.method, "method": r.method, "config_hash": r.config_hash, "seed": r.seed,
         "reference": bool(r.method_info and r.method_info.reference),
+        "family": r.method_info.family if r.method_info else None,
         "lds": lds.mean, "lds_ci_low": lds.ci95[0], "lds_ci_high": lds.ci95[1],
         "lds_ci_subsets_low": by_subsets[0], "lds_ci_subsets_high": by_subsets[1],
         "noise_ceiling": ceiling.ceiling if ceiling else math.nan,

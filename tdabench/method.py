@@ -11,7 +11,10 @@ An adapter is a class with:
   group score is not the sum of per-example scores (``membership``: (M, N) bool);
 * optionally ``train(self, context)``: learning the method itself (AirRep's encoder), timed as a
   phase of its own and reported apart from ``fit``; it returns True when it loaded what it
-  trains from a cache instead (the record marks the phase ``cached``: never ranked).
+  trains from a cache instead (the record marks the phase ``cached``: never ranked);
+* optionally ``FAMILY``: what the method scores with, one of :data:`FAMILIES` (stored in
+  its records; the leaderboard's speed line compares against the ``gradient`` family), and
+  ``REFERENCE = True`` for a reference that is shown apart and never ranked (a datamodel).
 
 The harness times ``fit`` and ``score``; an adapter never times itself or writes results. It may
 keep train-side files under ``context.workdir``, whose size the harness reports as storage.
@@ -33,6 +36,11 @@ from .errors import UserError
 from .spec import Example, TaskSpec
 from .task import TaskData
 from .typed import parse_dataclass_fields
+
+# What a method scores with: gradients of the target LM, learned or off-the-shelf text
+# representations (or the target LM's hidden states), word overlap, nothing (a control), or a
+# model fitted on retraining outcomes.
+FAMILIES = ("gradient", "representation", "lexical", "control", "datamodel")
 
 
 class MissingDependency(UserError, ImportError):

@@ -175,12 +175,14 @@ class Bank:
 @dataclass
 class MethodInfo:
     """What rendering needs to know about the method, stored when the record is written:
-    ``reference`` (a datamodel: its cost is retraining; shown apart, never ranked) and its
-    Config's fields in order with their defaults (rows list only non-default fields)."""
+    ``reference`` (a datamodel: its cost is retraining; shown apart, never ranked), its
+    Config's fields in order with their defaults (rows list only non-default fields) and its
+    ``family`` (:data:`tdabench.method.FAMILIES`; None in records written before it was stored)."""
 
     reference: bool
     config_fields: list[str]
     config_defaults: dict[str, Any]
+    family: str | None = None
 
 
 @dataclass
@@ -454,7 +456,7 @@ def method_info(method_cls: type) -> MethodInfo:
     defaults = json.loads(json.dumps(dataclasses.asdict(config_cls()), default=str))
     return MethodInfo(reference=bool(getattr(method_cls, "REFERENCE", False)),
                       config_fields=[f.name for f in dataclasses.fields(config_cls)],
-                      config_defaults=defaults)
+                      config_defaults=defaults, family=getattr(method_cls, "FAMILY", None))
 
 
 def now() -> str:

@@ -11,15 +11,14 @@ and correlates the two rankings. Where both tiers were evaluated on the same tar
 records' data specs are equal) one draw serves both tiers (a paired bootstrap); otherwise each
 tier is drawn independently. Reference rows (a datamodel) are not ranked.
 
-:func:`speed_claims` compares one method's inference time per target with the fastest of a set
-of others on the same task and preset (AirRep against the gradient methods, the AirRep paper's
-speed claim), from the records' ``cost.score_per_target_s``.
+:func:`speed_claims` compares one method's inference time per target with the fastest method of
+a family on the same task and preset (AirRep against the methods whose records say they score
+with gradients, the AirRep paper's speed claim), from the records' ``cost.score_per_target_s``.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
 TIERS = ("tiny", "small")  # (cheap, realistic)
 N_BOOT = 1000
 MIN_METHODS = 3  # fewer methods give a tau of +-1 or 0 and nothing to learn from
-# The built-in adapters that score with gradients of the target LM (the speed claim's baseline).
-GRADIENT_METHODS = ("graddot", "gradcos", "tracin", "less", "logra", "trak", "ekfac")
 
 
 def tier_rank(preset: str) -> tuple[int, str]:
@@ -183,14 +180,15 @@ class SpeedClaim:
 
 
 def speed_claims(df: pd.DataFrame, method: str = "airrep",
-                 baselines: Sequence[str] = GRADIENT_METHODS) -> dict[tuple[str, str], SpeedClaim]:
-    """Per (task, preset) of the leaderboard table ``df`` where ``method`` and at least one of
-    ``baselines`` have ranked rows: ``method``'s time per target (its best-LDS row where it has
-    several configs) against the smallest time per target among the baselines' rows."""
+                 family: str = "gradient") -> dict[tuple[str, str], SpeedClaim]:
+    """Per (task, preset) of the leaderboard table ``df`` where ``method`` and at least one
+    method of ``family`` (the records' ``method_info.family``) have ranked rows: ``method``'s
+    time per target (its best-LDS row where it has several configs) against the smallest time
+    per target among the family's rows."""
     out = {}
     ranked = df[~df["reference"].astype(bool) & df["score_per_target_s"].notna()]
     for (task, preset), g in ranked.groupby(["task", "preset"], sort=False):
-        mine, others = g[g["method"] == method], g[g["method"].isin(baselines)]
+        mine, others = g[g["method"] == method], g[g["family"] == family]
         if mine.empty or others.empty:
             continue
         best = mine.loc[mine["lds"].idxmax()]

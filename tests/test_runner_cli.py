@@ -22,7 +22,7 @@ def test_run_writes_a_complete_record(micro, tmp_path):
     assert path.name == f"random-{record['config_hash']}-{record['spec_hash'][:8]}-s0.json"
     assert record["schema"] == 3 and record["protocol_version"] == 1
     assert record["method_info"] == {"reference": False, "config_fields": ["seed"],
-                                     "config_defaults": {"seed": 0}}
+                                     "config_defaults": {"seed": 0}, "family": "control"}
     assert record["host"]["hostname"] and record["host"]["cpus"] >= 1
     m = record["metrics"]
     assert m["lds"]["ci95"][0] <= m["lds"]["mean"] <= m["lds"]["ci95"][1]
@@ -179,3 +179,12 @@ def test_reproduce_stores_how_each_config_was_tuned_in_its_records(micro, tmp_pa
     assert "tuned      seed on the micro bank's tuning subsets" in runner.summary(rec)
     _, plain = runner.run("random", "micro", "micro", seed=1, results_dir=tmp_path)
     assert record.load(plain).tuning is None
+
+
+def test_every_method_declares_its_family():
+    from tdabench.method import FAMILIES
+    from tdabench.registry import method_names
+
+    families = {name: getattr(get_method(name), "FAMILY", None) for name in method_names()}
+    assert set(families.values()) <= set(FAMILIES), families
+    assert families["trak"] == families["graddot"] == "gradient" and families["bm25"] == "lexical"
