@@ -34,7 +34,7 @@ import pandas as pd
 
 from . import tiers
 from .errors import ConfigError
-from .record import Record, RecordError
+from .record import Record, RecordError, record_files
 from .record import load as load_record
 
 PHASES = ("train", "fit", "score", "score_groups")
@@ -116,14 +116,10 @@ def read_records(roots: Iterable[Path | str]) -> tuple[list[Entry], list[tuple[P
     seen: set[Path] = set()
     for root in roots:
         root = Path(root)
-        if root.is_file():
-            files = [root]
-        elif root.is_dir():
-            files = sorted(root.rglob("*.json"))
-        else:
+        if not root.exists():
             skipped.append((root, "no such file or directory"))
             continue
-        for path in files:
+        for path in record_files(root):
             real = path.resolve()
             if real in seen or not path.is_file():
                 continue

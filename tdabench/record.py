@@ -45,6 +45,17 @@ class RecordError(UserError, ValueError):
     """A file that is not a readable tdabench result record (the message says why)."""
 
 
+class NotARecord(RecordError):
+    """A JSON file that is no result record at all (a manifest, a list): tree walkers skip it
+    silently, unlike a record that is damaged or of an unknown schema."""
+
+
+def record_files(root: Path) -> list[Path]:
+    """The JSON files a record reader looks at under ``root``: ``root`` itself when it is a
+    file, else every ``*.json`` below it, sorted."""
+    return [root] if root.is_file() else sorted(root.rglob("*.json"))
+
+
 class RecordWriteError(UserError, ValueError):
     """The results directory cannot take a record (the message names it and the fix)."""
 
@@ -333,9 +344,9 @@ def from_dict(obj: Any) -> Record:
     """A parsed JSON record as a :class:`Record`: schema 3 as is, schema 2 upgraded; anything
     else refused with a :class:`RecordError` whose one-line message says why."""
     if not isinstance(obj, dict):
-        raise RecordError(f"not a tdabench result record (a JSON {type(obj).__name__}, not an object)")
+        raise NotARecord(f"not a tdabench result record (a JSON {type(obj).__name__}, not an object)")
     if "spec_hash" not in obj or "metrics" not in obj:
-        raise RecordError("not a tdabench result record (no spec_hash or metrics)")
+        raise NotARecord("not a tdabench result record (no spec_hash or metrics)")
     schema = obj.get("schema")
     if schema == 2:
         obj = _upgrade_2(obj)
@@ -366,12 +377,13 @@ def load_records(path: Path | str) -> Any:
     if not root.exists():
         raise FileNotFoundError(f"no such file or directory: {root}")
     rows = []
-    for file in [root] if root.is_file() else sorted(root.rglob("*.json")):
+    for file in record_files(root):
         try:
             rows.append({**load(file).to_dict(), "path": str(file)})
+        except NotARecord:
+            continue
         except RecordError as err:
-            if not str(err).startswith("not a tdabench result record"):
-                warnings.warn(f"skipped {file}: {err}", stacklevel=2)
+            warnings.warn(f"skipped {file}: {err}", stacklevel=2)
     return pd.json_normalize(rows)
 
 

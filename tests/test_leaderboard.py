@@ -382,8 +382,10 @@ def test_load_records_gives_a_flat_dataframe(tmp_path):
     import tdabench
 
     paths = [make_record(tmp_path, method=m, lds=v) for m, v in (("a", 0.1), ("b", 0.3))]
-    (tmp_path / "toy" / "configs.json").write_text("{}")  # not a record: skipped
-    df = tdabench.load_records(tmp_path).set_index("path")
+    (tmp_path / "toy" / "configs.json").write_text("{}")  # not a record: skipped silently
+    (tmp_path / "toy" / "broken.json").write_text('{"spec_hash": "x", "metrics": {}}')
+    with pytest.warns(UserWarning, match=r"skipped .*broken.json: record schema None is not readable"):
+        df = tdabench.load_records(tmp_path).set_index("path")
     assert df.loc[str(paths[1]), "metrics.lds.mean"] == 0.3 and len(df) == 2
     assert df.loc[str(paths[0]), "cost.fit.wall_s"] == 1.0 and "method_info.reference" not in df
 
