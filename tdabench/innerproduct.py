@@ -21,8 +21,13 @@ what differs, in the style of dattri's ``BaseInnerProductAttributor``:
 
 The transformed pool representations are cached in ``fit``: in memory (on the model's device)
 for one state, on disk (one ``.npy`` per state in the work directory, read back to the model's
-device one at a time) for several. The model is on ``context.device``, put there by
-:func:`tdabench.gradients.prepare`; on the CPU every step is the code path of a CPU-only build.
+device one at a time) for several. Where one state's untransformed gradients would exceed
+:data:`MEMORY_BUDGET_BYTES` (full MLP gradients of the ``small`` tier: 800 x 5.3M floats, 17 GB)
+the pool is taken :data:`CHUNK_BATCHES` batches at a time, written to an ``.npy`` memory map in
+the work directory and scored against in chunks of pool rows: the same batches, so the same
+features, with memory bounded (the disk use shows in the record's storage). The model is on
+``context.device``, put there by :func:`tdabench.gradients.prepare`; on the CPU every step is the
+code path of a CPU-only build.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ import torch
 from . import gradients, lm
 from .method import FitContext
 from .spec import Example
+
+# Bytes of one state's (N, P) pool gradients above which they are made and kept in chunks on disk.
+MEMORY_BUDGET_BYTES = 4 * 2**30
+CHUNK_BATCHES = 8  # pool examples per chunk = this many batches of the config's batch_size
 
 
 class InnerProductMethod:
@@ -92,16 +101,43 @@ class InnerProductMethod:
         states = self.prepared.states
         self.pool_features: list[torch.Tensor] = []  # per state (N, k), when held in memory
         self.files: list[Path] = []  # per state, when kept on disk
-        if len(states) > 1:
+        self.chunked = len(pool) * gradients.n_tracked(self.prepared.modules) * 4 > MEMORY_BUDGET_BYTES
+        if len(states) > 1 or self.chunked:
             context.workdir.mkdir(parents=True, exist_ok=True)
         for c, state in enumerate(states):
             self.load(state)
+            if self.chunked:
+                self.files.append(context.workdir / f"pool-features-{c}.npy")
+                self._features_to_disk(state, pool, self.files[-1])
+                continue
             features = self.transform_train(state, self.train_rep(state, pool))
             if len(states) == 1:
                 self.pool_features.append(features)
             else:
                 self.files.append(context.workdir / f"pool-features-{c}.npy")
                 np.save(self.files[-1], features.cpu().numpy())
+
+    def _chunk_size(self) -> int:
+        return CHUNK_BATCHES * self.config.batch_size
+
+    def _features_to_disk(self, state: gradients.State, pool: list[Example], path: Path) -> None:
+        """State ``state``'s (N, k) pool features into an ``.npy`` at ``path``, a chunk at a time."""
+        out = None
+        for start in range(0, len(pool), self._chunk_size()):
+            part = self.transform_train(state, self.train_rep(state, pool[start:start + self._chunk_size()]))
+            if out is None:
+                out = np.lib.format.open_memmap(path, "w+", np.float32, (len(pool), part.shape[1]))
+            out[start:start + len(part)] = part.cpu().numpy()
+        out.flush()
+
+    def _pool_dots(self, c: int, features: torch.Tensor) -> torch.Tensor:
+        """(T, N) float64: ``features`` (T, k) dotted with state c's pool features."""
+        if not self.chunked:
+            return (features @ self._pool_features(c, features.device).T).double()
+        pool, step = np.load(self.files[c], mmap_mode="r"), self._chunk_size()
+        chunks = (torch.from_numpy(np.array(pool[start:start + step])).to(features.device)
+                  for start in range(0, len(pool), step))
+        return torch.cat([(features @ chunk.T).double() for chunk in chunks], dim=1)
 
     def _pool_features(self, c: int, device: torch.device) -> torch.Tensor:
         """(N, k) state c's pool features on ``device`` (read back from disk when kept there)."""
@@ -115,5 +151,5 @@ class InnerProductMethod:
         for c, state in enumerate(self.prepared.states):
             self.load(state)
             features = self.transform_target(state, self.target_rep(state, targets))
-            total += state.weight * (features @ self._pool_features(c, device).T).double()
+            total += state.weight * self._pool_dots(c, features)
         return gradients.to_scores(total, "gradients", len(targets), self.n_pool)

@@ -269,6 +269,25 @@ def test_trak_refuses_configs_without_a_model_ensemble(config, words):
         cls(make_config(cls, {k: str(v) for k, v in config.items()}))
 
 
+@pytest.mark.parametrize("name", ["graddot", "gradcos", "tracin", "less"])
+def test_pool_features_over_the_memory_budget_are_made_on_disk_in_chunks_with_the_same_scores(
+        micro, tmp_path, monkeypatch, name):
+    from tdabench import innerproduct
+
+    if name == "less":
+        pytest.importorskip("peft")
+    config = {"batch_size": 3}  # the micro pool (48) makes several chunks of 2 batches
+    context = context_for(micro, tmp_path / "memory")
+    in_memory = fitted(name, config, context).score(context.data.targets)
+    monkeypatch.setattr(innerproduct, "MEMORY_BUDGET_BYTES", 0)
+    monkeypatch.setattr(innerproduct, "CHUNK_BATCHES", 2)
+    context = context_for(micro, tmp_path / "disk")
+    method = fitted(name, config, context)
+    assert method.chunked and not method.pool_features and len(context.data.pool) > 6
+    assert all(np.load(f, mmap_mode="r").shape[0] == len(context.data.pool) for f in method.files)
+    np.testing.assert_allclose(method.score(context.data.targets), in_memory, rtol=1e-6, atol=1e-9)
+
+
 # --- where the gradients are taken -----------------------------------------------------------
 
 def test_graddot_on_the_trajectory_is_tracin(micro, tmp_path):
