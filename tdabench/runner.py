@@ -187,6 +187,7 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
     if group_score is not None:
         metrics.check_group_score(group_score)
     results_dir = record.check_writable(results_dir or record.user_results_dir())
+    code = record.code()  # the source that runs now, not what the checkout holds when the run ends
     t, spec, data = load_task(task, preset, spec_overrides)
     adapter, config_dict, context = _method_and_context(method, spec, data, seed, config, workers,
                                                         executor, address, device)
@@ -217,7 +218,7 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
         "protocol": the_protocol,
         "protocol_version": PROTOCOL_VERSION, "protocol_hash": protocol_hash(correlation),
         "metrics": measured, "per_target_lds": per_target, "cost": costs, "versions": versions(),
-        "host": dataclasses.asdict(record.host()), "code": dataclasses.asdict(record.code()),
+        "host": dataclasses.asdict(record.host()), "code": dataclasses.asdict(code),
         "created": record.now(), "tuning": tuning,
     })
     test = ~tuning_subsets(labels.shape[1])

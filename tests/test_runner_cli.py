@@ -188,3 +188,19 @@ def test_every_method_declares_its_family():
     families = {name: getattr(get_method(name), "FAMILY", None) for name in method_names()}
     assert set(families.values()) <= set(FAMILIES), families
     assert families["trak"] == families["graddot"] == "gradient" and families["bm25"] == "lexical"
+
+
+def test_the_record_names_the_commit_that_started_the_run(micro, tmp_path, monkeypatch):
+    # A long run whose checkout moves on meanwhile must not claim the newer commit.
+    state = {"commit": "a" * 40}
+    monkeypatch.setattr(record, "code", lambda: record.Code(state["commit"], False))
+    build = runner.ensure_bank
+
+    def build_then_commit(*args, **kwargs):
+        bank = build(*args, **kwargs)
+        state["commit"] = "b" * 40
+        return bank
+
+    monkeypatch.setattr(runner, "ensure_bank", build_then_commit)
+    rec, _ = runner.run("random", "micro", "micro", results_dir=tmp_path)
+    assert rec["code"]["commit"] == "a" * 40
