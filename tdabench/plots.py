@@ -218,11 +218,10 @@ def plot_pareto(df: pd.DataFrame, colors: dict[str, Any]) -> Figure:
     return fig
 
 
-def plot_rank_agreement(agreements: Sequence[tiers.RankAgreement], colors: dict[str, Any],
-                        methods: dict[str, str]) -> Figure:
+def plot_rank_agreement(agreements: Sequence[tiers.RankAgreement], colors: dict[str, Any]) -> Figure:
     """Top: Kendall's tau per task with its 95% bootstrap interval; below, one panel per task:
-    each method's LDS in the cheap tier (x) against the realistic tier (y), in its colour
-    (``methods``: row label -> method name), with the identity line dotted."""
+    each method's LDS in the cheap tier (x) against the realistic tier (y), in its colour, with
+    the identity line dotted."""
     fig = Figure(figsize=(WIDTH, 1.0 + 0.25 * len(agreements) + 2.4 * len(agreements)),
                  layout="constrained")
     FigureCanvasAgg(fig)
@@ -243,7 +242,7 @@ def plot_rank_agreement(agreements: Sequence[tiers.RankAgreement], colors: dict[
     for ax, a in zip(axes[1:], agreements):
         x, y = a.lds
         for label, xi, yi in zip(a.labels, x, y):
-            ax.plot(xi, yi, "o", ms=3.5, color=colors[methods[label]])
+            ax.plot(xi, yi, "o", ms=3.5, color=colors[label])  # a tier's methods, by name
             ax.annotate(label, (xi, yi), xytext=(2, 2), textcoords="offset points", fontsize=5)
         lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
         pad = 0.05 * (hi - lo or 1)
@@ -270,8 +269,7 @@ def plot_all(selection: leaderboard.Selection, out_dir: Path | str) -> list[Path
                    "per_target_lds": plot_per_target(df, per_target, colors)}
         agreements = tiers.rank_agreements(selection)
         if agreements:
-            methods = dict(zip(df["label"], df["method"]))
-            figures["rank_agreement"] = plot_rank_agreement(agreements, colors, methods)
+            figures["rank_agreement"] = plot_rank_agreement(agreements, colors)
         for name, fig in figures.items():
             for fmt in FORMATS:
                 path = out_dir / f"{name}.{fmt}"

@@ -97,15 +97,19 @@ def kendall_bootstrap(a: np.ndarray, b: np.ndarray, paired: bool = False, n_boot
 
 
 def _ranked(selection: Selection, task: str, preset: str) -> dict[str, tuple[np.ndarray, dict]]:
-    """label -> (per-target LDS, data spec) of the ranked (non-reference) records of a tier."""
-    out = {}
+    """method -> (per-target LDS, data spec) of the ranked (non-reference) records of a tier.
+    A method with several records in the tier (configs tuned per tier, or seeds) is ranked by
+    its best one (highest mean LDS), as the speed line picks it: the tiers then compare methods,
+    each as well configured as its records show, not config labels that differ between tiers."""
+    out: dict[str, tuple[np.ndarray, dict]] = {}
     for entry in selection.groups.get((task, preset), []):
         info = entry.record.method_info
         if info is not None and info.reference:
             continue
-        label = selection.labels.get(entry.path, entry.method)
-        out[label] = (np.asarray(entry.record.per_target_lds, dtype=np.float64),
-                      entry.record.spec.get("data"))
+        per_target = np.asarray(entry.record.per_target_lds, dtype=np.float64)
+        kept = out.get(entry.method)
+        if kept is None or per_target.mean() > kept[0].mean():
+            out[entry.method] = (per_target, entry.record.spec.get("data"))
     return out
 
 

@@ -486,6 +486,19 @@ def test_leaderboard_shows_both_tiers_and_their_rank_agreement(tmp_path):
     assert "% tiny vs small: rank agreement" in tex
 
 
+def test_a_method_configured_differently_per_tier_is_ranked_by_its_best_record(tmp_path):
+    _two_tiers(tmp_path, [0.15, 0.25, 0.35, 0.45])
+    # m1 gets two more small configs: the better (0.5) ranks it in small, the worse is not used
+    for config, mean in (({"x": 2}, 0.5), ({"x": 3}, 0.0)):
+        per = _tier_lds([mean], 40, seed=99)[0]
+        make_record(tmp_path, preset="small", spec=SPEC_B, method="m1", config=config,
+                    lds=float(per.mean()), per_target_lds=per.tolist())
+    (agreement,) = tiers.rank_agreements(leaderboard.load([tmp_path]))
+    assert agreement.labels == ["m1", "m2", "m3", "m4"]
+    assert agreement.lds[1][0] == pytest.approx(0.5, abs=0.1)  # m1's best small record
+    assert agreement.tau < 1  # m1 moved from last (tiny) to first (small)
+
+
 def test_no_rank_agreement_with_one_tier_or_too_few_methods(tmp_path):
     for i, method in enumerate(["m1", "m2", "m3"]):
         make_record(tmp_path, method=method, lds=0.1 * i)
