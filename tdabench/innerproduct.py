@@ -23,15 +23,18 @@ The transformed pool representations are cached in ``fit``: in memory (on the mo
 for one state, on disk (one ``.npy`` per state in the work directory, read back to the model's
 device one at a time) for several. Where one state's untransformed gradients would exceed
 :data:`MEMORY_BUDGET_BYTES` (full MLP gradients of the ``small`` tier: 800 x 5.3M floats, 17 GB)
-the pool is taken :data:`CHUNK_BATCHES` batches at a time, written to an ``.npy`` memory map in
-the work directory and scored against in chunks of pool rows: the same batches, so the same
-features, with memory bounded (the disk use shows in the record's storage). The model is on
+the pool is taken :data:`CHUNK_BATCHES` batches at a time, appended to a raw float32 file in a
+scratch directory under the work directory and read back in chunks of pool rows when scoring
+(plain reads, not a memory map, so the process's RSS stays what it needs): the same batches, so
+the same features, with memory bounded. The disk use shows in the record's storage; the scratch
+directory is removed when the method object goes away. The model is on
 ``context.device``, put there by :func:`tdabench.gradients.prepare`; on the CPU every step is the
 code path of a CPU-only build.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -104,11 +107,13 @@ class InnerProductMethod:
         self.chunked = len(pool) * gradients.n_tracked(self.prepared.modules) * 4 > MEMORY_BUDGET_BYTES
         if len(states) > 1 or self.chunked:
             context.workdir.mkdir(parents=True, exist_ok=True)
+        if self.chunked:  # removed with this object (or at exit): features nothing else reuses
+            self.scratch = tempfile.TemporaryDirectory(dir=context.workdir, prefix="pool-features-")
         for c, state in enumerate(states):
             self.load(state)
             if self.chunked:
-                self.files.append(context.workdir / f"pool-features-{c}.npy")
-                self._features_to_disk(state, pool, self.files[-1])
+                self.files.append(Path(self.scratch.name) / f"state-{c}.f32")
+                self.width = self._features_to_disk(state, pool, self.files[-1])
                 continue
             features = self.transform_train(state, self.train_rep(state, pool))
             if len(states) == 1:
@@ -120,24 +125,28 @@ class InnerProductMethod:
     def _chunk_size(self) -> int:
         return CHUNK_BATCHES * self.config.batch_size
 
-    def _features_to_disk(self, state: gradients.State, pool: list[Example], path: Path) -> None:
-        """State ``state``'s (N, k) pool features into an ``.npy`` at ``path``, a chunk at a time."""
-        out = None
-        for start in range(0, len(pool), self._chunk_size()):
-            part = self.transform_train(state, self.train_rep(state, pool[start:start + self._chunk_size()]))
-            if out is None:
-                out = np.lib.format.open_memmap(path, "w+", np.float32, (len(pool), part.shape[1]))
-            out[start:start + len(part)] = part.cpu().numpy()
-        out.flush()
+    def _features_to_disk(self, state: gradients.State, pool: list[Example], path: Path) -> int:
+        """State ``state``'s (N, k) pool features appended to the raw float32 file ``path``, a
+        chunk at a time (row-major); returns k."""
+        step, width = self._chunk_size(), 0
+        with open(path, "wb") as out:
+            for start in range(0, len(pool), step):
+                part = self.transform_train(state, self.train_rep(state, pool[start:start + step]))
+                width = part.shape[1]
+                part.cpu().numpy().astype(np.float32, copy=False).tofile(out)
+        return width
 
     def _pool_dots(self, c: int, features: torch.Tensor) -> torch.Tensor:
         """(T, N) float64: ``features`` (T, k) dotted with state c's pool features."""
         if not self.chunked:
             return (features @ self._pool_features(c, features.device).T).double()
-        pool, step = np.load(self.files[c], mmap_mode="r"), self._chunk_size()
-        chunks = (torch.from_numpy(np.array(pool[start:start + step])).to(features.device)
-                  for start in range(0, len(pool), step))
-        return torch.cat([(features @ chunk.T).double() for chunk in chunks], dim=1)
+        step, parts = self._chunk_size(), []
+        with open(self.files[c], "rb") as f:
+            for start in range(0, self.n_pool, step):
+                rows = min(step, self.n_pool - start)
+                chunk = np.fromfile(f, dtype=np.float32, count=rows * self.width).reshape(rows, self.width)
+                parts.append((features @ torch.from_numpy(chunk).to(features.device).T).double())
+        return torch.cat(parts, dim=1)
 
     def _pool_features(self, c: int, device: torch.device) -> torch.Tensor:
         """(N, k) state c's pool features on ``device`` (read back from disk when kept there)."""
