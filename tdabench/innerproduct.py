@@ -23,7 +23,8 @@ The transformed pool representations are cached in ``fit``: in memory (on the mo
 for one state, on disk (one ``.npy`` per state in the work directory, read back to the model's
 device one at a time) for several. Where one state's untransformed gradients would exceed
 :data:`MEMORY_BUDGET_BYTES` (full MLP gradients of the ``small`` tier: 800 x 5.3M floats, 17 GB)
-the pool is taken :data:`CHUNK_BATCHES` batches at a time, appended to a raw float32 file in a
+the pool is taken in chunks of whole batches of about :data:`CHUNK_BYTES` (at least one batch:
+one 32-example batch at ``small``), appended to a raw float32 file in a
 scratch directory under the work directory and read back in chunks of pool rows when scoring
 (plain reads, not a memory map, so the process's RSS stays what it needs): the same batches, so
 the same features, with memory bounded. The disk use shows in the record's storage; the scratch
@@ -46,7 +47,9 @@ from .spec import Example
 
 # Bytes of one state's (N, P) pool gradients above which they are made and kept in chunks on disk.
 MEMORY_BUDGET_BYTES = 4 * 2**30
-CHUNK_BATCHES = 8  # pool examples per chunk = this many batches of the config's batch_size
+# Bytes of one chunk's untransformed gradients (rounded down to whole batches, at least one): what
+# a chunk adds to peak memory (8 batches of 5.3M-float gradients made 13 GB peaks at ``small``).
+CHUNK_BYTES = 2**30
 
 
 class InnerProductMethod:
@@ -123,7 +126,10 @@ class InnerProductMethod:
                 np.save(self.files[-1], features.cpu().numpy())
 
     def _chunk_size(self) -> int:
-        return CHUNK_BATCHES * self.config.batch_size
+        """Pool examples per chunk: whole batches of the config's ``batch_size``."""
+        batch = self.config.batch_size
+        per_batch = batch * gradients.n_tracked(self.prepared.modules) * 4
+        return batch * max(1, CHUNK_BYTES // per_batch)
 
     def _features_to_disk(self, state: gradients.State, pool: list[Example], path: Path) -> int:
         """State ``state``'s (N, k) pool features appended to the raw float32 file ``path``, a

@@ -277,14 +277,18 @@ def test_pool_features_over_the_memory_budget_are_made_on_disk_in_chunks_with_th
 
     if name == "less":
         pytest.importorskip("peft")
-    config = {"batch_size": 3}  # the micro pool (48) makes several chunks of 2 batches
+    config = {"batch_size": 3}  # the micro pool (48) makes 16 chunks of one batch
     context = context_for(micro, tmp_path / "memory")
     in_memory = fitted(name, config, context).score(context.data.targets)
     monkeypatch.setattr(innerproduct, "MEMORY_BUDGET_BYTES", 0)
-    monkeypatch.setattr(innerproduct, "CHUNK_BATCHES", 2)
+    monkeypatch.setattr(innerproduct, "CHUNK_BYTES", 1)  # rounds up to one batch
     context = context_for(micro, tmp_path / "disk")
     method = fitted(name, config, context)
-    assert method.chunked and not method.pool_features and len(context.data.pool) > 6
+    assert method.chunked and not method.pool_features and method._chunk_size() == 3
+    batch_bytes = 3 * gradients.n_tracked(method.prepared.modules) * 4
+    monkeypatch.setattr(innerproduct, "CHUNK_BYTES", int(2.5 * batch_bytes))
+    assert method._chunk_size() == 6  # whole batches, rounded down
+    monkeypatch.setattr(innerproduct, "CHUNK_BYTES", 1)
     files = list(method.files)
     assert all(f.stat().st_size == len(context.data.pool) * method.width * 4 for f in files)
     np.testing.assert_allclose(method.score(context.data.targets), in_memory, rtol=1e-6, atol=1e-9)
