@@ -98,7 +98,7 @@ def kendall_bootstrap(a: np.ndarray, b: np.ndarray, paired: bool = False, n_boot
 
 def _ranked(selection: Selection, task: str, preset: str) -> dict[str, tuple[np.ndarray, dict]]:
     """method -> (per-target LDS, data spec) of the ranked (non-reference) records of a tier.
-    A method with several records in the tier (configs tuned per tier, or seeds) is ranked by
+    A method with several records in the tier (configs that differ between tiers, or seeds) is ranked by
     its best one (highest mean LDS), as the speed line picks it: the tiers then compare methods,
     each as well configured as its records show, not config labels that differ between tiers."""
     out: dict[str, tuple[np.ndarray, dict]] = {}
