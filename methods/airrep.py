@@ -46,7 +46,10 @@ steps, seconds, as measured when trained) beside it. A trained checkpoint loaded
 exposes that original cost as ``train_cost = {"cached": True, "original": {...}}``.
 
 ``checkpoint`` takes such a directory or a hub id (e.g. ``sunweiwei/AirRep-Flan-Small``);
-empty, the task's own trained checkpoint is used, trained first when there is none.
+empty, the task's own trained checkpoint is used, trained first when there is none, on the
+training bank of the preset scored or of ``train_preset`` (e.g. ``tiny`` when scoring at
+``small``: the encoder reads text, so what changes between tiers is the target LM that labels the
+training bank; its checkpoint is the one that preset's own run trains and caches).
 """
 
 from __future__ import annotations
@@ -268,6 +271,9 @@ class AirRep:
     @dataclass
     class Config:
         checkpoint: str = param("", 'a trained AirRep (directory or hub id); "" = this task\'s own')
+        train_preset: str = param("", "the preset whose training bank trains this task's own encoder; "
+                                      '"" = the preset scored (the encoder reads text, so one trained '
+                                      "at a cheap tier can score another)")
         pooling: Literal["attention", "attention-eval", "sum"] = param(
             "attention", "group score: attention (softmax(|s|)·s, as trained), attention-eval "
             "(softmax(s)·s, as the paper evaluates) or sum")
@@ -349,16 +355,34 @@ class AirRep:
             self.checkpoint = self.config.checkpoint
             self.train_cost = {"cached": True, "original": read_cost(Path(self.checkpoint))}
             return True
-        root = self._trained_dir(context)
+        training = self._training_context(context)
+        root = self._trained_dir(training)
         self.checkpoint = str(root / "final")
         if (root / "final" / "config.json").exists():
             print(f"airrep: using the trained checkpoint {root / 'final'}")
             self.train_cost = {"cached": True, "original": read_cost(root / "final")}
             return True
-        print(f"airrep: no trained checkpoint for {context.spec.task}/{context.spec.preset} yet; "
+        print(f"airrep: no trained checkpoint for {training.spec.task}/{training.spec.preset} yet; "
               f"training one in {root}")
-        self.train_cost = {"cached": False, **train_airrep(self, context, root)}
+        scoring_view = self._view
+        if training is not context:  # train on the texts as that preset's target LM reads them
+            self._view = text_view(self.config.text, training)
+        try:
+            self.train_cost = {"cached": False, **train_airrep(self, training, root)}
+        finally:
+            self._view = scoring_view
         return False
+
+    def _training_context(self, context: FitContext) -> FitContext:
+        """Where this task's own encoder trains: ``context``, or the same task at
+        ``train_preset`` (its spec as registered, without this run's ``--set`` overrides)."""
+        preset = self.config.train_preset
+        if not preset or preset == context.spec.preset:
+            return context
+        from tdabench.runner import load_task
+
+        _, spec, data = load_task(context.spec.task, preset)
+        return replace(context, spec=spec, data=data)
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         self.device = context.device

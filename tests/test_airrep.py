@@ -359,3 +359,27 @@ def test_a_hub_checkpoint_can_be_pinned_to_a_commit(monkeypatch):
         with pytest.raises(FileNotFoundError, match="neither a directory nor reachable"):
             load_encoder(path)
     assert asked == [("sunweiwei/AirRep-Flan-Small", "0123abc"), ("sunweiwei/AirRep-Flan-Small", None)]
+
+
+def test_an_encoder_trained_at_one_preset_scores_another(micro, tmp_path, capsys, monkeypatch):
+    from tdabench import registry
+    from tdabench.errors import UnknownName
+    from tdabench.task import Task
+
+    task, spec, _ = micro
+    presets = {"a": replace(spec, task="tiers", preset="a"),
+               "b": replace(spec, task="tiers", preset="b",
+                            model=replace(spec.model, d_model=16, max_prompt_tokens=8))}
+    monkeypatch.setitem(registry._extra_tasks, "tiers", Task(
+        name="tiers", description="micro at two presets", presets=presets, load=task.load))
+    config = {**SMALL_TRAINING, "train_encoder": "none"}
+    record, _ = runner.run("airrep", "tiers", "b", config={**config, "train_preset": "a"},
+                           results_dir=tmp_path)
+    assert "no trained checkpoint for tiers/a yet" in capsys.readouterr().out
+    at_a = runner.train("airrep", "tiers", "a", config=config)
+    assert "using the trained checkpoint" in capsys.readouterr().out  # the one b's run trained
+    assert "/tiers-a-" in at_a and not record["cost"]["train"]["cached"]
+    assert runner.train("airrep", "tiers", "b", config={**config, "train_preset": "a"}) == at_a
+    assert runner.train("airrep", "tiers", "b", config=config) != at_a  # b's own encoder
+    with pytest.raises(UnknownName, match="no preset 'c'"):
+        runner.train("airrep", "tiers", "b", config={**config, "train_preset": "c"})
