@@ -17,6 +17,10 @@ class ConfigError(UserError, ValueError):
     """A method config field, a spec field or a command-line value is unknown or invalid."""
 
 
+class DiskSpaceError(UserError, OSError):
+    """Not enough free disk for what a run is about to write."""
+
+
 class UnknownName(UserError, KeyError):
     """No task, method or preset of that name."""
 

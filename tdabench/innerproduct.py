@@ -27,7 +27,8 @@ the pool is taken in chunks of whole batches of about :data:`CHUNK_BYTES` (at le
 one 32-example batch at ``small``), appended to a raw float32 file in a
 scratch directory under the work directory and read back in chunks of pool rows when scoring
 (plain reads, not a memory map, so the process's RSS stays what it needs): the same batches, so
-the same features, with memory bounded. The disk use shows in the record's storage; the scratch
+the same features, with memory bounded. The disk use shows in the record's storage; a disk that
+cannot hold it is refused after the first chunk (:class:`tdabench.errors.DiskSpaceError`); the scratch
 directory is removed when the method object goes away. The model is on
 ``context.device``, put there by :func:`tdabench.gradients.prepare`; on the CPU every step is the
 code path of a CPU-only build.
@@ -35,6 +36,7 @@ code path of a CPU-only build.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -42,8 +44,10 @@ import numpy as np
 import torch
 
 from . import gradients, lm
+from .errors import DiskSpaceError
 from .method import FitContext
 from .spec import Example
+from .store import CACHE_ENV
 
 # Bytes of one state's (N, P) pool gradients above which they are made and kept in chunks on disk.
 MEMORY_BUDGET_BYTES = 4 * 2**30
@@ -138,9 +142,21 @@ class InnerProductMethod:
         with open(path, "wb") as out:
             for start in range(0, len(pool), step):
                 part = self.transform_train(state, self.train_rep(state, pool[start:start + step]))
+                if not width and path == self.files[0]:  # the first chunk tells the width
+                    self._check_disk(path.parent, part.shape[1])
                 width = part.shape[1]
                 part.cpu().numpy().astype(np.float32, copy=False).tofile(out)
         return width
+
+    def _check_disk(self, where: Path, width: int) -> None:
+        """Refuse, before the rest is computed, pool features the disk cannot hold."""
+        need = len(self.prepared.states) * self.n_pool * width * 4
+        free = shutil.disk_usage(where).free
+        if need > free:
+            raise DiskSpaceError(
+                f"the pool features need {need / 2**20:,.0f} MiB of scratch ({len(self.prepared.states)} "
+                f"state(s) x {self.n_pool} examples x {width} floats) in {where}, which has "
+                f"{free / 2**20:,.0f} MiB free: free space there or set {CACHE_ENV} to a larger disk")
 
     def _pool_dots(self, c: int, features: torch.Tensor) -> torch.Tensor:
         """(T, N) float64: ``features`` (T, k) dotted with state c's pool features."""

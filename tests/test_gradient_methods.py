@@ -297,6 +297,27 @@ def test_pool_features_over_the_memory_budget_are_made_on_disk_in_chunks_with_th
     assert not any(f.exists() for f in files)  # the scratch features go with the method
 
 
+def test_pool_features_the_disk_cannot_hold_are_refused_after_the_first_chunk(micro, tmp_path,
+                                                                            monkeypatch):
+    from collections import namedtuple
+
+    from tdabench import innerproduct
+    from tdabench.errors import DiskSpaceError
+
+    monkeypatch.setattr(innerproduct, "MEMORY_BUDGET_BYTES", 0)
+    monkeypatch.setattr(innerproduct, "CHUNK_BYTES", 1)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(innerproduct.shutil, "disk_usage", lambda path: usage(100, 99, 1000))
+    calls = []
+    real = innerproduct.InnerProductMethod.train_rep
+    monkeypatch.setattr(innerproduct.InnerProductMethod, "train_rep",
+                        lambda self, *a: calls.append(1) or real(self, *a))
+    words = r"need 3 MiB of scratch \(2 state\(s\) x 60 examples x .* 0 MiB free"
+    with pytest.raises(DiskSpaceError, match=words):
+        fitted("tracin", {"batch_size": 3}, context_for(micro, tmp_path))
+    assert len(calls) == 1  # one chunk of one state was computed, not the pool
+
+
 # --- where the gradients are taken -----------------------------------------------------------
 
 def test_graddot_on_the_trajectory_is_tracin(micro, tmp_path):
