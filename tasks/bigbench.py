@@ -5,6 +5,10 @@ Data: the JSON tasks of the ``bigbench`` 1.0.0 source archive on the package ind
 by sha256 (nothing is copied into this repository). ``pip download`` cannot fetch this archive
 (it builds the archive's metadata, and pip then refuses its direct-URL dependency), so the file
 is taken from the simple page of pip's configured index (:func:`tdabench.data.fetch_index_file`).
+PyPI no longer serves 1.0.0 (on 2026-12-06 its page lists 0.0.1 only); the committed records
+were made from a package mirror that still had it. Without such a mirror, place the archive
+(``ARCHIVE_SHA256`` below) in ``<cache>/downloads/`` by hand; ``tdabench reproduce`` checks
+every task's data before it computes anything and names the tasks that can run without it.
 The archive is read once: the selected examples are cached as JSONL under
 ``<cache>/examples/``, keyed by the archive's sha256 and the selection settings below.
 

@@ -317,12 +317,15 @@ def cmd_plot(args: argparse.Namespace) -> None:
     for path in plots.plot_all(_load_records(args), args.out):
         print(path)
 
-def _add_results_arg(p: argparse.ArgumentParser, help_: str) -> None:
-    """``--results-dir DIR...`` into ``args.results``; ``--results`` is the old spelling."""
-    p.add_argument("--results-dir", dest="results", type=Path, nargs="+", action="extend",
-                   default=[], metavar="DIR", help=help_)
-    p.add_argument("--results", dest="results", type=Path, nargs="+", action="extend",
-                   default=[], help=argparse.SUPPRESS)
+def _add_results_arg(p: argparse.ArgumentParser, help_: str, many: bool = True) -> None:
+    """``--results-dir DIR...`` into ``args.results``; ``--results`` is the old spelling.
+    ``many=False`` (a command with positionals): one DIR per flag, repeatable, so that
+    ``--results-dir results A B`` leaves A and B to the positionals."""
+    nargs = {"nargs": "+", "action": "extend"} if many else {"action": "append"}
+    p.add_argument("--results-dir", dest="results", type=Path, default=[], metavar="DIR",
+                   help=help_, **nargs)
+    p.add_argument("--results", dest="results", type=Path, default=[], help=argparse.SUPPRESS,
+                   **nargs)
 
 
 def _add_records_args(p: argparse.ArgumentParser) -> None:
@@ -445,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a", help="method (or leaderboard label) A")
     p.add_argument("b", help="method (or leaderboard label) B")
     p.add_argument("--task", required=True, help="TASK or TASK/PRESET")
-    _add_results_arg(p, "directory trees of result records (default: as for leaderboard)")
+    _add_results_arg(p, "a directory tree of result records, repeatable (default: as for "
+                        "leaderboard)", many=False)
     p.add_argument("--spec", nargs="+", action="extend", default=[], metavar="HASH",
                    help="the spec hash (or prefix) to compare on (default: the newest)")
     p.add_argument("--n-boot", type=_positive_int, default=2000, help="bootstrap resamples (default: 2000)")

@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from . import record, runner
+from .data import DataError
 from .device import CPU, Device
 from .method import MissingDependency, make_config
 from .protocol import protocol_hash
 from .registry import get_method, get_task, method_names, task_names
 from .spec import TaskSpec, spec_hash, stable_hash
+from .task import Task
 
 
 def current(path: Path, spec: TaskSpec) -> bool:
@@ -26,6 +28,21 @@ def current(path: Path, spec: TaskSpec) -> bool:
     return rec.spec_hash == spec_hash(spec) and rec.protocol_hash == protocol_hash()
 
 
+def check_data(tasks: list[tuple[str, Task]], preset: str) -> None:
+    """Fetch and verify every task's data (cached after the first time) before any compute, so
+    that a source that cannot be had stops the run at once, naming the tasks that can run."""
+    missing = {}
+    for name, task in tasks:
+        try:
+            task.load(task.spec(preset).data)
+        except DataError as err:
+            missing[name] = str(err)
+    if missing:
+        rest = [name for name, _ in tasks if name not in missing]
+        fix = f" Reproduce the others with --task {' '.join(rest)}." if rest else ""
+        raise DataError("; ".join(f"{name}: {err}" for name, err in missing.items()) + fix)
+
+
 def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: list[str] | None = None,
               configs: dict[str, dict[str, str]] | None = None,
               results_dir: Path | str = record.REFERENCE_RESULTS, workers: int = 1,
@@ -37,11 +54,12 @@ def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: lis
     (stored in its records)."""
     configs = configs or {}
     record.check_writable(results_dir)
+    selected = [(name, get_task(name)) for name in tasks or task_names()]
+    selected = [(name, task) for name, task in selected
+                if preset in task.presets and not (tasks is None and task.needs_hub)]
+    check_data(selected, preset)
     written = []
-    for task_name in tasks or task_names():
-        task = get_task(task_name)
-        if preset not in task.presets or (tasks is None and task.needs_hub):
-            continue
+    for task_name, task in selected:
         spec = task.spec(preset)
         for method in methods or method_names():
             try:

@@ -184,6 +184,12 @@ def test_leaderboard_takes_results_dir_and_the_old_spelling():
     assert "--results-dir" in parser._subparsers._group_actions[0].choices["leaderboard"].format_help()
 
 
+def test_compare_leaves_the_methods_after_results_dir_to_its_positionals():
+    args = cli.build_parser().parse_args(
+        ["compare", "--task", "t", "--results-dir", "a", "m1", "m2", "--results-dir", "b"])
+    assert (args.a, args.b, args.results) == ("m1", "m2", [Path("a"), Path("b")])
+
+
 # --- banks: messages that name the file, versions, locks, orphans ---------------------------
 
 def test_corrupt_manifest_and_membership_name_the_file(micro, tmp_path, capsys):

@@ -206,3 +206,28 @@ def test_the_record_names_the_commit_that_started_the_run(micro, tmp_path, monke
     monkeypatch.setattr(runner, "ensure_bank", build_then_commit)
     rec, _ = runner.run("random", "micro", "micro", results_dir=tmp_path)
     assert rec["code"]["commit"] == "a" * 40
+
+
+def test_reproduce_stops_before_any_compute_when_a_tasks_data_cannot_be_had(micro, tmp_path,
+                                                                            monkeypatch):
+    """A task whose source is gone (e.g. an archive the index no longer serves) stops
+    ``tdabench reproduce`` before the first fine-tune, and the message names the tasks that can
+    run."""
+    import dataclasses
+
+    from tdabench.data import DataError
+    from tdabench.registry import register_task
+    from tdabench.reproduce import reproduce
+
+    def gone(_):
+        raise DataError("archive.tar.gz is not listed on the package indexes")
+
+    task, _, _ = micro
+    register_task(dataclasses.replace(task, name="micro_gone", load=gone))
+    monkeypatch.setattr(runner, "run", lambda *a, **k: pytest.fail("computed before the check"))
+    with pytest.raises(DataError, match=r"^micro_gone: archive.tar.gz is not listed.* "
+                                        r"Reproduce the others with --task micro\.$"):
+        reproduce("micro", ["micro", "micro_gone"], ["random"], results_dir=tmp_path)
+    code = cli.main(["reproduce", "--preset", "micro", "--task", "micro_gone", "--method", "random",
+                     "--results-dir", str(tmp_path)])
+    assert code == 2 and not list(tmp_path.rglob("*.json"))
