@@ -97,13 +97,23 @@ def model_output_class():
     return CausalLMOutput
 
 
+# Bytes that one vmap call of the gradient computer may hold, estimated per example as its
+# gradient (P floats) and three (L, V) float tensors of its output (logits, their masked copy,
+# their gradient). At ``small`` (P = 5.3M, L = 128, V = 49,152: 97 MB an example) a 200-example
+# batch in one call needed more than the machine's 24 GB; the ``tiny`` batches fit in one call.
+VMAP_BYTES = 2**31
+
+
 def tracked_gradient_computer():
     trak = require("trak", "trak", "trak")
 
     class TrackedGradientComputer(trak.gradient_computers.FunctionalGradientComputer):
         """traker's vmap gradient computer, differentiating only the ``grad_wrt`` weights (traker
         differentiates every parameter and drops the others afterwards: the embedding's per-example
-        gradients alone are V x d each)."""
+        gradients alone are V x d each). A batch that would hold more than :data:`VMAP_BYTES` is
+        differentiated in pieces whose gradients are flattened into one (B, P) tensor, what
+        traker's projectors make of its dict (``vectorize``: the weights in order, each
+        flattened), so the batch is still projected in one pass."""
 
         def load_model_params(self, model) -> None:
             super().load_model_params(model)
@@ -111,6 +121,22 @@ def tracked_gradient_computer():
             if keep is not None:
                 keep = set(keep)
                 self.func_weights = {k: v for k, v in self.func_weights.items() if k in keep}
+
+        def compute_per_sample_grad(self, batch):
+            rows, length = batch[0].shape
+            n_weights = sum(w.numel() for w in self.func_weights.values())
+            n_vocab = self.model.get_output_embeddings().out_features
+            step = max(1, VMAP_BYTES // (4 * (n_weights + 3 * length * n_vocab)))
+            if step >= rows:
+                return super().compute_per_sample_grad(batch)
+            flat = None
+            for start in range(0, rows, step):
+                grads = super().compute_per_sample_grad([x[start:start + step] for x in batch])
+                piece = torch.cat([g.flatten(1) for g in grads.values()], dim=1)
+                if flat is None:
+                    flat = piece.new_empty(rows, piece.shape[1])
+                flat[start:start + len(piece)] = piece
+            return flat
 
     return TrackedGradientComputer
 
