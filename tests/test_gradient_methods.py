@@ -314,7 +314,9 @@ def test_pool_features_over_the_memory_budget_are_made_on_disk_in_chunks_with_th
     monkeypatch.setattr(innerproduct, "CHUNK_BYTES", 1)
     files = list(method.files)
     assert all(f.stat().st_size == len(context.data.pool) * method.width * 4 for f in files)
-    np.testing.assert_allclose(method.score(context.data.targets), in_memory, rtol=1e-6, atol=1e-9)
+    # float32 products in other shapes: BLAS may round them apart (1e-8 of 0.1 on an AMD EPYC)
+    np.testing.assert_allclose(method.score(context.data.targets), in_memory, rtol=1e-5,
+                               atol=1e-6 * np.abs(in_memory).max())
     del method
     gc.collect()
     assert not any(f.exists() for f in files)  # the scratch features go with the method

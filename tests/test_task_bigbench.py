@@ -182,8 +182,14 @@ def test_pip_index_urls_follow_pip_configuration(monkeypatch):
 
 @pytest.mark.slow
 def test_real_archive_counts():
-    """Downloads the 358 MB archive (seconds on a fast link) and parses it: 30-60 s here."""
-    examples = bigbench.examples(bigbench.DEFAULT_OPTIONS)
+    """Downloads the 358 MB archive (seconds on a fast link) and parses it: 30-60 s here.
+    Skipped where no configured index lists it: PyPI no longer does (it serves 0.0.1 only)."""
+    try:
+        examples = bigbench.examples(bigbench.DEFAULT_OPTIONS)
+    except tdata.DataError as err:
+        if "is not listed" not in str(err):
+            raise
+        pytest.skip(f"no package index here has the archive: {err}")
     per_task = Counter(ex.source for ex in examples)
     assert (len(examples), len(per_task)) == (4814, 33)
     assert min(per_task.values()) >= 100 and max(per_task.values()) == 150
