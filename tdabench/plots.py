@@ -6,7 +6,8 @@
 * ``per_target_lds``: the distribution over targets of the per-target LDS, per method;
 * ``rank_agreement`` (only where some task has records in both tiers, ``tiny`` and ``small``):
   Kendall's tau between the tiers' method rankings per task with its bootstrap interval, then
-  one panel per task of each method's LDS in the cheap tier against the realistic one.
+  one panel per task of each method's LDS in the cheap tier against the realistic one, each
+  point named by :func:`place_labels` clear of the other points and names.
 
 Each method keeps one colour in every figure (sorted method names onto a qualitative
 palette); configs of one method share its colour and are told apart by their row labels. The
@@ -34,6 +35,7 @@ try:
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import NullFormatter
+    from matplotlib.transforms import Bbox
 except ImportError as err:  # pragma: no cover - depends on the installation
     raise MissingDependency("tdabench plot needs matplotlib, which is not installed: "
                             "pip install 'tdabench[plots]' -c constraints.txt") from err
@@ -243,7 +245,6 @@ def plot_rank_agreement(agreements: Sequence[tiers.RankAgreement], colors: dict[
         x, y = a.lds
         for label, xi, yi in zip(a.labels, x, y):
             ax.plot(xi, yi, "o", ms=3.5, color=colors[label])  # a tier's methods, by name
-            ax.annotate(label, (xi, yi), xytext=(2, 2), textcoords="offset points", fontsize=5)
         lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
         pad = 0.05 * (hi - lo or 1)
         ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ":", color="0.55", lw=0.6, zorder=0)
@@ -252,7 +253,69 @@ def plot_rank_agreement(agreements: Sequence[tiers.RankAgreement], colors: dict[
         ax.set_xlabel(f"LDS, {a.tiers[0]}")
         ax.set_ylabel(f"LDS, {a.tiers[1]}")
         ax.grid(lw=0.3, alpha=0.5)
+    fig.canvas.draw()  # lay the panels out first: labels are placed in display coordinates
+    for ax, a in zip(axes[1:], agreements):
+        place_labels(ax, list(a.labels), *a.lds, fontsize=5)
     return fig
+
+
+# Where a point's label may go, in order of preference: (dx, dy) in points from the point, and
+# the text's alignment there. Near offsets first, then the same directions further out, where a
+# thin leader line ties the label to its point.
+LABEL_SPOTS = [((dx * r, dy * r), ha, va) for r in (1, 3, 5)
+               for (dx, dy), ha, va in [((2, 2), "left", "bottom"), ((2, -2), "left", "top"),
+                                        ((-2, 2), "right", "bottom"), ((-2, -2), "right", "top"),
+                                        ((3, 0), "left", "center"), ((-3, 0), "right", "center"),
+                                        ((0, 3), "center", "bottom"), ((0, -3), "center", "top")]]
+LEADER = {"arrowstyle": "-", "lw": 0.3, "color": "0.45", "shrinkA": 0, "shrinkB": 2}
+
+
+def place_labels(ax: Any, labels: Sequence[str], x: Sequence[float], y: Sequence[float],
+                 fontsize: float = 5) -> list[Any]:
+    """Name each point (x[i], y[i]) of ``ax`` with labels[i], at the first of
+    :data:`LABEL_SPOTS` where the text overlaps no label placed before and no other point, has
+    its own point nearest its middle and stays inside the axes (else where it breaks these
+    least, by area); a label away from its point gets a leader line. Greedy, so it needs the
+    panel laid out (``fig.canvas.draw()``) before; returns the annotations."""
+    renderer = ax.figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    centres = ax.transData.transform(np.column_stack([x, y]))
+    half = 2.0 * ax.figure.dpi / 72  # a 3.5 pt marker's half width and a margin, in pixels
+    placed: list[Any] = []
+    annotations = []
+    for i, label in enumerate(labels):
+        others = [Bbox.from_extents(*(c - half), *(c + half))
+                  for j, c in enumerate(centres) if j != i]
+        best = None
+        for offset, ha, va in LABEL_SPOTS:
+            far = max(abs(offset[0]), abs(offset[1])) > 3
+            text = ax.annotate(label, (x[i], y[i]), xytext=offset, textcoords="offset points",
+                               ha=ha, va=va, fontsize=fontsize, arrowprops=LEADER if far else None)
+            box = text.get_window_extent(renderer)
+            clash = sum(_overlap(box, b) for b in placed + others)
+            clash += box.width * box.height - _overlap(box, inside)  # the part outside the axes
+            middle = np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2])
+            nearest = np.hypot(*(centres - middle).T).argmin()
+            if nearest != i:  # its middle nearer another point: it would read as that one's
+                clash += box.width * box.height
+            if best is not None and clash >= best[0]:
+                text.remove()
+                continue
+            if best is not None:
+                best[1].remove()
+            best = (clash, text, box)
+            if clash == 0:
+                break
+        placed.append(best[2])
+        annotations.append(best[1])
+    return annotations
+
+
+def _overlap(a: Bbox, b: Bbox) -> float:
+    """Area shared by two display-space boxes."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(w, 0.0) * max(h, 0.0)
 
 
 def plot_all(selection: leaderboard.Selection, out_dir: Path | str) -> list[Path]:

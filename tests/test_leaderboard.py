@@ -541,3 +541,43 @@ def test_rank_agreement_figure_is_drawn_with_both_tiers(tmp_path, capsys):
     assert figure in printed and (tmp_path / "figs" / "rank_agreement.pdf") in printed
     width, height = _png_size(figure)
     assert width == round(3.3 * 200) and height > 600
+
+
+def test_point_labels_do_not_overlap_and_sit_nearest_their_point():
+    """A cluster like bigbench's text baselines (points 0.02 apart): every label is placed off the
+    others and the points, with its own point nearest its middle; a label at a fixed offset
+    (the former placement) would overlap its neighbours."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from tdabench import plots
+
+    x = np.array([0.06, 0.075, 0.08, 0.05, 0.40, 0.45, 0.0])
+    y = np.array([0.355, 0.35, 0.365, 0.30, 0.58, 0.585, -0.02])
+    labels = ["embedding", "tfidf", "bm25", "repsim", "graddot", "gradcos", "random"]
+    with matplotlib.rc_context(plots.STYLE):
+        fig = Figure(figsize=(plots.WIDTH, 2.4), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        ax.plot(x, y, "o", ms=3.5)
+        ax.set_xlim(-0.05, 0.65)
+        ax.set_ylim(-0.05, 0.65)
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        fixed = [ax.annotate(s, (a, b), xytext=(2, 2), textcoords="offset points", fontsize=5)
+                 for s, a, b in zip(labels, x, y)]
+        fixed_boxes = [t.get_window_extent(renderer) for t in fixed]
+        assert any(a.overlaps(b) for i, a in enumerate(fixed_boxes) for b in fixed_boxes[i + 1:])
+        for t in fixed:
+            t.remove()
+        texts = plots.place_labels(ax, labels, x, y)
+        boxes = [t.get_window_extent(renderer) for t in texts]
+    assert [t.get_text() for t in texts] == labels and len(ax.texts) == len(labels)  # no leftovers
+    centres = ax.transData.transform(np.column_stack([x, y]))
+    inside = ax.get_window_extent(renderer)
+    for i, box in enumerate(boxes):
+        assert all(not box.overlaps(other) for j, other in enumerate(boxes) if j != i), labels[i]
+        middle = np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2])
+        assert np.hypot(*(centres - middle).T).argmin() == i, labels[i]
+        assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1), labels[i]
