@@ -199,19 +199,27 @@ class Trak:
     def fit(self, pool: list[Example], context: FitContext) -> None:
         require("trak", "trak", "trak")
         self.device = context.device  # where prepare put the models and traker works
-        self.states = []  # per model: its weights, for scoring
+        # per model, for scoring: model 0's whole state; model i > 0's entries that differ from
+        # it (with trainable="top:K" the top blocks only: at small 5 full copies were 2.7 GB)
+        self.states: list[dict[str, torch.Tensor]] = []
         for i in range(self.config.n_models):
             model = self._reference(context, i)
             if i == 0:
                 self.traker = self._traker(model, len(pool), context)
                 encoded = lm.encode(self.tokenizer, pool, self.model_spec)  # once for every model
-            self.states.append({k: v.clone() for k, v in model.state_dict().items()})
+            base = self.states[0] if self.states else {}
+            self.states.append({k: v.clone() for k, v in model.state_dict().items()
+                                if k not in base or not torch.equal(v, base[k])})
             self._featurize(i, encoded)
         self.n_pool = len(pool)
 
+    def _state(self, i: int) -> dict[str, torch.Tensor]:
+        """Model i's whole state dict (what traker loads: strictly, every entry)."""
+        return self.states[0] if i == 0 else {**self.states[0], **self.states[i]}
+
     def _featurize(self, i: int, pool: list) -> None:
         """Featurize the pool at model i and finalize its features with its own damping."""
-        self.traker.load_checkpoint(self.states[i], model_id=i)
+        self.traker.load_checkpoint(self._state(i), model_id=i)
         for n, batch in self._batches(pool):
             self.traker.featurize(batch=batch, num_samples=n)
         features = np.asarray(self.traker.saver.current_store["grads"], dtype=np.float64)  # (N, k)
@@ -226,9 +234,9 @@ class Trak:
 
     def score(self, targets: list[Example]) -> np.ndarray:
         encoded = lm.encode(self.tokenizer, targets, self.model_spec)  # once for every model
-        for i, state in enumerate(self.states):
-            self.traker.start_scoring_checkpoint(exp_name="targets", checkpoint=state, model_id=i,
-                                                 num_targets=len(targets))
+        for i in range(len(self.states)):
+            self.traker.start_scoring_checkpoint(exp_name="targets", checkpoint=self._state(i),
+                                                 model_id=i, num_targets=len(targets))
             for n, batch in self._batches(encoded):
                 self.traker.score(batch=batch, num_samples=n)
         native = self.traker.finalize_scores(exp_name="targets")  # (n_train, n_targets), all models

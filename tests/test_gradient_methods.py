@@ -474,3 +474,24 @@ def test_run_end_to_end(micro, tmp_path):
     m = record["metrics"]
     assert record["config"]["tracked"] == "mlp" and m["lds"]["n_targets"] == 12
     assert -1 <= m["lds"]["mean"] <= 1 and m["recall@10"]["value"] > m["recall@10"]["chance"]
+
+
+def test_trak_keeps_of_later_models_only_the_weights_that_differ_from_the_first(micro, tmp_path):
+    """With the top block trainable, models 1.. keep only the top block's and final norm's
+    weights; the state traker loads for each is that model's whole state dict."""
+    needs("trak")
+    context = context_for(micro, tmp_path, d_ff=8)
+    spec = replace(context.spec, model=replace(context.spec.model, trainable="top:1"))
+    context = replace(context, spec=spec)
+    method = fitted("trak", {"proj_dim": 0, "damping": 0.05, "n_models": 2, "checkpoint": "pool"},
+                    context)
+    first, second = method.states
+    assert set(second) and set(second) < set(first)
+    top = f"model.layers.{spec.model.n_layers - 1}."
+    assert all(k.startswith((top, "model.norm.")) for k in second), sorted(second)
+    assert "model.embed_tokens.weight" in first and "model.embed_tokens.weight" not in second
+    expected = gradients.reference_model(context, seed=1).lm.model.state_dict()
+    whole = method._state(1)
+    assert set(whole) == set(expected)
+    for k, v in expected.items():
+        assert torch.equal(whole[k], v), k
