@@ -69,6 +69,7 @@ import torch.nn.functional as F
 from tdabench import device, lm, metrics
 from tdabench.device import CPU, Device
 from tdabench.errors import ConfigError
+from tdabench.executors import Progress
 from tdabench.groundtruth import GroundTruthBank, build_banks, sample_subsets
 from tdabench.method import FitContext, TextView, require, text_view
 from tdabench.seeds import training_split_rng, training_split_seed
@@ -688,11 +689,13 @@ def fit_encoder(method: AirRep, texts: list[str], splits: list[Split], root: Pat
     if start == 0:
         curve.append({"step": 0, "loss": None, "held_out_lds": held_out and trainer.lds(held_out)})
     losses = []
+    progress = Progress(c.steps - start, f"airrep: training steps {start + 1}-{c.steps}", unit="step")
     for step in range(start, c.steps):
         tic = time.perf_counter()
         split = split_order(c.train_seed, len(train_splits), step)
         losses.append(trainer.step(split, train_splits[split]))
         train_s += time.perf_counter() - tic
+        progress.update()
         if (step + 1) % SAVE_EVERY and step + 1 < c.steps:
             continue
         curve.append({"step": step + 1, "loss": float(np.mean(losses)),
@@ -703,6 +706,7 @@ def fit_encoder(method: AirRep, texts: list[str], splits: list[Split], root: Pat
         root.mkdir(parents=True, exist_ok=True)
         torch.save(trainer.state(step + 1, curve, train_s), root / "last.pt.tmp")
         (root / "last.pt.tmp").replace(last)
+    progress.close()
     return trainer, curve, train_s
 
 

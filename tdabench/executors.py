@@ -73,12 +73,14 @@ def _init_worker(parent: int, init: Callable[..., Any], args: tuple) -> None:
 
 
 class Progress:
-    """Jobs done, with an ETA that starts at the first finished job (worker start-up, which
-    loads the model, is not a job). On a terminal: a tqdm bar; redirected to a file: a plain
-    line every ``every_s`` seconds and at the end, never a stream of carriage returns."""
+    """Jobs (or other ``unit``s) done, with an ETA that starts at the first finished one (worker
+    start-up, which loads the model, is not a job). On a terminal: a tqdm bar; redirected to a
+    file: a plain line every ``every_s`` seconds and at the end, never a stream of carriage
+    returns."""
 
-    def __init__(self, total: int, desc: str, every_s: float = 30.0, file: Any = None) -> None:
-        self.total, self.desc, self.every_s = total, desc, every_s
+    def __init__(self, total: int, desc: str, every_s: float = 30.0, file: Any = None,
+                 unit: str = "job") -> None:
+        self.total, self.desc, self.every_s, self.unit = total, desc, every_s, unit
         self.file = file or sys.stderr
         self.done, self.first_at, self.last_line = 0, None, 0.0
         self.started = time.monotonic()
@@ -86,7 +88,7 @@ class Progress:
         if self.file.isatty():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc=f"{desc} (starting workers)", unit="job",
+            self.bar = tqdm(total=total, desc=f"{desc} (starting)", unit=unit,
                             dynamic_ncols=True, file=self.file)
 
     def update(self) -> None:
@@ -113,7 +115,7 @@ class Progress:
 
     def line(self, now: float) -> str:
         eta = self.eta_s(now)
-        return (f"{self.desc}: {self.done}/{self.total} jobs, {_clock(now - self.started)} elapsed"
+        return (f"{self.desc}: {self.done}/{self.total} {self.unit}s, {_clock(now - self.started)} elapsed"
                 + (f", about {_clock(eta)} left" if eta is not None and self.done < self.total else ""))
 
     def close(self) -> None:

@@ -156,8 +156,9 @@ def test_training_end_to_end_is_cached_resumable_and_costed(micro, tmp_path, cap
     monkeypatch.setattr(airrep, "SAVE_EVERY", 2)
     config = {**SMALL_TRAINING, "train_encoder": train_encoder}
     record, _ = runner.run("airrep", "micro", "micro", config=config, results_dir=tmp_path)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "no trained checkpoint" in out and "step 4/4" in out
+    assert "airrep: training steps 1-4: 4/4 steps" in err  # progress over the steps, not only the bank
     path = Path(runner.train("airrep", "micro", "micro", config=config))
     curve = json.loads((path / "curve.json").read_text())
     assert [c["step"] for c in curve["curve"]] == [0, 2, 4]
