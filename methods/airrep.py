@@ -207,8 +207,12 @@ def load_encoder(path: str) -> tuple[AirRepEncoder, object]:
                 f"hub ({type(err).__name__}); pass a local directory") from err
     config = json.loads((folder / "config.json").read_text())
     if config.get("model_type") != "airrep":
+
+        class BertWithoutPooler(BertModel):  # transformers' way to ignore the pooler's weights
+            _keys_to_ignore_on_load_unexpected = [r"^pooler\."]  # (else a load report on every load)
+
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        encoder = AirRepEncoder(BertModel.from_pretrained(folder, add_pooling_layer=False))
+        encoder = AirRepEncoder(BertWithoutPooler.from_pretrained(folder, add_pooling_layer=False))
         with torch.no_grad():
             encoder.projector.weight.copy_(torch.eye(encoder.projector.in_features))
             encoder.projector.bias.zero_()

@@ -224,6 +224,34 @@ def test_the_projector_starts_random_as_the_authors_or_as_the_identity(micro):
     assert torch.equal(encoder.projector.weight, torch.eye(w.shape[0]))
 
 
+def test_a_plain_bert_loads_every_weight_but_the_pooler_without_a_load_report():
+    import logging
+
+    from safetensors.torch import load_file
+
+    class Collect(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.messages.append(record.getMessage())
+
+    warnings = Collect()  # transformers' own logger (it does not propagate to pytest's)
+    logging.getLogger("transformers").addHandler(warnings)
+    try:
+        path = airrep._base_model_path(AirRep.Config())
+        encoder, _ = load_encoder(path)
+    finally:
+        logging.getLogger("transformers").removeHandler(warnings)
+    assert not [m for m in warnings.messages if "LOAD REPORT" in m]
+    state = load_file(Path(path) / "model.safetensors")
+    loaded = encoder.bert.state_dict()
+    kept = {k for k in state if not k.startswith("pooler.") and k != "embeddings.position_ids"}
+    assert kept == set(loaded)  # position_ids: a buffer transformers rebuilds, not a weight
+    assert all(torch.equal(loaded[k], v) for k, v in state.items() if k in loaded)
+
+
 def test_group_scores_match_the_numpy_pooling():
     rng = np.random.default_rng(0)
     s = rng.normal(size=(3, 7))
