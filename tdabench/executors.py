@@ -30,7 +30,7 @@ _worker_state: Any = None
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
-def _die_with_parent(parent: int, interval_s: float = 1.0) -> None:
+def die_with_parent(parent: int, interval_s: float = 1.0) -> None:
     """End this worker when process ``parent`` ends: PR_SET_PDEATHSIG on Linux (the kernel
     kills it), and a watchdog thread everywhere (checks the parent pid every ``interval_s``)."""
     if sys.platform.startswith("linux"):
@@ -67,7 +67,7 @@ def _init_worker(parent: int, init: Callable[..., Any], args: tuple) -> None:
 
     global _worker_state
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report, once
-    _die_with_parent(parent)
+    die_with_parent(parent)
     torch.set_num_threads(1)  # one thread per worker process: oversubscription is 10x slower
     _worker_state = init(*args)
 

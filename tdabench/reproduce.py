@@ -1,14 +1,22 @@
-"""The reference set: every method on every offline task of a preset (``tdabench reproduce``)."""
+"""The reference set: every method on every offline task of a preset (``tdabench reproduce``).
+
+Each (task, method) runs in a process of its own, as ``tdabench run`` would: a record's peak
+memory is then that method's, not the high-water mark that earlier methods left in a shared
+process (in one process, a random baseline run after TRAK reported TRAK's 2.5 GB).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing as mp
+import os
 from pathlib import Path
 from typing import Any
 
 from . import record, runner
 from .data import DataError
 from .device import CPU, Device
+from .executors import die_with_parent
 from .method import MissingDependency, make_config
 from .protocol import protocol_hash
 from .registry import get_method, get_task, method_names, task_names
@@ -71,13 +79,50 @@ def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: lis
             if current(out, spec):
                 print(f"exists: {out}")
                 continue
+            kwargs = dict(config=configs.get(method), workers=workers, results_dir=results_dir,
+                          device=device, tuning=(tuned or {}).get(method))
             try:
-                rec, out = runner.run(method, task_name, preset, config=configs.get(method),
-                                      workers=workers, results_dir=results_dir, device=device,
-                                      tuning=(tuned or {}).get(method))
+                out = run_isolated(method, task_name, preset, **kwargs)
             except MissingDependency as err:
                 print(f"skip {method}: {err}")
                 continue
-            print(runner.summary(rec))
             written.append(out)
     return written
+
+
+def run_isolated(method: str, task: str, preset: str, **kwargs: Any) -> Path:
+    """``runner.run`` in a child process (forked: it sees the tasks and methods registered here;
+    this process has run no torch work to fork from), which prints the record's summary and dies
+    with this process. Returns the record's path; the child's error is raised here."""
+    ctx = mp.get_context("fork")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_run_child, args=(send, os.getpid(), method, task, preset, kwargs))
+    child.start()
+    send.close()
+    try:
+        ok, value = receive.recv()
+    except EOFError:  # the child died without a word (killed, out of memory)
+        child.join()
+        raise RuntimeError(f"{method} on {task}/{preset} died (exit code {child.exitcode}); "
+                           f"rerun it with `tdabench run` to see why") from None
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        child.join()
+    if not ok:
+        raise value
+    return value
+
+
+def _run_child(send: Any, parent: int, method: str, task: str, preset: str, kwargs: dict) -> None:
+    die_with_parent(parent)
+    try:
+        rec, out = runner.run(method, task, preset, **kwargs)
+        print(runner.summary(rec), flush=True)
+        send.send((True, out))
+    except BaseException as err:  # sent to the parent, which raises it
+        try:
+            send.send((False, err))
+        except Exception:  # an error that cannot be pickled: its text
+            send.send((False, RuntimeError(f"{type(err).__name__}: {err}")))

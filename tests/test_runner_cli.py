@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -231,3 +232,53 @@ def test_reproduce_stops_before_any_compute_when_a_tasks_data_cannot_be_had(micr
     code = cli.main(["reproduce", "--preset", "micro", "--task", "micro_gone", "--method", "random",
                      "--results-dir", str(tmp_path)])
     assert code == 2 and not list(tmp_path.rglob("*.json"))
+
+
+_HELD = []  # what the leaky method keeps alive in its process
+
+
+class _Leaky:
+    """A method that leaves 400 MB behind in its process (as a cached model would)."""
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, config):
+        self.config = config
+
+    def fit(self, pool, context):
+        _HELD.append(np.ones(50_000_000))  # 400 MB, touched
+
+    def score(self, targets):
+        return np.zeros((len(targets), 60))
+
+
+class _Dies(_Leaky):
+    def fit(self, pool, context):
+        os._exit(3)  # as the kernel's out-of-memory killer would end it
+
+
+def test_reproduce_runs_each_method_in_a_process_of_its_own(micro, tmp_path, capfd):
+    """A method's record shows its own peak memory, not what an earlier one left behind; an
+    optional dependency still skips, and a run that dies is named."""
+    from tdabench.method import MissingDependency
+    from tdabench.reproduce import reproduce
+
+    register_method("leaky", _Leaky)
+    written = reproduce("micro", ["micro"], ["leaky", "random"], results_dir=tmp_path)
+    assert not _HELD  # the leak stayed in the child
+    peak = {record.load(p).method: record.load(p).cost.phases["fit"].peak_rss_bytes for p in written}
+    assert peak["leaky"] - peak["random"] > 300e6
+    assert "random on micro/micro" in capfd.readouterr().out  # the child printed the summary
+
+    class Missing(_Leaky):
+        def fit(self, pool, context):
+            raise MissingDependency("pip install it")
+
+    register_method("missing", Missing)
+    assert reproduce("micro", ["micro"], ["missing"], results_dir=tmp_path) == []
+    assert "skip missing: pip install it" in capfd.readouterr().out
+    register_method("dies", _Dies)
+    with pytest.raises(RuntimeError, match=r"dies on micro/micro died \(exit code 3\)"):
+        reproduce("micro", ["micro"], ["dies"], results_dir=tmp_path)
