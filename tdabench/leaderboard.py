@@ -46,11 +46,13 @@ COLUMNS = [
     "task", "preset", "spec_hash", "protocol_hash", "label", "method", "config_hash", "seed",
     "reference", "family", "lds", "lds_ci_low", "lds_ci_high", "lds_ci_subsets_low", "lds_ci_subsets_high",
     "noise_ceiling", "noise_ceiling_low", "noise_ceiling_high", "recall_at_1", "recall_at_1_chance",
-    "recall_at_10", "recall_at_10_chance", "train_s", "train_cached", "fit_s", "score_per_target_s",
+    "recall_at_10", "recall_at_10_chance", "train_s", "train_cached", "train_original", "fit_s",
+    "score_per_target_s",
     "peak_rss_bytes", "cuda_peak_bytes", "storage_bytes", "storage_memory_bytes",
     "storage_disk_bytes", "n_targets", "n_subsets", "host", "commit", "commit_dirty", "created",
     "path", "best",
 ]
+CACHED = "Cached training, as measured when it ran (`cost.train.original`): "
 # Columns whose best value is marked within each (task, preset): higher or lower is better.
 BEST = {
     "lds": "max", "recall_at_1": "max", "recall_at_10": "max", "train_s": "min", "fit_s": "min",
@@ -307,6 +309,13 @@ def _labels(groups: dict[tuple[str, str], list[Entry]]) -> tuple[dict[Path, str]
 
 # ----------------------------------------------------------------------------- the table
 
+def original_seconds(original: dict[str, Any] | None) -> str:
+    """A cached phase's own account of what it cost when it ran (``Phase.original``), as its
+    fields in seconds (names ending in ``_s``), e.g. ``"bank_build_s 335 s, train_s 772 s"``;
+    "" when it keeps none."""
+    return ", ".join(f"{k} {v:,.0f} s" for k, v in (original or {}).items()
+                     if k.endswith("_s") and isinstance(v, (int, float)))
+
 def row(entry: Entry, label: str | None = None) -> dict[str, Any]:
     """The leaderboard row of one record (base units: seconds and bytes)."""
     r = entry.record
@@ -328,6 +337,7 @@ def row(entry: Entry, label: str | None = None) -> dict[str, Any]:
         "recall_at_1": r.metrics.recall[1].value, "recall_at_1_chance": r.metrics.recall[1].chance,
         "recall_at_10": r.metrics.recall[10].value, "recall_at_10_chance": r.metrics.recall[10].chance,
         "train_s": train.wall_s if train else math.nan, "train_cached": bool(train and train.cached),
+        "train_original": original_seconds(train.original) if train and train.cached else "",
         "fit_s": c.phases["fit"].wall_s, "score_per_target_s": c.score_per_target_s,
         "peak_rss_bytes": float(max(p.peak_rss_bytes for p in c.phases.values())),
         "cuda_peak_bytes": float(max(cuda)) if cuda else math.nan,
@@ -433,6 +443,7 @@ class _Shown:
     bold: list[list[bool]]
     footnotes: list[str]
     speed: str | None = None  # the speed claim's line (tdabench.tiers.speed_claims)
+    cached: list[str] = field(default_factory=list)  # cached trainings' original cost
 
 
 def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
@@ -461,7 +472,7 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
             cols.append(("peak GPU (MiB)", "cuda_peak_bytes", lambda x: _fmt(x, MIB)))
         cols.append(("storage (MiB)", "storage_bytes", lambda x: _fmt(x, MIB)))
 
-        rows, bold, footnotes = [], [], []
+        rows, bold, footnotes, cached = [], [], [], []
         for i, r in g.iterrows():
             cells, marks = [], []
             for header, col, fmt in cols:
@@ -482,6 +493,8 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
             hidden = selection.hidden_configs.get(Path(r["path"])) if selection else None
             if hidden:
                 footnotes.append(f"{r['label']}: {hidden}")
+            if r["train_cached"] and r["train_original"]:
+                cached.append(f"{r['label']}: {r['train_original']}")
         first = g.iloc[0]
         note = (f"spec {first['spec_hash']}; {first['n_subsets']} test subsets x {first['n_targets']} "
                 f"targets; random ranking: recall@1 {first['recall_at_1_chance']:.3f}, "
@@ -492,7 +505,7 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
         note += "; " + _provenance(g)
         claim = speed.get((task, preset))
         blocks.append(_Shown(f"{task}/{preset}", note, [c[0] for c in cols], rows, bold, footnotes,
-                             claim.describe() if claim else None))
+                             claim.describe() if claim else None, cached))
     return blocks
 
 
@@ -617,6 +630,8 @@ def render(df: pd.DataFrame, fmt: str = "markdown", selection: Selection | None 
             out += [f"## {b.title}", "", b.note, "", *_md_table(b.headers, b.rows, b.bold), ""]
             if b.footnotes:
                 out += ["Non-default configs: " + "; ".join(b.footnotes), ""]
+            if b.cached:
+                out += [CACHED + "; ".join(b.cached), ""]
             if b.speed:
                 out += [f"Speed: {b.speed}.", ""]
         out.append(textwrap.fill(costs, 100))
@@ -628,6 +643,8 @@ def render(df: pd.DataFrame, fmt: str = "markdown", selection: Selection | None 
             out += ["", f"% {b.title}: {b.note}", *_tex_table(b.headers, b.rows, b.bold)]
             if b.footnotes:
                 out.append("% non-default configs: " + "; ".join(b.footnotes))
+            if b.cached:
+                out.append("% " + CACHED + "; ".join(b.cached))
             if b.speed:
                 out.append(f"% speed: {b.speed}")
     return "\n".join(out) + "\n"

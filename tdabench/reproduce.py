@@ -2,7 +2,8 @@
 
 Each (task, method) runs in a process of its own, as ``tdabench run`` would: a record's peak
 memory is then that method's, not the high-water mark that earlier methods left in a shared
-process (in one process, a random baseline run after TRAK reported TRAK's 2.5 GB).
+process (in one process, the random baseline, run after nine other methods, reported
+2.5 GB).
 """
 
 from __future__ import annotations
@@ -91,9 +92,10 @@ def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: lis
 
 
 def run_isolated(method: str, task: str, preset: str, **kwargs: Any) -> Path:
-    """``runner.run`` in a child process (forked: it sees the tasks and methods registered here;
-    this process has run no torch work to fork from), which prints the record's summary and dies
-    with this process. Returns the record's path; the child's error is raised here."""
+    """``runner.run`` in a child process, which prints the record's summary and dies with this
+    process. Forked, so that it sees the tasks and methods registered here; ``tdabench
+    reproduce`` has run no torch work before it forks (a caller that has should hold torch to
+    one thread, as the tests do). Returns the record's path; the child's error is raised here."""
     ctx = mp.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_run_child, args=(send, os.getpid(), method, task, preset, kwargs))

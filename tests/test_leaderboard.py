@@ -29,6 +29,7 @@ def make_record(root: Path, *, task: str = "toy", preset: str = "tiny", spec: st
                 ci: tuple[float, float] | None = None, r1: float = 0.5, r10: float = 0.9,
                 fit: float = 1.0, per_target: float = 1e-3, rss: int = 500 * 2**20,
                 storage: int = 1000, train: float | None = None, train_cached: bool = False,
+                train_original: dict | None = None,
                 info: type | None = None, reference: bool = False, family: str | None = None,
                 host: str = "hostA",
                 commit: str | None = "0123456789abcdef", name: str | None = None,
@@ -47,7 +48,7 @@ def make_record(root: Path, *, task: str = "toy", preset: str = "tiny", spec: st
     cost = {"fit": phase, "score": {**phase, "wall_s": per_target * 20, "peak_rss_bytes": rss // 2},
             "score_per_target_s": per_target, "storage_bytes": {"disk": 0, "memory": storage}}
     if train is not None:
-        cost["train"] = {**phase, "wall_s": train, "cached": train_cached}
+        cost["train"] = {**phase, "wall_s": train, "cached": train_cached, "original": train_original}
     method_info = dataclasses.asdict(record.method_info(info)) if info else None
     if method_info is None and (reference or family):
         method_info = {"reference": reference, "config_fields": [], "config_defaults": {},
@@ -328,7 +329,8 @@ def test_method_colours_are_one_mapping():
 def test_reference_rows_are_set_apart_and_cached_phases_never_ranked(tmp_path):
     make_record(tmp_path, method="ref", lds=0.9, per_target=1e-6, storage=1, train=0.01,
                 train_cached=True, reference=True)
-    make_record(tmp_path, method="learned", lds=0.3, train=0.001, train_cached=True, per_target=2e-3)
+    make_record(tmp_path, method="learned", lds=0.3, train=0.001, train_cached=True, per_target=2e-3,
+                train_original={"bank_build_s": 335.2, "train_s": 771.9, "steps": 100})
     make_record(tmp_path, method="trained", lds=0.2, train=50.0, per_target=3e-3)
     make_record(tmp_path, method="plain", lds=0.1, train=80.0, per_target=4e-3)
     sel = leaderboard.load([tmp_path])
@@ -343,6 +345,11 @@ def test_reference_rows_are_set_apart_and_cached_phases_never_ranked(tmp_path):
     assert "| learned | **+0.300** |" in md
     learned = next(line for line in md.splitlines() if line.startswith("| learned |"))
     assert "| cached |" in learned and "**cached**" not in learned
+    # what the cached training cost when it ran is shown beside the table, never ranked
+    cached = ("Cached training, as measured when it ran (`cost.train.original`): learned: "
+              "bank_build_s 335 s, train_s 772 s")
+    assert f"\n{cached}\n" in md and "ref (reference): bank" not in md
+    assert f"% {cached}" in leaderboard.render(leaderboard.table(sel), "latex", sel)
     assert "made on hostA, commit 0123456789, 2026-01-01" in md
 
 
