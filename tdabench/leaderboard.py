@@ -316,6 +316,7 @@ def original_seconds(original: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {v:,.0f} s" for k, v in (original or {}).items()
                      if k.endswith("_s") and isinstance(v, (int, float)))
 
+
 def row(entry: Entry, label: str | None = None) -> dict[str, Any]:
     """The leaderboard row of one record (base units: seconds and bytes)."""
     r = entry.record

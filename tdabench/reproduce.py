@@ -11,12 +11,14 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
+import traceback
 from pathlib import Path
 from typing import Any
 
 from . import record, runner
 from .data import DataError
 from .device import CPU, Device
+from .errors import UserError
 from .executors import die_with_parent
 from .method import MissingDependency, make_config
 from .protocol import protocol_hash
@@ -104,14 +106,15 @@ def run_isolated(method: str, task: str, preset: str, **kwargs: Any) -> Path:
     try:
         ok, value = receive.recv()
     except EOFError:  # the child died without a word (killed, out of memory)
-        child.join()
-        raise RuntimeError(f"{method} on {task}/{preset} died (exit code {child.exitcode}); "
-                           f"rerun it with `tdabench run` to see why") from None
+        ok, value = False, None
     except BaseException:
         child.kill()
         raise
     finally:
         child.join()
+    if value is None:
+        raise RuntimeError(f"{method} on {task}/{preset} died (exit code {child.exitcode}); "
+                           f"rerun it with `tdabench run` to see why")
     if not ok:
         raise value
     return value
@@ -124,6 +127,8 @@ def _run_child(send: Any, parent: int, method: str, task: str, preset: str, kwar
         print(runner.summary(rec), flush=True)
         send.send((True, out))
     except BaseException as err:  # sent to the parent, which raises it
+        if not isinstance(err, UserError):  # a bug: its traceback, which pickling drops
+            traceback.print_exc()
         try:
             send.send((False, err))
         except Exception:  # an error that cannot be pickled: its text
