@@ -69,8 +69,8 @@ import torch.nn.functional as F
 from tdabench import device, lm, metrics
 from tdabench.device import CPU, Device
 from tdabench.errors import ConfigError
-from tdabench.executors import Progress
 from tdabench.groundtruth import GroundTruthBank, build_banks, sample_subsets
+from tdabench.groundtruth.executors import Progress
 from tdabench.method import FitContext, TextView, require, text_view
 from tdabench.seeds import training_split_rng, training_split_seed
 from tdabench.spec import Example, GroundTruthSpec, TaskSpec, setup_hash, stable_hash

@@ -1,7 +1,7 @@
 """ekfac: influence functions, Gauss-Newton approximated by EK-FAC or K-FAC (``kronfluence``).
 
 Influence functions as in Grosse et al. (2023). At the model ``checkpoint`` names (default: the
-base LM fine-tuned on the whole pool; :data:`tdabench.gradients.CHECKPOINTS`) kronfluence fits
+base LM fine-tuned on the whole pool; :data:`tdabench.method.gradients.CHECKPOINTS`) kronfluence fits
 the Kronecker factors of the tracked linear layers (``tracked``: ``"mlp"``, ``"attention"`` or
 ``"linear"``; kronfluence handles only ``nn.Linear``/``Conv2d``, so embeddings and the LM head
 are left out) on the pool, then scores grad(target's measurement)^T (G + damping)^-1
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tdabench import gradients, lm
-from tdabench.method import FitContext, MissingDependency, require
+from tdabench import lm
+from tdabench.method import FitContext, MissingDependency, gradients, require
 from tdabench.spec import Example
 from tdabench.typed import param
 

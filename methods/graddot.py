@@ -1,6 +1,6 @@
 """graddot, gradcos: similarity of per-example loss gradients at the reference model.
 
-Gradients are taken where ``checkpoint`` says (:data:`tdabench.gradients.CHECKPOINTS`; default
+Gradients are taken where ``checkpoint`` says (:data:`tdabench.method.gradients.CHECKPOINTS`; default
 ``"subset"``: the base target LM fine-tuned with the task's recipe on a seeded random subset of
 the ground truth's subset size, chosen with ``tdabench tune`` on chatterbot/tiny's tuning
 subsets over base, pool, half, subset and trajectory, for graddot and gradcos alike). A pool
@@ -12,7 +12,8 @@ cosine (gradcos, ``normalize=True``): a gradient step on a pool example with a p
 lowers the target's loss, so higher = more helpful. With ``checkpoint="trajectory"`` the score is
 summed over the epoch checkpoints, lr-weighted: that is TracIn (``tracin``).
 
-The structure (states, representations, weighted sum) is :class:`tdabench.innerproduct.InnerProductMethod`;
+The structure (states, representations, weighted sum) is
+:class:`tdabench.method.innerproduct.InnerProductMethod`;
 this adapter only adds the unit norm of gradcos. Pool gradients are held in memory: N x P float32
 (P = tracked parameters; 800 x 393k = 1.2 GiB on chatterbot/tiny with ``"mlp"``).
 """
@@ -23,8 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from tdabench import gradients
-from tdabench.innerproduct import InnerProductMethod
+from tdabench.method import gradients
+from tdabench.method.innerproduct import InnerProductMethod
 from tdabench.typed import param
 
 

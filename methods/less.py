@@ -38,7 +38,7 @@ scripts); departures are marked *.
    (constant) learning rate of epoch c. An Adam step along z's update direction lowers the
    target's loss by lr * g_x . Gamma_z to first order, so higher = more helpful.
 
-The loop over checkpoints is :class:`tdabench.innerproduct.InnerProductMethod`; pool features
+The loop over checkpoints is :class:`tdabench.method.innerproduct.InnerProductMethod`; pool features
 (checkpoints x N x ``proj_dim`` float32, or x P without projection: P = 94k LoRA weights, 300 MB
 per checkpoint on chatterbot/tiny) go to the work directory; a projection matrix takes
 P x ``proj_dim`` x 4 bytes.
@@ -53,9 +53,9 @@ import numpy as np
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from tdabench import gradients, lm
-from tdabench.innerproduct import InnerProductMethod
-from tdabench.method import FitContext, require
+from tdabench import lm
+from tdabench.method import FitContext, gradients, require
+from tdabench.method.innerproduct import InnerProductMethod
 from tdabench.methods.graddot import unit
 from tdabench.spec import Example
 from tdabench.typed import param

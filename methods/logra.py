@@ -1,7 +1,7 @@
 """logra: LoGra (Choe et al., 2024), influence functions on low-rank projected gradients (dattri).
 
 dattri 0.3.0's ``LoGraAttributor`` at the model ``checkpoint`` names (default: the base LM
-fine-tuned on the whole pool; :data:`tdabench.gradients.CHECKPOINTS`). For each tracked linear
+fine-tuned on the whole pool; :data:`tdabench.method.gradients.CHECKPOINTS`). For each tracked linear
 layer (``tracked``: ``"mlp"``, ``"attention"`` or ``"linear"``, as for graddot) LoGra projects
 the layer's per-token input a and output gradient d by two seeded Gaussian matrices of
 sqrt(``proj_dim``) rows each, so that an example's layer gradient sum_t d_t a_t^T becomes a
@@ -13,7 +13,7 @@ inverse of its projected empirical Fisher (mean of g g^T over the pool) plus ``d
 mean eigenvalue; ``"Identity"`` skips it (a projected gradient dot product).
 
 score(x, z) = g_x^T (F + damping)^-1 g_z, returned by dattri as (n_train, n_test); positive =
-a step on z lowers the target's loss = helpful, so :func:`tdabench.gradients.to_scores` only
+a step on z lowers the target's loss = helpful, so :func:`tdabench.method.gradients.to_scores` only
 transposes it. Pool features (N x layers x ``proj_dim`` float32) are held in memory.
 
 LogIX's defaults and what was kept: LogIX's LoGra projects each factor to rank 64 per layer,
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from tdabench import gradients, lm
-from tdabench.method import FitContext, require
+from tdabench import lm
+from tdabench.method import FitContext, gradients, require
 from tdabench.spec import Example
 from tdabench.typed import param
 

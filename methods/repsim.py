@@ -1,7 +1,7 @@
 """repsim: similarity of the target LM's own hidden states (representation similarity).
 
 Each example runs through the model ``checkpoint`` names (default: the base target LM fine-tuned
-on the whole pool, :func:`tdabench.gradients.prepare`, shared with the gradient methods); its
+on the whole pool, :func:`tdabench.method.gradients.prepare`, shared with the gradient methods); its
 representation is the mean of one layer's hidden states over the response tokens. The score is
 the cosine (or dot product) of target and pool representations: more similar = more helpful.
 
@@ -17,8 +17,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tdabench import gradients, lm
-from tdabench.method import FitContext
+from tdabench import lm
+from tdabench.method import FitContext, gradients
 from tdabench.spec import Example
 from tdabench.typed import param
 
@@ -31,7 +31,7 @@ class RepSim:
         similarity: Literal["cosine", "dot"] = param("cosine", "how two representations are compared")
         batch_size: int = param(64, "examples per forward pass", ge=1)
         checkpoint: gradients.OneModelCheckpoint = param(
-            "pool", "the model whose hidden states are compared (tdabench.gradients.CHECKPOINTS)")
+            "pool", "the model whose hidden states are compared (tdabench.method.gradients.CHECKPOINTS)")
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -3,7 +3,7 @@
 One TRAKer featurizes the pool at each of ``n_models`` independently trained reference models
 and scores the targets with all of them, as TRAK's ensemble (traker's ``load_checkpoint(...,
 model_id=i)`` loop). Model i is the base LM fine-tuned with seed ``context.seed + i``
-(:func:`tdabench.gradients.prepare`) on its own seeded random subset of the ground truth's
+(:func:`tdabench.method.gradients.prepare`) on its own seeded random subset of the ground truth's
 subset size (``checkpoint="subset"``, the default), on a random half (``"half"``, the TRAK
 paper's models) or on the whole pool (``"pool"``: models differ in their data order only);
 ``"base"`` allows one model. The ensemble is traker's
@@ -36,7 +36,7 @@ and CSVs in ``results/configs.json``, key ``_tuned``): ``damping`` over 0.01 to 
 subset of the ground truth's subset size (the TRAK paper's models see random halves); at that
 ensemble damping 3 still led (1: 0.556, 3: 0.564, 10: 0.538).
 traker returns (n_train, n_targets), higher = more
-helpful; :func:`tdabench.gradients.to_scores` transposes it.
+helpful; :func:`tdabench.method.gradients.to_scores` transposes it.
 """
 
 from __future__ import annotations
@@ -48,9 +48,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tdabench import gradients, lm
+from tdabench import lm
 from tdabench.errors import ConfigError
-from tdabench.method import FitContext, require
+from tdabench.method import FitContext, gradients, require
 from tdabench.spec import Example
 from tdabench.typed import param
 

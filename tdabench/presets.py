@@ -18,7 +18,7 @@ more CPU per fine-tune (evalschat: 8.3 s against 6.7 s, one thread).
 
 from __future__ import annotations
 
-from .spec import DataSpec, FinetuneRecipe, GroundTruthSpec, ModelSpec, TaskSpec
+from tdabench.spec import DataSpec, FinetuneRecipe, GroundTruthSpec, ModelSpec, TaskSpec
 
 TINY_MODEL = ModelSpec(init="scratch", n_layers=2, d_model=128, n_heads=4, d_ff=512, vocab_size=4096,
                        max_prompt_tokens=32, max_response_tokens=32, warmup_epochs=3, warmup_lr=2e-3)

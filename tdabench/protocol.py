@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics
-from .errors import ConfigError
-from .spec import stable_hash
+from tdabench import metrics
+from tdabench.errors import ConfigError
+from tdabench.spec import stable_hash
 
 PROTOCOL_VERSION = 1
 RECALL_KS = (1, 10)

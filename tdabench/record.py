@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
-from .errors import UserError
-from .protocol import RECALL_KS, protocol_hash
-from .store import atomic_write_json, atomic_write_npz, cache_dir
+from tdabench.errors import UserError
+from tdabench.protocol import RECALL_KS, protocol_hash
+from tdabench.store import atomic_write_json, atomic_write_npz, cache_dir
 
 SCHEMA = 3
 RESULTS_ENV = "TDABENCH_RESULTS"

@@ -6,11 +6,11 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
-from .errors import UnknownName
-from .task import Task
+from tdabench.errors import UnknownName
+from tdabench.task import Task
 
 if TYPE_CHECKING:
-    from .method import Method
+    from tdabench.method import Method
 
 _extra_tasks: dict[str, Task] = {}
 _extra_methods: dict[str, type[Method]] = {}
@@ -41,7 +41,7 @@ def method_names() -> list[str]:
 def get_task(name: str) -> Task:
     """A registered task, or ``jsonl:PATH`` for a user's own data file."""
     if name.startswith("jsonl:"):
-        from .userdata import jsonl_task
+        from tdabench.userdata import jsonl_task
 
         return jsonl_task(name[len("jsonl:"):])
     if name in _extra_tasks:

@@ -15,16 +15,16 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import record, runner
-from .data import DataError
-from .device import CPU, Device
-from .errors import UserError
-from .executors import die_with_parent
-from .method import MissingDependency, make_config
-from .protocol import protocol_hash
-from .registry import get_method, get_task, method_names, task_names
-from .spec import TaskSpec, spec_hash, stable_hash
-from .task import Task
+from tdabench import record, runner
+from tdabench.data import DataError
+from tdabench.device import CPU, Device
+from tdabench.errors import UserError
+from tdabench.groundtruth.executors import die_with_parent
+from tdabench.method import MissingDependency, make_config
+from tdabench.protocol import protocol_hash
+from tdabench.registry import get_method, get_task, method_names, task_names
+from tdabench.spec import TaskSpec, spec_hash, stable_hash
+from tdabench.task import Task
 
 
 def current(path: Path, spec: TaskSpec) -> bool:

@@ -1,7 +1,7 @@
 """One benchmark run: ground truth, fit, score, metrics, and the result record.
 
 The protocol (split rule, evaluation) is in :mod:`tdabench.protocol`, the record in
-:mod:`tdabench.record`; paired comparisons of records in :mod:`tdabench.compare`, the reference
+:mod:`tdabench.record`; paired comparisons of records in :mod:`tdabench.reporting.compare`, the reference
 set in :mod:`tdabench.reproduce`.
 """
 
@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from . import device as devices
-from . import metrics, record
-from .device import CPU, Device
-from .errors import ConfigError
-from .groundtruth import GroundTruthBank, ensure_bank, versions
-from .method import FitContext, held_bytes, make_config
-from .protocol import (
+from tdabench import device as devices
+from tdabench import metrics, record
+from tdabench.device import CPU, Device
+from tdabench.errors import ConfigError
+from tdabench.groundtruth import GroundTruthBank, ensure_bank, versions
+from tdabench.method import FitContext, held_bytes, make_config
+from tdabench.protocol import (
     PROTOCOL_VERSION,
     RECALL_KS,
     bank_reliability,
@@ -32,11 +32,11 @@ from .protocol import (
     protocol_hash,
     tuning_subsets,
 )
-from .registry import get_method, get_task
-from .spec import TaskSpec, override, spec_hash, stable_hash
-from .store import atomic_write_bytes, cache_dir, dir_bytes
-from .task import Task, TaskData
-from .timing import measure
+from tdabench.registry import get_method, get_task
+from tdabench.spec import TaskSpec, override, spec_hash, stable_hash
+from tdabench.store import atomic_write_bytes, cache_dir, dir_bytes
+from tdabench.task import Task, TaskData
+from tdabench.timing import measure
 
 
 def load_task(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | None = None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .spec import GroundTruthSpec, TaskSpec
+from tdabench.spec import GroundTruthSpec, TaskSpec
 
 # seed streams of banks that are not evaluation banks (those use none): a method's training
 # bank, the datamodel reference's own bank

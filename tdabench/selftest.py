@@ -29,15 +29,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .device import CPU, Device
-from .task import Task
+from tdabench.device import CPU, Device
+from tdabench.task import Task
 
 
 def micro_task() -> Task:
     """chatterbot's data at a size that builds a bank in seconds: 60 pool, 12 targets,
     120 warm-up examples, a 1-layer d=32 Llama, 6 subsets of 20% x 2 seeds."""
-    from .spec import DataSpec, GroundTruthSpec, ModelSpec
-    from .tasks import chatterbot
+    from tdabench.spec import DataSpec, GroundTruthSpec, ModelSpec
+    from tdabench.tasks import chatterbot
 
     def load(spec: DataSpec):
         data = chatterbot.load(spec)
@@ -124,10 +124,10 @@ def _private_cache(path: Path) -> Iterator[None]:
 
 def run_side(device: Device, root: Path) -> Side:
     """Build the micro bank and graddot's scores on ``device``, in the cache at ``root``."""
-    from . import groundtruth, metrics
-    from .method import FitContext, make_config
-    from .registry import get_method
-    from .timing import measure
+    from tdabench import groundtruth, metrics
+    from tdabench.method import FitContext, make_config
+    from tdabench.registry import get_method
+    from tdabench.timing import measure
 
     task = micro_task()
     spec = task.spec("micro")

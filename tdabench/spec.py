@@ -15,8 +15,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import ConfigError
-from .typed import param, parse_field
+from tdabench.errors import ConfigError
+from tdabench.typed import param, parse_field
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import UnknownName, UserError
-from .spec import DataSpec, Example, TaskSpec
+from tdabench.errors import UnknownName, UserError
+from tdabench.spec import DataSpec, Example, TaskSpec
 
 
 @dataclass(frozen=True)

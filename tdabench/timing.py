@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TypeVar
 
-from .device import CPU, Device, peak_memory
+from tdabench.device import CPU, Device, peak_memory
 
 T = TypeVar("T")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096

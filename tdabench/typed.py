@@ -18,7 +18,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from .errors import ConfigError
+from tdabench.errors import ConfigError
 
 _NONE = ("none", "null")
 _BOOL = {"true": True, "false": False}

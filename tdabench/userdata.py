@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import presets
-from .data import DataError, balanced_split, read_jsonl
-from .spec import DataSpec, Example
-from .store import sha256_file
-from .task import Task, TaskData
+from tdabench import presets
+from tdabench.data import DataError, balanced_split, read_jsonl
+from tdabench.spec import DataSpec, Example
+from tdabench.store import sha256_file
+from tdabench.task import Task, TaskData
 
 SPLITS = {"pool", "target", "warmup"}
 

@@ -18,8 +18,8 @@ import pytest
 
 from tdabench import checks, cli
 from tdabench import groundtruth as gt
-from tdabench.building import bank_lock
 from tdabench.errors import ConfigError, UserError
+from tdabench.groundtruth.building import bank_lock
 from tdabench.registry import register_method
 from tdabench.store import cache_dir
 
@@ -161,8 +161,8 @@ def test_an_error_inside_a_method_keeps_its_traceback(micro, tmp_path):
 
 
 def test_user_errors_share_one_base_class():
-    from tdabench.bank import BankMismatch, CorruptBank
     from tdabench.data import DataError
+    from tdabench.groundtruth.bank import BankMismatch, CorruptBank
     from tdabench.method import MissingDependency
 
     assert all(issubclass(c, UserError) for c in (BankMismatch, CorruptBank, DataError,
@@ -257,7 +257,7 @@ KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
 from conftest import micro_task
-from tdabench.building import build_bank
+from tdabench.groundtruth.building import build_bank
 from tdabench.spec import override
 task = micro_task()
 spec = override(task.spec("micro"), {{"groundtruth.n_subsets": "60"}})
@@ -359,7 +359,7 @@ def test_a_worker_process_can_import_the_bank_builder_after_the_cli():
     unpickles its job, which imports the bank builder and torch. With the runner loaded lazily
     that crashed every worker (torch's import inspects sys.modules, which woke the lazy runner
     mid-import: a circular import); the CLI must leave nothing half-imported behind."""
-    code = "import tdabench.cli, tdabench.building; print('ok')"
+    code = "import tdabench.cli, tdabench.groundtruth.building; print('ok')"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"

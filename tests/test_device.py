@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from tdabench import building, device, groundtruth, lm, selftest
+from tdabench import device, groundtruth, lm, selftest
 from tdabench.device import CPU, Device
+from tdabench.groundtruth import building
 from tdabench.method import FitContext, make_config
 from tdabench.registry import get_method
 from tdabench.store import read_json

@@ -17,8 +17,8 @@ import pytest
 
 from tdabench import cli
 from tdabench import groundtruth as gt
-from tdabench.building import BankJob, Trainer
-from tdabench.executors import run_ray
+from tdabench.groundtruth.building import BankJob, Trainer
+from tdabench.groundtruth.executors import run_ray
 from tdabench.method import MissingDependency
 from tdabench.spec import override
 
@@ -179,7 +179,7 @@ def test_cli_builds_parts_and_merges_them(micro, reference, tmp_path, capsys):
 def test_progress_is_plain_lines_when_redirected_and_its_eta_skips_worker_start_up(monkeypatch):
     import io
 
-    from tdabench import executors
+    from tdabench.groundtruth import executors
 
     clock = iter([0.0, 100.0, 101.0, 102.0, 103.0])  # 100 s of worker start-up, then 1 s a job
     monkeypatch.setattr(executors.time, "monotonic", lambda: next(clock))

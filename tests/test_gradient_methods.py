@@ -1,5 +1,5 @@
 """Gradient-based methods (graddot, gradcos, tracin, trak, ekfac) and their shared harness
-(tdabench.gradients): shapes and signs on the micro task, agreement with explicit computations
+(tdabench.method.gradients): shapes and signs on the micro task, agreement with explicit computations
 (per-example autograd gradients, TRAK's formula, a damped inverse-Fisher influence), the cached
 reference fine-tune and its checkpoints, and missing libraries."""
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tdabench import gradients, lm, runner
-from tdabench.method import FitContext, MissingDependency, make_config
+from tdabench import lm, runner
+from tdabench.method import FitContext, MissingDependency, gradients, make_config
 from tdabench.registry import get_method
 from tdabench.store import read_json
 
@@ -60,7 +60,7 @@ def fitted(name, config, context):
     return method
 
 
-# --- explicit references, written without tdabench.gradients ---------------------------------
+# --- explicit references, written without tdabench.method.gradients ---------------------------------
 
 def single(model, ex: lm.Encoded):
     """(logits (L-1, V), labels (L-1,), response mask) of one unpadded example."""
@@ -296,7 +296,7 @@ def test_trak_refuses_configs_without_a_model_ensemble(config, words):
 @pytest.mark.parametrize("name", ["graddot", "gradcos", "tracin", "less"])
 def test_pool_features_over_the_memory_budget_are_made_on_disk_in_chunks_with_the_same_scores(
         micro, tmp_path, monkeypatch, name):
-    from tdabench import innerproduct
+    from tdabench.method import innerproduct
 
     if name == "less":
         pytest.importorskip("peft")
@@ -326,8 +326,8 @@ def test_pool_features_the_disk_cannot_hold_are_refused_after_the_first_chunk(mi
                                                                             monkeypatch):
     from collections import namedtuple
 
-    from tdabench import innerproduct
     from tdabench.errors import DiskSpaceError
+    from tdabench.method import innerproduct
 
     monkeypatch.setattr(innerproduct, "MEMORY_BUDGET_BYTES", 0)
     monkeypatch.setattr(innerproduct, "CHUNK_BYTES", 1)

@@ -122,7 +122,7 @@ def test_seed_derivations_are_pinned(micro):
 
 
 def test_the_trainer_api_fine_tunes_one_subset_as_a_bank_build_does(micro, tmp_path):
-    from tdabench.building import BankJob, Trainer
+    from tdabench.groundtruth.building import BankJob, Trainer
 
     _, spec, data = micro
     bank = gt.build_bank(spec, data, tmp_path / "bank")

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tdabench import cli, leaderboard, record, tiers
+from tdabench import cli, record
 from tdabench.protocol import PROTOCOL_VERSION, protocol_hash
+from tdabench.reporting import leaderboard, tiers
 
 SPEC_A = "aaaaaaaaaaaaaaaa"
 SPEC_B = "bbbbbbbbbbbbbbbb"
@@ -269,7 +270,7 @@ def test_a_real_record_from_results_is_read(tmp_path):
 
 
 def test_pareto_front_is_exactly_the_non_dominated_points():
-    from tdabench.plots import pareto_front
+    from tdabench.reporting.plots import pareto_front
 
     cost = [1.0, 2.0, 3.0, 2.0, 4.0, 0.5, np.nan, 5.0, 4.0]
     value = [0.1, 0.3, 0.2, 0.3, 0.5, 0.0, 0.9, 0.5, 0.4]
@@ -318,7 +319,7 @@ def test_plots_are_written_as_png_and_pdf(tmp_path, capsys):
 
 
 def test_method_colours_are_one_mapping():
-    from tdabench.plots import method_colors
+    from tdabench.reporting.plots import method_colors
 
     colors = method_colors(["tfidf", "bm25", "random", "bm25"])
     assert list(colors) == ["bm25", "random", "tfidf"]
@@ -558,7 +559,7 @@ def test_point_labels_do_not_overlap_and_sit_nearest_their_point():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from tdabench import plots
+    from tdabench.reporting import plots
 
     x = np.array([0.06, 0.075, 0.08, 0.05, 0.40, 0.45, 0.0])
     y = np.array([0.355, 0.35, 0.365, 0.30, 0.58, 0.585, -0.02])

@@ -10,8 +10,7 @@ import pytest
 import torch
 from test_gradient_methods import context_for, fitted, pool_with_copies
 
-from tdabench import gradients
-from tdabench.method import MissingDependency, make_config
+from tdabench.method import MissingDependency, gradients, make_config
 from tdabench.registry import get_method
 
 CASES = [("logra", {}), ("logra", {"hessian": "Identity", "proj_dim": 4096, "projector_seed": 1}),

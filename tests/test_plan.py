@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from tdabench import cli, plan
+from tdabench import cli
+from tdabench.groundtruth import plan
 from tdabench.store import cache_dir
 
 

@@ -11,9 +11,9 @@ import pytest
 from scipy.stats import kendalltau, pearsonr
 
 from tdabench import cli, metrics, runner
-from tdabench.compare import compare
 from tdabench.protocol import protocol_hash, tuning_subsets
 from tdabench.registry import register_method
+from tdabench.reporting.compare import compare
 
 
 def test_kendall_and_pearson_rows_match_scipy_with_ties_and_constant_rows():
@@ -152,7 +152,7 @@ def test_tune_sees_only_the_tuning_subsets_and_run_only_the_test_subsets(micro, 
 
 
 def test_compare_and_protocols_that_never_mix(micro, tmp_path, capsys):
-    from tdabench import leaderboard
+    from tdabench.reporting import leaderboard
 
     register_method("seen", SeenSubsets)
     runner.run("random", "micro", "micro", results_dir=tmp_path)

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import torch
 
-from tdabench import gradients, lm
-from tdabench.method import FitContext, make_config
+from tdabench import lm
+from tdabench.method import FitContext, gradients, make_config
 from tdabench.registry import get_method
 
 ROUNDS = 3

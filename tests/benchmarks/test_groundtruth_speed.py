@@ -28,9 +28,9 @@ import pytest
 import torch
 
 from tdabench import lm, seeds
-from tdabench.bank import loss_path, sample_subsets
-from tdabench.building import BankJob
-from tdabench.building import Trainer as Worker
+from tdabench.groundtruth.bank import loss_path, sample_subsets
+from tdabench.groundtruth.building import BankJob
+from tdabench.groundtruth.building import Trainer as Worker
 from tdabench.runner import load_task
 
 SUBSETS_PER_WORKER = 50  # a 100-subset bank on 2 workers

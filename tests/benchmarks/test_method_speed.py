@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from tdabench import gradients, lm
-from tdabench.method import FitContext, MissingDependency, make_config
+from tdabench import lm
+from tdabench.method import FitContext, MissingDependency, gradients, make_config
 from tdabench.registry import get_method
 from tdabench.runner import load_task
 from tdabench.timing import measure

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tdabench import gradients, lm
-from tdabench.method import FitContext, make_config
+from tdabench import lm
+from tdabench.method import FitContext, gradients, make_config
 from tdabench.registry import get_method
 from tdabench.runner import load_task
 from tdabench.spec import override
@@ -63,7 +63,7 @@ def setting(perf) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def results(perf, setting, tmp_path_factory):
     """Measurements by pool size; at the module's end, the JSON file and the figure."""
-    from tdabench.plots import write_scaling_figure
+    from tdabench.reporting.plots import write_scaling_figure
 
     found: dict[int, dict[str, Any]] = {}
     yield found

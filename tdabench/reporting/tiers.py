@@ -27,7 +27,7 @@ import pandas as pd
 from scipy.stats import kendalltau
 
 if TYPE_CHECKING:
-    from .leaderboard import Selection
+    from tdabench.reporting.leaderboard import Selection
 
 TIERS = ("tiny", "small")  # (cheap, realistic)
 N_BOOT = 1000

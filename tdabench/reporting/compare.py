@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from . import metrics, record
-from .errors import ConfigError
+from tdabench import metrics, record
+from tdabench.errors import ConfigError
 
 
 def compare(record_a: Path, record_b: Path, n_boot: int = 2000) -> dict[str, Any]:

@@ -11,7 +11,7 @@ conversion to the protocol's (T, N) float64 with higher = more helpful; an adapt
 what differs, in the style of dattri's ``BaseInnerProductAttributor``:
 
 * :meth:`~InnerProductMethod.setup`: the model and its states (default:
-  :func:`tdabench.gradients.prepare` with the config's ``tracked`` and ``checkpoint``);
+  :func:`tdabench.method.gradients.prepare` with the config's ``tracked`` and ``checkpoint``);
 * :meth:`~InnerProductMethod.load`: put a state's weights into the model;
 * :meth:`~InnerProductMethod.train_rep` / :meth:`~InnerProductMethod.target_rep`: (n, P)
   representations, by default per-example gradients of the pool example's summed and the
@@ -30,7 +30,7 @@ scratch directory under the work directory and read back in chunks of pool rows 
 the same features, with memory bounded. The disk use shows in the record's storage; a disk that
 cannot hold it is refused after the first chunk (:class:`tdabench.errors.DiskSpaceError`); the scratch
 directory is removed when the method object goes away. The model is on
-``context.device``, put there by :func:`tdabench.gradients.prepare`; on the CPU every step is the
+``context.device``, put there by :func:`tdabench.method.gradients.prepare`; on the CPU every step is the
 code path of a CPU-only build.
 """
 
@@ -43,11 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import gradients, lm
-from .errors import DiskSpaceError
-from .method import FitContext
-from .spec import Example
-from .store import CACHE_ENV
+from tdabench import lm
+from tdabench.errors import DiskSpaceError
+from tdabench.method import FitContext, gradients
+from tdabench.spec import Example
+from tdabench.store import CACHE_ENV
 
 # Bytes of one state's (N, P) pool gradients above which they are made and kept in chunks on disk.
 MEMORY_BUDGET_BYTES = 4 * 2**30
@@ -58,7 +58,7 @@ CHUNK_BYTES = 2**30
 
 class InnerProductMethod:
     """Base class of the inner-product gradient methods; ``config`` is a
-    :class:`tdabench.gradients.GradientConfig` (or subclass), its choices and ranges checked by
+    :class:`tdabench.method.gradients.GradientConfig` (or subclass), its choices and ranges checked by
     ``make_config`` from the field types."""
 
     FAMILY = "gradient"

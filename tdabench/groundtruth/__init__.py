@@ -2,9 +2,9 @@
 record the targets' losses (or import published ground truth).
 
 The parts live in modules of their own, re-exported here as the ground-truth API:
-:mod:`tdabench.bank` (a bank on disk: format, manifest, reading, checking, importing),
-:mod:`tdabench.building` (the fine-tuning worker and its dispatch to the local or Ray
-executor), :mod:`tdabench.seeds` (every seed derivation) and :mod:`tdabench.merging` (joining
+:mod:`tdabench.groundtruth.bank` (a bank on disk: format, manifest, reading, checking, importing),
+:mod:`tdabench.groundtruth.building` (the fine-tuning worker and its dispatch to the local or Ray
+executor), :mod:`tdabench.seeds` (every seed derivation) and :mod:`tdabench.groundtruth.merging` (joining
 banks built in parts). :func:`ensure_bank` gives the complete bank for a spec, built or
 imported.
 """
@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .bank import (  # noqa: F401  (the ground-truth API)
+from tdabench.device import CPU, Device
+from tdabench.errors import ConfigError
+from tdabench.groundtruth.bank import (  # noqa: F401  (the ground-truth API)
     BankError,
     BankMismatch,
     CorruptBank,
@@ -26,13 +28,11 @@ from .bank import (  # noqa: F401  (the ground-truth API)
     sample_subsets,
     versions,
 )
-from .building import EXECUTORS, Trainer, build_bank, build_banks, check_executor  # noqa: F401
-from .device import CPU, Device
-from .errors import ConfigError
-from .merging import MERGE_ATOL, MergeReport, merge_banks  # noqa: F401
-from .seeds import STREAMS, training_seed  # noqa: F401
-from .spec import TaskSpec
-from .task import Task, TaskData
+from tdabench.groundtruth.building import EXECUTORS, Trainer, build_bank, build_banks, check_executor  # noqa: F401
+from tdabench.groundtruth.merging import MERGE_ATOL, MergeReport, merge_banks  # noqa: F401
+from tdabench.seeds import STREAMS, training_seed  # noqa: F401
+from tdabench.spec import TaskSpec
+from tdabench.task import Task, TaskData
 
 
 def ensure_bank(task: Task, spec: TaskSpec, data: TaskData, path: Path | None = None,

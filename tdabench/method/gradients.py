@@ -37,12 +37,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from . import device, lm
-from .data import examples_fingerprint
-from .method import FitContext
-from .spec import Example, ModelSpec, stable_hash
-from .store import atomic_dir, atomic_write_json, cache_dir, read_json
-from .typed import param
+from tdabench import device, lm
+from tdabench.data import examples_fingerprint
+from tdabench.method import FitContext
+from tdabench.spec import Example, ModelSpec, stable_hash
+from tdabench.store import atomic_dir, atomic_write_json, cache_dir, read_json
+from tdabench.typed import param
 
 TRACKED = ("mlp", "linear", "attention")
 DEFAULT_TRACKED = "mlp"  # the MLPs hold most of a block's weights; attention adds little on these models
@@ -158,7 +158,7 @@ TrackedName = Literal[TRACKED]
 CheckpointName = Literal[tuple(CHECKPOINTS)]
 OneModelCheckpoint = Literal[SINGLE]
 TRACKED_HELP = "weights differentiated: the blocks' MLPs, attention projections or every linear layer"
-CHECKPOINT_HELP = "where the gradients are taken (tdabench.gradients.CHECKPOINTS)"
+CHECKPOINT_HELP = "where the gradients are taken (tdabench.method.gradients.CHECKPOINTS)"
 
 
 @dataclass

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import tiers
-from .errors import ConfigError
-from .record import Record, RecordError, record_files
-from .record import load as load_record
+from tdabench.errors import ConfigError
+from tdabench.record import Record, RecordError, record_files
+from tdabench.record import load as load_record
+from tdabench.reporting import tiers
 
 PHASES = ("train", "fit", "score", "score_groups")
 FORMATS = ("markdown", "csv", "latex")
@@ -388,7 +388,7 @@ def table(selection: Selection) -> pd.DataFrame:
 def lds_matrix(df: pd.DataFrame) -> pd.DataFrame:
     """LDS as methods (row labels) x tasks (``task/preset``), rows by mean LDS over the tasks
     each was run on, reference methods after the ranked ones; a task's tiers side by side,
-    cheap first (:data:`tdabench.tiers.TIERS`)."""
+    cheap first (:data:`tdabench.reporting.tiers.TIERS`)."""
     wide = df.assign(column=df["task"] + "/" + df["preset"]).pivot_table(
         index="label", columns="column", values="lds", aggfunc="first")
     wide = wide[sorted(wide.columns, key=tiers.column_order)]
@@ -443,7 +443,7 @@ class _Shown:
     rows: list[list[str]]
     bold: list[list[bool]]
     footnotes: list[str]
-    speed: str | None = None  # the speed claim's line (tdabench.tiers.speed_claims)
+    speed: str | None = None  # the speed claim's line (tdabench.reporting.tiers.speed_claims)
     cached: list[str] = field(default_factory=list)  # cached trainings' original cost
 
 

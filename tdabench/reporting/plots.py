@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import leaderboard, tiers
-from .method import MissingDependency
+from tdabench.method import MissingDependency
+from tdabench.reporting import leaderboard, tiers
 
 try:
     import matplotlib

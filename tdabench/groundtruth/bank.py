@@ -12,7 +12,7 @@ resumes where it stopped; a truncated or corrupt file is reported, removed and r
 Ground-truth label of target t on subset j: minus its loss, averaged over the training seeds
 (higher = the subset helped the target more). Published ground truth (subsets and losses made
 elsewhere) is imported into the same format by :func:`import_bank`. Building a bank is
-:mod:`tdabench.building`; joining parts is :mod:`tdabench.merging`.
+:mod:`tdabench.groundtruth.building`; joining parts is :mod:`tdabench.groundtruth.merging`.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import examples_fingerprint
-from .device import CPU, Device
-from .errors import ConfigError, UserError
-from .seeds import subsets_rng
-from .spec import GROUNDTRUTH_VERSION, TaskSpec, spec_differences, spec_hash
-from .store import atomic_write_json, atomic_write_npy, cache_dir, read_json
-from .task import TaskData
+from tdabench.data import examples_fingerprint
+from tdabench.device import CPU, Device
+from tdabench.errors import ConfigError, UserError
+from tdabench.seeds import subsets_rng
+from tdabench.spec import GROUNDTRUTH_VERSION, TaskSpec, spec_differences, spec_hash
+from tdabench.store import atomic_write_json, atomic_write_npy, cache_dir, read_json
+from tdabench.task import TaskData
 
 FORMAT = 1
 
@@ -53,7 +53,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from . import __version__
+    from tdabench import __version__
 
     return {"tdabench": __version__, "torch": torch.__version__, "numpy": np.__version__,
             "scipy": scipy.__version__, "transformers": transformers.__version__,
@@ -67,7 +67,7 @@ def sample_subsets(data: TaskData, spec: TaskSpec) -> np.ndarray:
     targets are disjoint), k = round(fraction * candidates) each (ConfigError when the pool is
     too small for subsets of at least two examples that leave some out).
     """
-    from .checks import pool_minimums
+    from tdabench.checks import pool_minimums
 
     gt = spec.groundtruth
     target_ids = {ex.id for ex in data.targets}

@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .device import CPU, Device, peak_memory
-from .errors import ConfigError
-from .spec import TaskSpec, override, spec_hash
+from tdabench.device import CPU, Device, peak_memory
+from tdabench.errors import ConfigError
+from tdabench.spec import TaskSpec, override, spec_hash
 
 
 @dataclass
@@ -77,9 +77,9 @@ class Estimate:
 def measure(spec: TaskSpec, load_data, n_finetunes: int = 2, device: Device = CPU) -> Measurement:
     """Time the data load, the base model load, one worker's start and ``n_finetunes``
     fine-tunes of the bank's first subsets (in a temporary directory), on ``device``."""
-    from . import lm
-    from .bank import sample_subsets
-    from .building import BankJob, Trainer
+    from tdabench import lm
+    from tdabench.groundtruth.bank import sample_subsets
+    from tdabench.groundtruth.building import BankJob, Trainer
 
     if n_finetunes < 1:
         raise ConfigError("plan needs at least one timed fine-tune (--fine-tunes 1 or more)")
@@ -115,8 +115,8 @@ def measure(spec: TaskSpec, load_data, n_finetunes: int = 2, device: Device = CP
 
 def _model_cached(spec: TaskSpec, data) -> bool:
     """Whether the base model is already built (scratch models are built on first use)."""
-    from . import lm
-    from .store import cache_dir
+    from tdabench import lm
+    from tdabench.store import cache_dir
 
     if spec.model.init != "scratch":
         return True
@@ -186,7 +186,7 @@ def plan(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | None 
          n_finetunes: int = 2, device: Device = CPU) -> Estimate:
     """Measure ``task``/``preset`` on this machine (on ``device``: GPU-hours on a GPU) and
     estimate its bank's cost."""
-    from .registry import get_task
+    from tdabench.registry import get_task
 
     t = get_task(task)
     spec = override(t.spec(preset), spec_overrides or {})

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .bank import GroundTruthBank, load_loss, loss_path, open_bank, sample_subsets
-from .device import CPU, Device
-from .errors import ConfigError
-from .executors import require_ray, run_local, run_ray
-from .seeds import training_seed
-from .spec import TaskSpec
-from .store import atomic_write_npy, cache_dir
-from .task import TaskData
+from tdabench.device import CPU, Device
+from tdabench.errors import ConfigError
+from tdabench.groundtruth.bank import GroundTruthBank, load_loss, loss_path, open_bank, sample_subsets
+from tdabench.groundtruth.executors import require_ray, run_local, run_ray
+from tdabench.seeds import training_seed
+from tdabench.spec import TaskSpec
+from tdabench.store import atomic_write_npy, cache_dir
+from tdabench.task import TaskData
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Trainer:
     def load(cls, data: TaskData, banks: list[BankJob], device: Device = CPU) -> Trainer:
         """Load the base model of ``banks[0].spec.model`` on ``device`` (this worker's GPU on
         CUDA) and prepare pool and targets."""
-        from . import lm
+        from tdabench import lm
 
         device = device.for_worker()
         model_spec = banks[0].spec.model
@@ -74,7 +74,7 @@ class Trainer:
     def train(self, job: tuple[int, int, int]) -> np.ndarray:
         """Fine-tune on subset ``job[1]`` of bank ``job[0]`` with training seed ``job[2]``;
         write (atomically) and return the (T,) target losses."""
-        from . import lm
+        from tdabench import lm
 
         b, subset, replicate = job
         bank = self.banks[b]
@@ -170,7 +170,7 @@ def _check_together(items: list[tuple[TaskSpec, TaskData, Path | None]]) -> None
 
 def _base_model(spec: TaskSpec, data: TaskData) -> str:
     """The base model's fingerprint, saying so first when it has to be built (a minute at most)."""
-    from . import lm
+    from tdabench import lm
 
     key = lm.base_model_key(spec.model, data.warmup, data.pool) if spec.model.init == "scratch" else None
     if key and not (cache_dir() / "models" / key / "tdabench_model.json").exists():
@@ -189,11 +189,11 @@ def build_banks(items: list[tuple[TaskSpec, TaskData, Path | None]], workers: in
     ``executor``: ``"local"`` (worker processes on this machine) or ``"ray"`` (a local Ray
     instance, or the cluster at ``address``). ``subsets``: build only these subset indices
     (e.g. ``slice(0, 50)``), leaving the bank incomplete; parts built elsewhere are joined
-    with :func:`tdabench.merging.merge_banks`. Each bank is locked while it is built.
+    with :func:`tdabench.groundtruth.merging.merge_banks`. Each bank is locked while it is built.
     ``device``: where the fine-tunes run; on CUDA the local executor starts one worker per GPU
     (``workers`` is then ignored) and every Ray job asks for a GPU.
     """
-    from .bank import default_bank_path
+    from tdabench.groundtruth.bank import default_bank_path
 
     check_executor(executor, address)
     _check_together(items)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .bank import (
+from tdabench.errors import ConfigError
+from tdabench.groundtruth.bank import (
     BankError,
     BankMismatch,
     check_manifest,
@@ -23,9 +24,8 @@ from .bank import (
     read_manifest,
     read_membership,
 )
-from .errors import ConfigError
-from .spec import stable_hash
-from .store import atomic_write_json, atomic_write_npy
+from tdabench.spec import stable_hash
+from tdabench.store import atomic_write_json, atomic_write_npy
 
 # Largest difference (in nats of mean response loss) tolerated between two copies of the same
 # (subset, seed). On one machine the same spec and seed give bit-identical losses (difference
