@@ -21,14 +21,14 @@ from typing import Literal
 
 import numpy as np
 
-from tdabench.method import FitContext, TextField, TextView, field_texts, require, text_view
+from tdabench.method import FitContext, Method, TextField, TextView, field_texts, require, text_view
 from tdabench.spec import Example
 from tdabench.typed import param
 
 VARIANTS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
 
 
-class BM25:
+class BM25(Method):
     FAMILY = "lexical"
     @dataclass
     class Config:
@@ -39,9 +39,6 @@ class BM25:
         delta: float = param(0.5, "lower bound of a term's weight (bm25l, bm25+)", ge=0)
         method: Literal[VARIANTS] = param("lucene", "bm25s's BM25 variant")
         stopwords: str = param("english", 'stop-word list of bm25s ("" = none)')
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
 
     def _tokens(self, examples: list[Example]) -> list[list[str]]:
         return self.bm25s.tokenize(field_texts(self.view(examples), self.config.field), return_ids=False,

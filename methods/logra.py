@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tdabench import lm
-from tdabench.method import FitContext, gradients, require
+from tdabench.method import FitContext, Method, gradients, require
 from tdabench.spec import Example
 from tdabench.typed import param
 
@@ -71,7 +71,7 @@ def _train_loss(model: _LossModel, batch: dict[str, torch.Tensor], device: str) 
     return gradients.train_losses(model.lm, batch).mean()
 
 
-class LoGra:
+class LoGra(Method):
     FAMILY = "gradient"
     @dataclass
     class Config(gradients.GradientConfig):
@@ -83,11 +83,10 @@ class LoGra:
                                "diagonal; tuned", ge=0)
         projector_seed: int = param(0, "seed of the random projection")
 
-    def __init__(self, config: Config) -> None:
-        if math.isqrt(config.proj_dim) ** 2 != config.proj_dim or config.proj_dim <= 0:
+    def check_config(self) -> None:
+        if math.isqrt(self.config.proj_dim) ** 2 != self.config.proj_dim or self.config.proj_dim <= 0:
             raise ValueError(f"proj_dim must be a positive perfect square (LoGra projects the "
-                             f"two factors to sqrt(proj_dim) each), not {config.proj_dim}")
-        self.config = config
+                             f"two factors to sqrt(proj_dim) each), not {self.config.proj_dim}")
 
     def _loader(self, examples: list[Example]) -> DataLoader:
         tokenizer = self.tokenizer
@@ -115,7 +114,7 @@ class LoGra:
                                checkpoints=["loaded"],  # a name only: the weights are in the model
                                checkpoints_load_func=lambda m, _: m.eval())
         self.attributor = LoGraAttributor(task, layer_names=[f"lm.{name}" for name in modules],
-                                          hessian=c.hessian, damping=c.damping, device=context.device,
+                                          hessian=c.hessian, damping=c.damping, device=context.device.name,
                                           proj_dim=c.proj_dim, offload="cpu", cache_dir=str(cache))
         self.attributor.sparsifier_kwargs["proj_seed"] = c.projector_seed
         self.pool_loader = self._loader(pool)

@@ -6,19 +6,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tdabench.method import FitContext
+from tdabench.method import FitContext, Method
 from tdabench.spec import Example
 from tdabench.typed import param
 
 
-class RandomScores:
+class RandomScores(Method):
     FAMILY = "control"
     @dataclass
     class Config:
         seed: int = param(0, "added to the run's seed")
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         self.n_pool = len(pool)

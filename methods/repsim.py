@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from tdabench import lm
-from tdabench.method import FitContext, gradients
+from tdabench.method import FitContext, Method, gradients
 from tdabench.spec import Example
 from tdabench.typed import param
 
 
-class RepSim:
+class RepSim(Method):
     FAMILY = "representation"
     @dataclass
     class Config:
@@ -32,9 +32,6 @@ class RepSim:
         batch_size: int = param(64, "examples per forward pass", ge=1)
         checkpoint: gradients.OneModelCheckpoint = param(
             "pool", "the model whose hidden states are compared (tdabench.method.gradients.CHECKPOINTS)")
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
 
     def _represent(self, examples: list[Example]) -> np.ndarray:
         """(len(examples), d): mean hidden state of the chosen layer over response positions."""

@@ -20,12 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tdabench.method import FitContext, TextField, TextView, field_texts, require, text_view
+from tdabench.method import FitContext, Method, TextField, TextView, field_texts, require, text_view
 from tdabench.spec import Example
 from tdabench.typed import param
 
 
-class TfIdf:
+class TfIdf(Method):
     FAMILY = "lexical"
     @dataclass
     class Config:
@@ -37,10 +37,10 @@ class TfIdf:
         min_df: int | float = param(1,
                                     "ignore terms in fewer documents (int) or a smaller share (float)", gt=0)
 
-    def __init__(self, config: Config) -> None:
-        if not 1 <= config.ngram_min <= config.ngram_max:
-            raise ValueError(f"need 1 <= ngram_min <= ngram_max, not {config.ngram_min}, {config.ngram_max}")
-        self.config = config
+    def check_config(self) -> None:
+        if not 1 <= self.config.ngram_min <= self.config.ngram_max:
+            c = self.config
+            raise ValueError(f"need 1 <= ngram_min <= ngram_max, not {c.ngram_min}, {c.ngram_max}")
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         text = require("sklearn.feature_extraction.text", "lexical", "tfidf")

@@ -50,7 +50,7 @@ import torch
 
 from tdabench import lm
 from tdabench.errors import ConfigError
-from tdabench.method import FitContext, gradients, require
+from tdabench.method import FitContext, Method, gradients, require
 from tdabench.spec import Example
 from tdabench.typed import param
 
@@ -141,7 +141,7 @@ def tracked_gradient_computer():
     return TrackedGradientComputer
 
 
-class Trak:
+class Trak(Method):
     FAMILY = "gradient"
     @dataclass
     class Config(gradients.GradientConfig):
@@ -155,11 +155,10 @@ class Trak:
                                 "examples per featurize/score call (one projection-matrix pass each)", ge=1)
         projector_seed: int = param(0, "seed of the random projection")
 
-    def __init__(self, config: Config) -> None:
-        if config.checkpoint == "base" and config.n_models > 1:
+    def check_config(self) -> None:
+        if self.config.checkpoint == "base" and self.config.n_models > 1:
             raise ConfigError(f"n_models must be 1 with checkpoint='base' (there is one base model), "
-                              f"not {config.n_models}")
-        self.config = config
+                              f"not {self.config.n_models}")
 
     def _batches(self, encoded: list):
         """Batches of tokenised examples on the device, with their sizes."""
@@ -188,17 +187,17 @@ class Trak:
         save_dir = context.workdir / "trak"
         shutil.rmtree(save_dir, ignore_errors=True)  # traker resumes from what it finds there
         # projector None: traker's CudaProjector on a GPU (fast_jl), its BasicProjector on the CPU
-        projector = trak.projectors.NoOpProjector(device=context.device) if c.proj_dim == 0 else None
+        projector = trak.projectors.NoOpProjector(device=context.device.name) if c.proj_dim == 0 else None
         return trak.TRAKer(
             model=model, task=model_output_class()(), train_set_size=n_pool,
-            save_dir=str(save_dir), device=context.device,
+            save_dir=str(save_dir), device=context.device.name,
             projector=projector, proj_dim=c.proj_dim, use_half_precision=False,
             projector_seed=c.projector_seed, grad_wrt=self.grad_wrt,
             gradient_computer=tracked_gradient_computer(), logging_level=logging.WARNING)
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         require("trak", "trak", "trak")
-        self.device = context.device  # where prepare put the models and traker works
+        self.device = context.device.name  # where prepare put the models and traker works
         # per model, for scoring: model 0's whole state; model i > 0's entries that differ from
         # it (with trainable="top:K" the top blocks only: at small 5 full copies were 2.7 GB)
         self.states: list[dict[str, torch.Tensor]] = []

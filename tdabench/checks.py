@@ -1,23 +1,30 @@
 """Everything a command checks before it spends any compute, in well under a second.
 
-:func:`validate` resolves and checks the task and preset, the spec overrides (typed and
-ranged), the method, its config (typed, ranged, and the adapter's own cross-field checks),
-the results directory, and the minimums a meaningful bank needs (:func:`minimums`). A problem
-is a :class:`~tdabench.errors.UserError` whose message names the thing and the fix; a
-setting that wastes compute without being wrong is returned as a warning.
+:func:`validate` resolves (into a :class:`Resolved`, which the runner consumes as it is) and
+checks the task and preset, the spec overrides (typed and ranged), the method, its config
+(typed, ranged, and the adapter's own cross-field checks), the results directory, and the
+minimums a meaningful bank needs (:func:`minimums`). A problem is a
+:class:`~tdabench.errors.UserError` whose message names the thing and the fix; a setting that
+wastes compute without being wrong is returned as a warning.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tdabench.errors import ConfigError, UserError
-from tdabench.spec import TaskSpec, override
+from tdabench.spec import TaskSpec, override, stable_hash
+from tdabench.task import Task, TaskData
+
+if TYPE_CHECKING:
+    from tdabench.method.base import Method
 
 # The fewest test subsets an LDS is computed over: a rank correlation over two points is +-1
 # whatever the scores, so three is the least that says anything (tens are needed for a tight
@@ -27,41 +34,68 @@ MIN_SUBSET_SIZE = 2  # pool examples per subset: a subset of one is a leave-all-
 
 
 @dataclass
-class Checked:
-    """What :func:`validate` resolved: the preset (a task's only one when none was given),
-    the spec with its overrides, the method's config, and warnings to show the user."""
+class Resolved:
+    """A command's inputs, resolved and checked once by :func:`validate`: the task, the preset
+    (a task's only one when none was given), the spec with its overrides and, for a method
+    command, the adapter class and its config; ``warnings`` to show the user. The task's
+    examples (``data``) load on first use. The runner consumes it as it is."""
 
+    task: Task
     preset: str
     spec: TaskSpec
+    method: str | None = None
+    method_cls: type[Method] | None = None
     config: Any = None
     warnings: list[str] = field(default_factory=list)
+
+    @cached_property
+    def data(self) -> TaskData:
+        return self.task.load(self.spec.data)
+
+    @property
+    def config_dict(self) -> dict[str, Any]:
+        """The config as a plain dict (a fresh copy): what the record stores."""
+        return dataclasses.asdict(self.config)
+
+    @property
+    def config_hash(self) -> str:
+        """What names the config in records and work directories."""
+        return stable_hash(self.config_dict, 8)
+
+    def with_config(self, overrides: dict[str, Any]) -> Resolved:
+        """The same run with config fields overridden (checked as :func:`check_method` does)."""
+        resolved = dataclasses.replace(
+            self, config=check_method(self.method, {**self.config_dict, **overrides}))
+        resolved.__dict__["data"] = self.data  # the same examples, loaded once
+        return resolved
 
 
 def validate(task: str, preset: str | None = None, spec_overrides: dict[str, str] | None = None,
              method: str | None = None, config: dict[str, Any] | None = None,
              results_dir: Path | None = None, evaluates: bool = False, trains: bool = False,
-             grid: dict[str, list[str]] | None = None) -> Checked:
-    """Check a command's inputs without computing anything; UserError on the first problem.
+             grid: dict[str, list[str]] | None = None) -> Resolved:
+    """Check a command's inputs without computing anything and resolve them; UserError on the
+    first problem.
 
     ``evaluates``: the command computes an LDS (run, tune), so the bank must have enough test
     subsets; ``trains``: the method must have a ``train`` phase; ``grid``: each value of a
     tuning grid is checked as a config value too.
     """
-    from tdabench.registry import get_task
+    from tdabench.registry import get_method, get_task
 
     t = get_task(task)
     preset = t.default_preset() if preset is None else preset
-    spec = override(t.spec(preset), spec_overrides or {})
-    checked = Checked(preset, spec)
+    resolved = Resolved(t, preset, override(t.spec(preset), spec_overrides or {}))
     if method is not None:
-        checked.config = check_method(method, config, trains)
+        resolved.method, resolved.method_cls = method, get_method(method)
+        resolved.config = check_method(method, config, trains)
         for key, values in (grid or {}).items():
             for value in values:
                 check_method(method, {**(config or {}), key: value})
     if results_dir is not None:
         check_writable(Path(results_dir))
-    checked.warnings = minimums(spec, evaluates)
-    return checked
+    resolved.warnings = minimums(resolved.spec, evaluates)
+    return resolved
 
 
 def check_method(name: str, config: dict[str, Any] | None = None, trains: bool = False) -> Any:
@@ -73,10 +107,10 @@ def check_method(name: str, config: dict[str, Any] | None = None, trains: bool =
     cls = get_method(name)
     cfg = make_config(cls, config, name)
     try:
-        adapter = cls(cfg)
-    except ValueError as err:  # an adapter's __init__ checks its config and nothing else
+        cls(cfg)
+    except ValueError as err:  # check_config refuses a config and does nothing else
         raise ConfigError(f"method {name!r}: {err}") from err
-    if trains and not hasattr(adapter, "train"):
+    if trains and not cls.trains():
         raise UserError(f"method {name!r} has nothing to train; `tdabench run` runs it directly")
     return cfg
 

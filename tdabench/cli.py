@@ -54,9 +54,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _validate(args: argparse.Namespace, evaluates: bool = False, trains: bool = False) -> None:
-    """Check the command's task, preset, spec overrides, method, config and results directory
-    before any compute (:func:`tdabench.checks.validate`); fills in ``args.preset``."""
+def _compute(args: argparse.Namespace):
+    """The command's :class:`~tdabench.device.Compute`: workers, executor and the whole device."""
+    from tdabench.device import Compute
+
+    return Compute(args.workers, args.executor, args.address, _device(args))
+
+
+def _validate(args: argparse.Namespace, evaluates: bool = False, trains: bool = False):
+    """Check and resolve the command's task, preset, spec overrides, method, config and results
+    directory before any compute (:func:`tdabench.checks.validate`), once; fills in
+    ``args.preset`` and returns the :class:`~tdabench.checks.Resolved` run."""
     from tdabench import checks
 
     method = getattr(args, "method", None)
@@ -67,6 +75,7 @@ def _validate(args: argparse.Namespace, evaluates: bool = False, trains: bool = 
     args.preset = checked.preset
     for warning in checked.warnings:
         print(f"tdabench: warning: {warning}", file=sys.stderr)
+    return checked
 
 
 def _add_task_args(p: argparse.ArgumentParser) -> None:
@@ -162,10 +171,7 @@ def _subset_slice(text: str) -> slice:
 def cmd_groundtruth(args: argparse.Namespace) -> None:
     from tdabench import runner  # torch and scipy load when a command runs, not for --help
 
-    _validate(args)
-    bank = runner.groundtruth(args.task, args.preset, _assignments(args.spec_overrides),
-                              args.workers, args.bank, args.executor, args.address, args.subsets,
-                              _device(args))
+    bank = runner.groundtruth(_validate(args), _compute(args), args.bank, args.subsets)
     m, r, t = bank.losses.shape
     if not bank.complete:
         import numpy as np
@@ -185,10 +191,9 @@ def cmd_groundtruth(args: argparse.Namespace) -> None:
 def cmd_plan(args: argparse.Namespace) -> None:
     from tdabench.groundtruth import plan
 
-    _validate(args)
-
-    estimate = plan.plan(args.task, args.preset, _assignments(args.spec_overrides), args.subsets,
-                         args.seeds, args.workers, args.fine_tunes, _device(args))
+    resolved = _validate(args)
+    estimate = plan.plan(resolved.spec, resolved.task.load, args.subsets, args.seeds, args.workers,
+                         args.fine_tunes, _device(args))
     print(plan.render(estimate))
 
 
@@ -212,11 +217,9 @@ def cmd_merge_banks(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from tdabench import runner  # torch and scipy load when a command runs, not for --help
 
-    _validate(args, evaluates=True)
-    record, path = runner.run(args.method, args.task, args.preset, args.seed, _method_config(args),
-                              _assignments(args.spec_overrides), args.workers, args.results_dir,
-                              args.bank, args.group_score, args.correlation, args.executor, args.address,
-                              _device(args))
+    resolved = _validate(args, evaluates=True)
+    record, path = runner.run_resolved(resolved, args.seed, _compute(args), args.results_dir, args.bank,
+                                       args.group_score, args.correlation)
     print(runner.summary(record))
     print(f"record: {path}")
 
@@ -231,12 +234,10 @@ def _method_config(args: argparse.Namespace) -> dict[str, str]:
 def cmd_tune(args: argparse.Namespace) -> None:
     from tdabench import runner  # torch and scipy load when a command runs, not for --help
 
-    _validate(args, evaluates=True)
+    resolved = _validate(args, evaluates=True)
     grid = {key: [v.strip() for v in values.split(",")] for key, values in _assignments(args.grid).items()}
-    trials, path = runner.tune(args.method, args.task, grid, args.preset, args.seed, _method_config(args),
-                               _assignments(args.spec_overrides), args.workers, args.bank,
-                               args.correlation, args.results_dir, args.executor, args.address,
-                               _device(args))
+    trials, path = runner.tune(resolved, grid, args.seed, _compute(args), args.bank, args.correlation,
+                               args.results_dir)
     print(f"{args.method} on {args.task}/{args.preset}: LDS on the {trials[0]['n_tuning_subsets']} "
           "tuning subsets (the test subsets are not touched)")
     for trial in trials:
@@ -275,10 +276,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from tdabench import runner  # torch and scipy load when a command runs, not for --help
 
-    _validate(args, trains=True)
-    path = runner.train(args.method, args.task, args.preset, args.seed, _method_config(args),
-                        _assignments(args.spec_overrides), args.workers, args.executor, args.address,
-                        _device(args))
+    path = runner.train(_validate(args, trains=True), args.seed, _compute(args))
     print(f"trained {args.method} for {args.task}/{args.preset}: {path}")
 
 
@@ -354,13 +352,15 @@ def _check_reproduce(args: argparse.Namespace) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> None:
     import json
 
+    from tdabench.device import Compute
+
     _check_reproduce(args)
     given = json.loads(args.configs.read_text()) if args.configs.exists() else {}
     configs = {k: v for k, v in given.items() if not k.startswith("_")}
     from tdabench.reproduce import reproduce
 
     written = reproduce(args.preset, args.task or None, args.method or None, configs,
-                        args.results_dir, args.workers, _device(args), given.get("_tuned"))
+                        args.results_dir, Compute(args.workers, device=_device(args)), given.get("_tuned"))
     print(f"{len(written)} new record(s) under {args.results_dir}")
 
 
@@ -428,9 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "$TDABENCH_CACHE/results; the reference set ./results is written only by "
                         "`tdabench reproduce` or when named here)")
     p.add_argument("--group-score", default=None, metavar="POOLING",
-                   help="force this group score for any method: a pooling of tdabench.metrics.POOLINGS "
-                        "(sum, attention as AirRep trains, attention-eval as its paper evaluates; "
-                        "default: the method's own, else the sum)")
+                   help="force this group score for any method: a pooling of "
+                        "tdabench.method.pooling.POOLINGS (sum, attention as AirRep trains, "
+                        "attention-eval as its paper evaluates; default: the method's own, else the sum)")
     _add_correlation_arg(p)
     p.set_defaults(func=cmd_run)
 

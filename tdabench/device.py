@@ -105,6 +105,22 @@ class Device:
 CPU = Device()
 
 
+@dataclass(frozen=True)
+class Compute:
+    """Where a run's work goes, resolved once from the command line and handed to every phase:
+    ``workers`` processes for fine-tunes (ground truth, and banks a method builds), run by
+    ``executor`` (``"local"`` or ``"ray"``, at ``address``; None starts a local Ray instance),
+    and the :class:`Device` every torch phase runs on (its dtype and micro-batch included)."""
+
+    workers: int = 1
+    executor: str = "local"
+    address: str | None = None
+    device: Device = CPU
+
+
+CPU_COMPUTE = Compute()
+
+
 def resolve(device: str = "auto", dtype: str = "fp32", micro_batch: int = 0) -> Device:
     """Check and resolve the command-line choices (see the module docstring)."""
     if dtype not in DTYPES:
@@ -128,11 +144,6 @@ def resolve(device: str = "auto", dtype: str = "fp32", micro_batch: int = 0) -> 
     elif dtype == "bf16":
         raise ConfigError("--dtype bf16 is bf16 autocast on a GPU; on the CPU use --dtype fp32")
     return Device(name, dtype, micro_batch)
-
-
-def of(context: Any) -> Device:
-    """The device of a FitContext (its ``device`` and ``dtype`` fields)."""
-    return Device(getattr(context, "device", "cpu"), getattr(context, "dtype", "fp32"))
 
 
 @contextlib.contextmanager

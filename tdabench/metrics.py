@@ -9,10 +9,7 @@ minus the losses.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import softmax
 from scipy.stats import rankdata
-
-from tdabench.errors import ConfigError
 
 
 def sum_group_scores(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
@@ -21,58 +18,6 @@ def sum_group_scores(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
     scores: (T, N); membership: (M, N) bool or 0/1. Returns (T, M).
     """
     return np.asarray(scores, dtype=np.float64) @ np.asarray(membership, dtype=np.float64).T
-
-
-def _softmax_pooled(scores: np.ndarray, membership: np.ndarray, absolute: bool) -> np.ndarray:
-    """sum_{z in S} softmax_{z in S}(w(s)) * s with w = |.| (``absolute``) or the identity."""
-    scores = np.asarray(scores, dtype=np.float64)
-    out = np.empty((scores.shape[0], len(membership)))
-    for m, members in enumerate(np.asarray(membership, dtype=bool)):  # subsets may differ in size
-        s = scores[:, members]
-        out[:, m] = (softmax(np.abs(s) if absolute else s, axis=1) * s).sum(axis=1)
-    return out
-
-
-def attention_pooled_group_scores(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
-    """AirRep's pooling as trained (``attention``): g(x, S) = sum_{z in S} softmax_{z in S}(|s(x, z)|)
-    * s(x, z) (the authors' trainer and ``AirRep.similarity``).
-
-    scores: (T, N); membership: (M, N) bool. Returns (T, M).
-    """
-    return _softmax_pooled(scores, membership, absolute=True)
-
-
-def attention_eval_pooled_group_scores(scores: np.ndarray, membership: np.ndarray) -> np.ndarray:
-    """AirRep's pooling as evaluated in the paper (``attention-eval``): g(x, S) = sum_{z in S}
-    softmax_{z in S}(s(x, z)) * s(x, z), no absolute value (``softmax`` of the authors'
-    ``scripts/04_evaluate.py``, which made the published LDS).
-
-    scores: (T, N); membership: (M, N) bool. Returns (T, M).
-    """
-    return _softmax_pooled(scores, membership, absolute=False)
-
-
-# Group-score poolings by name: name -> (function of (scores, membership), what it computes).
-POOLINGS = {
-    "sum": (sum_group_scores, "sum of per-example scores over the subset"),
-    "attention": (attention_pooled_group_scores,
-                  "attention pooling of per-example scores (softmax of |s| over the subset)"),
-    "attention-eval": (attention_eval_pooled_group_scores,
-                       "attention pooling of per-example scores (softmax of s over the subset, "
-                       "as in the AirRep authors' evaluation script)"),
-}
-
-
-def pooled_group_scores(scores: np.ndarray, membership: np.ndarray, pooling: str) -> np.ndarray:
-    """(T, M) group scores by the pooling named ``pooling`` (a key of :data:`POOLINGS`)."""
-    check_group_score(pooling)
-    return POOLINGS[pooling][0](scores, membership)
-
-
-def check_group_score(name: str) -> None:
-    """Refuse a pooling that :data:`POOLINGS` does not name, listing those it does."""
-    if name not in POOLINGS:
-        raise ConfigError(f"group_score must be one of {', '.join(POOLINGS)}, not {name!r}")
 
 
 CORRELATIONS = ("spearman", "kendall", "pearson")

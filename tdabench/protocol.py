@@ -96,16 +96,11 @@ def evaluate(scores: np.ndarray, group_scores: np.ndarray, labels: np.ndarray,
     return out
 
 
-def paper_lds(scores: np.ndarray, group_scores: np.ndarray, membership: np.ndarray, labels: np.ndarray,
-              pooling: str | None, correlation: str = "spearman") -> dict[str, Any]:
+def paper_lds(group_scores: np.ndarray, labels: np.ndarray, aggregation: str,
+              correlation: str = "spearman") -> dict[str, Any]:
     """The paper-comparable LDS of a published bank: over ALL its subsets (published ground truth
-    has no tuning part), with the aggregation the method's authors evaluate with (``pooling``, a
-    :data:`metrics.POOLINGS` name, e.g. an adapter's ``evaluation_pooling``), else the method's
-    own ``group_scores``. ``scores``: (T, N); ``group_scores``, ``labels``: (T, M);
-    ``membership``: (M, N)."""
-    if pooling:
-        group_scores = metrics.pooled_group_scores(scores, membership, pooling)
+    has no tuning part), of ``group_scores`` made with the aggregation the method's authors
+    evaluate with (described by ``aggregation``). ``group_scores``, ``labels``: (T, M)."""
     per_target = metrics.lds_per_target(group_scores, labels, correlation)
     return {"mean": float(per_target.mean()), "ci95": list(metrics.bootstrap_ci(per_target)),
-            "n_targets": len(per_target), "n_subsets": len(membership),
-            "group_score": metrics.POOLINGS[pooling][1] if pooling else "as for the test part"}
+            "n_targets": len(per_target), "n_subsets": labels.shape[1], "group_score": aggregation}

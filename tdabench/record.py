@@ -194,6 +194,7 @@ class MethodInfo:
     config_fields: list[str]
     config_defaults: dict[str, Any]
     family: str | None = None
+    version: int = 1  # the adapter's VERSION (records made before versions were stored: 1)
 
 
 @dataclass
@@ -238,6 +239,9 @@ class Record:
     # How the config's values were chosen, when they were tuned (``results/configs.json``'s
     # ``_tuned`` entry: the fields tuned, on which subsets, the grid, the choice, the CSVs)
     tuning: dict[str, Any] | None = None
+    # What the config's host-dependent values (``auto``) resolved to in this run, e.g. AirRep's
+    # encoder precision; the config and its hash keep ``auto``
+    resolved: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -466,9 +470,14 @@ def method_info(method_cls: type) -> MethodInfo:
     """What rendering needs about a method, read from its class when the record is written."""
     config_cls = method_cls.Config
     defaults = json.loads(json.dumps(dataclasses.asdict(config_cls()), default=str))
-    return MethodInfo(reference=bool(getattr(method_cls, "REFERENCE", False)),
+    return MethodInfo(reference=method_cls.REFERENCE,
                       config_fields=[f.name for f in dataclasses.fields(config_cls)],
-                      config_defaults=defaults, family=getattr(method_cls, "FAMILY", None))
+                      config_defaults=defaults, family=method_cls.FAMILY, version=method_cls.VERSION)
+
+
+def method_version(rec: Record) -> int:
+    """The adapter ``VERSION`` a record was made with (1 for records older than versions)."""
+    return rec.method_info.version if rec.method_info else 1
 
 
 def now() -> str:

@@ -22,8 +22,11 @@ def register_task(task: Task) -> None:
 
 
 def register_method(name: str, method_cls: type[Method]) -> None:
-    """Register a method adapter class at run time."""
-    _extra_methods[name] = method_cls
+    """Register a method adapter class at run time (a :class:`tdabench.method.Method` subclass;
+    UserError otherwise)."""
+    from tdabench.method.base import check_adapter
+
+    _extra_methods[name] = check_adapter(method_cls, name)
 
 
 def _entry_points(group: str) -> dict[str, Any]:
@@ -54,10 +57,13 @@ def get_task(name: str) -> Task:
 
 
 def get_method(name: str) -> type[Method]:
-    """A registered method adapter class (UnknownName listing the valid ones otherwise)."""
+    """A registered method adapter class (UnknownName listing the valid ones otherwise; a class
+    that does not subclass :class:`tdabench.method.Method` is refused in one line)."""
+    from tdabench.method.base import check_adapter
+
     if name in _extra_methods:
         return _extra_methods[name]
     eps = _entry_points("tdabench.methods")
     if name not in eps:
         raise UnknownName(f"unknown method {name!r}; valid methods: {', '.join(method_names())}")
-    return eps[name].load()
+    return check_adapter(eps[name].load(), name)

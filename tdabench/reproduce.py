@@ -8,7 +8,6 @@ process (in one process, the random baseline, run after nine other methods, repo
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing as mp
 import os
 import traceback
@@ -16,27 +15,31 @@ from pathlib import Path
 from typing import Any
 
 from tdabench import record, runner
+from tdabench.checks import Resolved, validate
 from tdabench.data import DataError
-from tdabench.device import CPU, Device
+from tdabench.device import CPU_COMPUTE, Compute
 from tdabench.errors import UserError
 from tdabench.groundtruth.executors import die_with_parent
-from tdabench.method import MissingDependency, make_config
+from tdabench.method import MissingDependency
+from tdabench.method.base import Method
 from tdabench.protocol import protocol_hash
-from tdabench.registry import get_method, get_task, method_names, task_names
-from tdabench.spec import TaskSpec, spec_hash, stable_hash
+from tdabench.registry import get_task, method_names, task_names
+from tdabench.spec import TaskSpec, spec_hash
 from tdabench.task import Task
 
 
-def current(path: Path, spec: TaskSpec) -> bool:
+def current(path: Path, spec: TaskSpec, method_cls: type[Method]) -> bool:
     """Whether the record at ``path`` exists and was made for ``spec`` under this version's
-    (Spearman) protocol; a record that cannot be read is not current."""
+    (Spearman) protocol by this version of the method's adapter (``VERSION``); a record that
+    cannot be read is not current."""
     if not path.exists():
         return False
     try:
         rec = record.load(path)
     except record.RecordError:
         return False
-    return rec.spec_hash == spec_hash(spec) and rec.protocol_hash == protocol_hash()
+    return (rec.spec_hash == spec_hash(spec) and rec.protocol_hash == protocol_hash()
+            and record.method_version(rec) >= method_cls.VERSION)
 
 
 def check_data(tasks: list[tuple[str, Task]], preset: str) -> None:
@@ -56,13 +59,13 @@ def check_data(tasks: list[tuple[str, Task]], preset: str) -> None:
 
 def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: list[str] | None = None,
               configs: dict[str, dict[str, str]] | None = None,
-              results_dir: Path | str = record.REFERENCE_RESULTS, workers: int = 1,
-              device: Device = CPU, tuned: dict[str, dict[str, Any]] | None = None) -> list[Path]:
+              results_dir: Path | str = record.REFERENCE_RESULTS, compute: Compute = CPU_COMPUTE,
+              tuned: dict[str, dict[str, Any]] | None = None) -> list[Path]:
     """Run every method on every offline task that has ``preset``, skipping records that exist
-    for the current spec and protocol (so it resumes). ``configs`` maps a method to its config
-    overrides. Methods whose optional dependency is missing are skipped with a message;
-    ``device``: where every phase runs; ``tuned`` maps a method to how its settings were chosen
-    (stored in its records)."""
+    for the current spec and protocol and the adapter's current ``VERSION`` (so it resumes).
+    ``configs`` maps a method to its config overrides. Methods whose optional dependency is
+    missing are skipped with a message; ``compute``: where every phase runs; ``tuned`` maps a
+    method to how its settings were chosen (stored in its records)."""
     configs = configs or {}
     record.check_writable(results_dir)
     selected = [(name, get_task(name)) for name in tasks or task_names()]
@@ -70,22 +73,20 @@ def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: lis
                 if preset in task.presets and not (tasks is None and task.needs_hub)]
     check_data(selected, preset)
     written = []
-    for task_name, task in selected:
-        spec = task.spec(preset)
+    for task_name, _ in selected:
         for method in methods or method_names():
             try:
-                cfg = make_config(get_method(method), configs.get(method))
+                resolved = validate(task_name, preset, None, method, configs.get(method), evaluates=True)
             except MissingDependency as err:
                 print(f"skip {method}: {err}")
                 continue
-            out = runner.record_path(results_dir, spec, method, stable_hash(dataclasses.asdict(cfg), 8), 0)
-            if current(out, spec):
+            out = runner.record_path(results_dir, resolved.spec, method, resolved.config_hash, 0)
+            if current(out, resolved.spec, resolved.method_cls):
                 print(f"exists: {out}")
                 continue
-            kwargs = dict(config=configs.get(method), workers=workers, results_dir=results_dir,
-                          device=device, tuning=(tuned or {}).get(method))
             try:
-                out = run_isolated(method, task_name, preset, **kwargs)
+                out = run_isolated(resolved, compute=compute, results_dir=results_dir,
+                                   tuning=(tuned or {}).get(method))
             except MissingDependency as err:
                 print(f"skip {method}: {err}")
                 continue
@@ -93,14 +94,14 @@ def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: lis
     return written
 
 
-def run_isolated(method: str, task: str, preset: str, **kwargs: Any) -> Path:
-    """``runner.run`` in a child process, which prints the record's summary and dies with this
+def run_isolated(resolved: Resolved, **kwargs: Any) -> Path:
+    """``runner.run_resolved`` in a child process, which prints the record's summary and dies with this
     process. Forked, so that it sees the tasks and methods registered here; ``tdabench
     reproduce`` has run no torch work before it forks (a caller that has should hold torch to
     one thread, as the tests do). Returns the record's path; the child's error is raised here."""
     ctx = mp.get_context("fork")
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_run_child, args=(send, os.getpid(), method, task, preset, kwargs))
+    child = ctx.Process(target=_run_child, args=(send, os.getpid(), resolved, kwargs))
     child.start()
     send.close()
     try:
@@ -113,17 +114,17 @@ def run_isolated(method: str, task: str, preset: str, **kwargs: Any) -> Path:
     finally:
         child.join()
     if value is None:
-        raise RuntimeError(f"{method} on {task}/{preset} died (exit code {child.exitcode}); "
-                           f"rerun it with `tdabench run` to see why")
+        raise RuntimeError(f"{resolved.method} on {resolved.spec.task}/{resolved.preset} died (exit code "
+                           f"{child.exitcode}); rerun it with `tdabench run` to see why")
     if not ok:
         raise value
     return value
 
 
-def _run_child(send: Any, parent: int, method: str, task: str, preset: str, kwargs: dict) -> None:
+def _run_child(send: Any, parent: int, resolved: Resolved, kwargs: dict) -> None:
     die_with_parent(parent)
     try:
-        rec, out = runner.run(method, task, preset, **kwargs)
+        rec, out = runner.run_resolved(resolved, **kwargs)
         print(runner.summary(rec), flush=True)
         send.send((True, out))
     except BaseException as err:  # sent to the parent, which raises it

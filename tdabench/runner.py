@@ -1,8 +1,11 @@
 """One benchmark run: ground truth, fit, score, metrics, and the result record.
 
+A command resolves its task, spec, method and config once (:func:`tdabench.checks.validate`
+returns a :class:`~tdabench.checks.Resolved`) and hands it here with one
+:class:`~tdabench.device.Compute` (workers, executor, the whole device) that every phase uses.
 The protocol (split rule, evaluation) is in :mod:`tdabench.protocol`, the record in
-:mod:`tdabench.record`; paired comparisons of records in :mod:`tdabench.reporting.compare`, the reference
-set in :mod:`tdabench.reproduce`.
+:mod:`tdabench.record`; paired comparisons of records in :mod:`tdabench.reporting.compare`, the
+reference set in :mod:`tdabench.reproduce`.
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from tdabench import device as devices
 from tdabench import metrics, record
-from tdabench.device import CPU, Device
+from tdabench.checks import Resolved, validate
+from tdabench.device import CPU_COMPUTE, Compute
 from tdabench.errors import ConfigError
 from tdabench.groundtruth import GroundTruthBank, ensure_bank, versions
-from tdabench.method import FitContext, held_bytes, make_config
+from tdabench.method import FitContext, held_bytes, pooling
+from tdabench.method.base import Method
 from tdabench.protocol import (
     PROTOCOL_VERSION,
     RECALL_KS,
@@ -32,8 +36,7 @@ from tdabench.protocol import (
     protocol_hash,
     tuning_subsets,
 )
-from tdabench.registry import get_method, get_task
-from tdabench.spec import TaskSpec, override, spec_hash, stable_hash
+from tdabench.spec import TaskSpec, spec_hash, stable_hash
 from tdabench.store import atomic_write_bytes, cache_dir, dir_bytes
 from tdabench.task import Task, TaskData
 from tdabench.timing import measure
@@ -41,21 +44,17 @@ from tdabench.timing import measure
 
 def load_task(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | None = None
               ) -> tuple[Task, TaskSpec, TaskData]:
-    """The task, its spec for ``preset`` (with dotted overrides) and its examples."""
-    t = get_task(task)
-    spec = override(t.spec(preset), spec_overrides or {})
-    return t, spec, t.load(spec.data)
+    """The task, its spec for ``preset`` (with dotted overrides) and its examples (for scripts
+    and benchmarks; commands resolve through :func:`tdabench.checks.validate`)."""
+    resolved = validate(task, preset, spec_overrides)
+    return resolved.task, resolved.spec, resolved.data
 
 
-def groundtruth(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | None = None,
-                workers: int = 1, bank_path: Path | None = None, executor: str = "local",
-                address: str | None = None, subsets: slice | None = None,
-                device: Device = CPU) -> GroundTruthBank:
-    """Build (or resume) a task's ground-truth bank; ``executor`` ``"local"`` or ``"ray"``
-    (``address``: a Ray cluster; None starts a local instance); ``subsets``: only these subset
-    indices (a part of the bank, to merge with others); ``device``: where fine-tunes run."""
-    t, spec, data = load_task(task, preset, spec_overrides)
-    return ensure_bank(t, spec, data, bank_path, workers, executor, address, subsets, device)
+def groundtruth(resolved: Resolved, compute: Compute = CPU_COMPUTE, bank_path: Path | None = None,
+                subsets: slice | None = None) -> GroundTruthBank:
+    """Build (or resume) a resolved task's ground-truth bank with ``compute``; ``subsets``: only
+    these subset indices (a part of the bank, to merge with others)."""
+    return ensure_bank(resolved.task, resolved.spec, resolved.data, bank_path, compute, subsets)
 
 
 def _check_scores(name: str, array: Any, shape: tuple[int, int], method: str) -> np.ndarray:
@@ -68,77 +67,59 @@ def _check_scores(name: str, array: Any, shape: tuple[int, int], method: str) ->
     return array
 
 
-def _method_and_context(method: str, spec: TaskSpec, data: TaskData, seed: int,
-                        config: dict[str, str] | None, workers: int, executor: str = "local",
-                        address: str | None = None, device: Device = CPU) -> tuple[Any, dict, FitContext]:
-    """The adapter with its config, and a fresh work directory for it."""
-    method_cls = get_method(method)
-    cfg = make_config(method_cls, config)
-    config_dict = dataclasses.asdict(cfg)
+def _adapter(resolved: Resolved, seed: int, compute: Compute) -> tuple[Method, FitContext]:
+    """The resolved method's adapter, and its context with a fresh work directory."""
+    spec = resolved.spec
     workdir = cache_dir() / "methods" / f"{spec.task}-{spec.preset}-{spec_hash(spec)}" / \
-        f"{method}-{stable_hash(config_dict, 8)}-s{seed}"
+        f"{resolved.method}-{resolved.config_hash}-s{seed}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    context = FitContext(spec=spec, data=data, workdir=workdir, seed=seed, workers=workers,
-                         executor=executor, address=address, device=device.name, dtype=device.dtype)
-    return method_cls(cfg), config_dict, context
+    context = FitContext(spec=spec, data=resolved.data, workdir=workdir, seed=seed, compute=compute)
+    return resolved.method_cls(resolved.config), context
 
 
-def train(method: str, task: str, preset: str = "tiny", seed: int = 0,
-          config: dict[str, str] | None = None, spec_overrides: dict[str, str] | None = None,
-          workers: int = 1, executor: str = "local", address: str | None = None,
-          device: Device = CPU) -> str:
-    """Train a learned method for a task (its ``train`` phase); returns where the result is."""
-    _, spec, data = load_task(task, preset, spec_overrides)
-    adapter, _, context = _method_and_context(method, spec, data, seed, config, workers, executor,
-                                              address, device)
-    if not hasattr(adapter, "train"):
-        raise ConfigError(f"method {method!r} has nothing to train")
-    with device.autocast():
-        adapter.train(context)
-    return str(getattr(adapter, "checkpoint", context.workdir))
+def train(resolved: Resolved, seed: int = 0, compute: Compute = CPU_COMPUTE) -> str:
+    """Train a resolved learned method for its task (its ``train`` phase); returns where the
+    result is."""
+    adapter, context = _adapter(resolved, seed, compute)
+    if not adapter.trains():
+        raise ConfigError(f"method {resolved.method!r} has nothing to train")
+    with compute.device.autocast():
+        trained = adapter.train(context)
+    return trained.artifact or str(context.workdir)
 
 
-def train_account(adapter: Any, cached: bool) -> dict[str, Any]:
-    """The train phase's ``cached`` flag and, when the adapter keeps a ``train_cost`` (a dict:
-    ``{"cached": False, ...measured now}`` or ``{"cached": True, "original": {...}}`` for a
-    loaded model), that account as ``original``: the cost of the training, wherever it ran."""
-    own = getattr(adapter, "train_cost", None)
-    if own is None:
-        return {"cached": cached}
-    original = own.get("original") if own["cached"] else {k: v for k, v in own.items() if k != "cached"}
-    return {"cached": bool(own["cached"]), "original": original}
-
-
-def attribute(adapter: Any, context: FitContext, membership: np.ndarray, method: str,
+def attribute(adapter: Method, context: FitContext, membership: np.ndarray, method: str,
               group_score: str | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any], str]:
     """Train (if the method trains), fit and score one adapter, timing each phase.
 
     Returns (scores (T, N), group scores (T, M) over every subset of ``membership``, costs,
     how the group scores were made). ``group_score``: ``None`` uses the method's own
-    ``score_groups`` if it has one, else the sum; a name in :data:`metrics.POOLINGS`
-    forces that pooling for any method. A ``train`` that returns True loaded what it trains
-    from a cache: the phase is marked ``cached`` (its time is not the training cost).
+    ``score_groups`` where it gives one, else the sum; a name in :data:`pooling.POOLINGS`
+    forces that pooling for any method. A ``train`` that reports ``cached`` loaded what it
+    trains: the phase is marked cached (its time is not the training cost), with the
+    training's own account of its cost as ``original``.
     """
     if group_score is not None:
-        metrics.check_group_score(group_score)
-    data, where = context.data, devices.of(context)
+        pooling.check_group_score(group_score)
+    data, where = context.data, context.device
     T, N = len(data.targets), len(data.pool)
     costs: dict[str, Any] = {"device": where.describe()}
-    if hasattr(adapter, "train"):
-        cached, train_cost = measure(lambda: adapter.train(context), device=where)
-        costs["train"] = {**train_cost.to_dict(), **train_account(adapter, cached is True)}
+    if adapter.trains():
+        trained, train_cost = measure(lambda: adapter.train(context), device=where)
+        costs["train"] = {**train_cost.to_dict(), "cached": trained.cached, "original": trained.cost}
     _, fit_cost = measure(lambda: adapter.fit(data.pool, context), device=where)
     raw, score_cost = measure(lambda: adapter.score(data.targets), device=where)
     scores = _check_scores("scores", raw, (T, N), method)
     costs.update({"fit": fit_cost.to_dict(), "score": score_cost.to_dict()})
-    if group_score is None and hasattr(adapter, "score_groups"):
-        raw_groups, group_cost = measure(lambda: adapter.score_groups(data.targets, membership), device=where)
+    raw_groups, group_cost = (None, None) if group_score else measure(
+        lambda: adapter.score_groups(data.targets, membership), device=where)
+    if raw_groups is not None:
         group_scores = _check_scores("group scores", raw_groups, (T, len(membership)), method)
         costs["score_groups"] = group_cost.to_dict()
         aggregation = "method's own score_groups"
     else:
-        pool, aggregation = metrics.POOLINGS[group_score or "sum"]
+        pool, aggregation = pooling.POOLINGS[group_score or "sum"]
         group_scores = pool(scores, membership)
     costs["score_per_target_s"] = score_cost.wall_s / T
     costs["storage_bytes"] = {"disk": dir_bytes(context.workdir), "memory": held_bytes(adapter)}
@@ -163,38 +144,43 @@ def _bank_info(bank: GroundTruthBank, data: TaskData, correlation: str) -> dict[
             "noise_ceiling": bank_reliability(bank.losses, correlation)}
 
 
-def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
-        config: dict[str, str] | None = None, spec_overrides: dict[str, str] | None = None,
-        workers: int = 1, results_dir: Path | str | None = None,
-        bank_path: Path | None = None, group_score: str | None = None,
-        correlation: str = "spearman", executor: str = "local",
-        address: str | None = None, device: Device = CPU,
-        tuning: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
-    """Build or reuse the ground truth, run ``method`` on it, write and return the record (its
-    JSON form; :func:`record.from_dict` types it) and where it was written. ``tuning``: how the
-    config's values were chosen (what was tuned, on which subsets, over which grid), stored in
-    the record as given.
+def run(method: str, task: str, preset: str | None = None, seed: int = 0,
+        config: dict[str, Any] | None = None, spec_overrides: dict[str, str] | None = None,
+        compute: Compute = CPU_COMPUTE, results_dir: Path | str | None = None, **options: Any
+        ) -> tuple[dict[str, Any], Path]:
+    """Resolve and check ``method`` on ``task`` (:func:`tdabench.checks.validate`), then
+    :func:`run_resolved` it; ``options``: its keyword arguments."""
+    resolved = validate(task, preset, spec_overrides, method, config, evaluates=True)
+    return run_resolved(resolved, seed, compute, results_dir, **options)
+
+
+def run_resolved(resolved: Resolved, seed: int = 0, compute: Compute = CPU_COMPUTE,
+                 results_dir: Path | str | None = None, bank_path: Path | None = None,
+                 group_score: str | None = None, correlation: str = "spearman",
+                 tuning: dict[str, Any] | None = None) -> tuple[dict[str, Any], Path]:
+    """Build or reuse the ground truth, run the resolved method on it, write and return the
+    record (its JSON form; :func:`record.from_dict` types it) and where it was written.
+    ``tuning``: how the config's values were chosen (what was tuned, on which subsets, over
+    which grid), stored in the record as given.
 
     The record holds the metrics on the bank's test subsets, the costs and the protocol;
     beside it, ``<record>.npz`` holds the (T, M_test) group scores and labels, which
     ``tdabench compare`` resamples. ``results_dir``: default :func:`record.user_results_dir`
     (never the committed reference set), checked writable before any compute, as are the
-    method, its config, the correlation and ``group_score`` (see :func:`attribute`).
-    ``executor`` and ``address`` say where fine-tunes run; ``device`` on what every phase runs
-    (stated in the record's ``cost.device``).
+    correlation and ``group_score`` (see :func:`attribute`). ``compute`` says where every phase
+    runs (stated in the record's ``cost.device``).
     """
     the_protocol = protocol(correlation)
     if group_score is not None:
-        metrics.check_group_score(group_score)
+        pooling.check_group_score(group_score)
     results_dir = record.check_writable(results_dir or record.user_results_dir())
     code = record.code()  # the source that runs now, not what the checkout holds when the run ends
-    t, spec, data = load_task(task, preset, spec_overrides)
-    adapter, config_dict, context = _method_and_context(method, spec, data, seed, config, workers,
-                                                        executor, address, device)
-    info = record.method_info(type(adapter))
-    bank = ensure_bank(t, spec, data, bank_path, workers, executor, address, device=device)
+    spec, data, method = resolved.spec, resolved.data, resolved.method
+    adapter, context = _adapter(resolved, seed, compute)
+    bank = ensure_bank(resolved.task, spec, data, bank_path, compute)
     scores, group_scores, costs, aggregation = attribute(adapter, context, bank.membership, method,
                                                          group_score)
+    config_dict = resolved.config_dict
     if group_score:
         config_dict["group_score"] = group_score  # part of what was run, and of the file name
     config_hash = stable_hash(config_dict, 8)
@@ -204,17 +190,21 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
     per_target = measured.pop("per_target_lds")
     the_protocol = {**the_protocol, "group_score": aggregation}
     if bank.spec.groundtruth.source == "published":  # the paper's figure is the headline
-        pooling = None if group_score else getattr(adapter, "evaluation_pooling", None)
-        measured["lds_all_subsets"] = paper_lds(scores, group_scores, bank.membership, labels, pooling,
-                                                correlation)
+        authors = None if group_score else adapter.EVALUATION_POOLING
+        paper_groups = (pooling.pooled_group_scores(scores, bank.membership, authors) if authors
+                        else group_scores)
+        measured["lds_all_subsets"] = paper_lds(
+            paper_groups, labels, pooling.POOLINGS[authors][1] if authors else "as for the test part",
+            correlation)
         measured["headline"] = "lds_all_subsets"
         the_protocol["headline"] = ("lds_all_subsets: all published subsets, the method authors' "
                                     "evaluation aggregation (comparable with the paper)")
     rec = record.from_dict({
-        "schema": record.SCHEMA, "task": spec.task, "preset": preset, "spec_hash": spec_hash(spec),
+        "schema": record.SCHEMA, "task": spec.task, "preset": resolved.preset, "spec_hash": spec_hash(spec),
         "spec": spec.to_dict(), "bank": _bank_info(bank, data, correlation),
         "method": method, "config": config_dict, "config_hash": config_hash, "seed": seed,
-        "method_info": dataclasses.asdict(info),
+        "method_info": dataclasses.asdict(record.method_info(resolved.method_cls)),
+        "resolved": adapter.resolved() or None,
         "protocol": the_protocol,
         "protocol_version": PROTOCOL_VERSION, "protocol_hash": protocol_hash(correlation),
         "metrics": measured, "per_target_lds": per_target, "cost": costs, "versions": versions(),
@@ -227,15 +217,13 @@ def run(method: str, task: str, preset: str = "tiny", seed: int = 0,
     return rec.to_dict(), out
 
 
-def tune(method: str, task: str, grid: dict[str, list[str]], preset: str = "tiny", seed: int = 0,
-         config: dict[str, str] | None = None, spec_overrides: dict[str, str] | None = None,
-         workers: int = 1, bank_path: Path | None = None, correlation: str = "spearman",
-         results_dir: Path | str | None = None, executor: str = "local",
-         address: str | None = None, device: Device = CPU) -> tuple[list[dict[str, Any]], Path]:
-    """Grid search of a method's config on the bank's tuning subsets only.
+def tune(resolved: Resolved, grid: dict[str, list[str]], seed: int = 0, compute: Compute = CPU_COMPUTE,
+         bank_path: Path | None = None, correlation: str = "spearman",
+         results_dir: Path | str | None = None) -> tuple[list[dict[str, Any]], Path]:
+    """Grid search of a resolved method's config on the bank's tuning subsets only.
 
-    ``grid`` maps config fields to the values to try (every combination is run, on top of
-    ``config``). Returns the trials, best first, and the CSV file they were written to
+    ``grid`` maps config fields to the values to try (every combination is run, on top of the
+    resolved config). Returns the trials, best first, and the CSV file they were written to
     (``<results>/<task>/<preset>/tuning/<method>.csv``; default results: the user's, see
     :func:`record.user_results_dir`); no test-subset number is computed.
     """
@@ -243,25 +231,24 @@ def tune(method: str, task: str, grid: dict[str, list[str]], preset: str = "tiny
 
     check_correlation(correlation)
     results_dir = record.check_writable(results_dir or record.user_results_dir())
-    t, spec, data = load_task(task, preset, spec_overrides)
-    bank = ensure_bank(t, spec, data, bank_path, workers, executor, address, device=device)
+    bank = ensure_bank(resolved.task, resolved.spec, resolved.data, bank_path, compute)
     tuning = tuning_subsets(len(bank.membership))
     labels = bank.labels()[:, tuning]
     fields = list(grid)
     trials = []
     for values in itertools.product(*(grid[f] for f in fields)):
-        trial_config = {**(config or {}), **dict(zip(fields, values))}
-        adapter, config_dict, context = _method_and_context(method, spec, data, seed, trial_config,
-                                                            workers, executor, address, device)
-        _, group_scores, costs, _ = attribute(adapter, context, bank.membership[tuning], method)
+        trial = resolved.with_config(dict(zip(fields, values)))
+        adapter, context = _adapter(trial, seed, compute)
+        _, group_scores, costs, _ = attribute(adapter, context, bank.membership[tuning], trial.method)
         per_target = metrics.lds_per_target(group_scores, labels, correlation)
         low, high = metrics.bootstrap_ci(per_target)
         trials.append({**dict(zip(fields, values)), "tuning_lds": float(per_target.mean()),
                        "ci_low": low, "ci_high": high, "n_tuning_subsets": int(tuning.sum()),
                        "fit_s": costs["fit"]["wall_s"], "score_per_target_s": costs["score_per_target_s"],
-                       "config_hash": stable_hash(config_dict, 8)})
+                       "config_hash": trial.config_hash})
     trials.sort(key=lambda trial: trial["tuning_lds"], reverse=True)
-    out = Path(results_dir) / spec.task / preset / "tuning" / f"{method}.csv"
+    spec = resolved.spec
+    out = Path(results_dir) / spec.task / resolved.preset / "tuning" / f"{resolved.method}.csv"
     atomic_write_bytes(out, pd.DataFrame(trials).to_csv(index=False).encode())
     return trials, out
 

@@ -2,18 +2,22 @@
 record the targets' losses (or import published ground truth).
 
 The parts live in modules of their own, re-exported here as the ground-truth API:
-:mod:`tdabench.groundtruth.bank` (a bank on disk: format, manifest, reading, checking, importing),
-:mod:`tdabench.groundtruth.building` (the fine-tuning worker and its dispatch to the local or Ray
-executor), :mod:`tdabench.seeds` (every seed derivation) and :mod:`tdabench.groundtruth.merging` (joining
-banks built in parts). :func:`ensure_bank` gives the complete bank for a spec, built or
-imported.
+:mod:`~tdabench.groundtruth.bank` (a bank on disk: format, manifest, reading, checking,
+importing), :mod:`~tdabench.groundtruth.building` (the fine-tuning worker and its dispatch),
+:mod:`~tdabench.groundtruth.executors` (the local worker pool and Ray),
+:mod:`~tdabench.groundtruth.merging` (joining banks built in parts) and
+:mod:`~tdabench.groundtruth.plan` (timing a few fine-tunes to estimate a bank's cost); every
+seed derivation is in :mod:`tdabench.seeds`. :func:`ensure_bank` gives the complete evaluation
+bank for a spec, built or imported; :func:`own_banks` builds the banks a method learns from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-from tdabench.device import CPU, Device
+from tdabench.device import CPU_COMPUTE, Compute
 from tdabench.errors import ConfigError
 from tdabench.groundtruth.bank import (  # noqa: F401  (the ground-truth API)
     BankError,
@@ -23,8 +27,10 @@ from tdabench.groundtruth.bank import (  # noqa: F401  (the ground-truth API)
     PublishedGroundTruth,
     check_manifest,
     default_bank_path,
+    finished_on_disk,
     import_bank,
     open_bank,
+    own_bank_path,
     sample_subsets,
     versions,
 )
@@ -36,13 +42,13 @@ from tdabench.task import Task, TaskData
 
 
 def ensure_bank(task: Task, spec: TaskSpec, data: TaskData, path: Path | None = None,
-                workers: int = 1, executor: str = "local", address: str | None = None,
-                subsets: slice | None = None, device: Device = CPU) -> GroundTruthBank:
+                compute: Compute = CPU_COMPUTE, subsets: slice | None = None) -> GroundTruthBank:
     """The complete bank for ``spec``: imported when the preset uses published ground truth,
-    built (or resumed) otherwise, on ``device`` (only ``subsets``, if given: then possibly
+    built (or resumed) otherwise with ``compute`` (only ``subsets``, if given: then possibly
     incomplete)."""
     if spec.groundtruth.source == "finetune":
-        return build_bank(spec, data, path, workers, executor, address, subsets, device)
+        return build_bank(spec, data, path, compute.workers, compute.executor, compute.address, subsets,
+                          compute.device)
     if subsets is not None:
         raise ConfigError("--subsets builds part of a bank by fine-tuning; published ground "
                           "truth is imported whole")
@@ -50,3 +56,26 @@ def ensure_bank(task: Task, spec: TaskSpec, data: TaskData, path: Path | None = 
         raise ConfigError(f"task {task.name!r} has no published ground truth; "
                           "use --set groundtruth.source=finetune")
     return import_bank(spec, data, task.published_groundtruth(spec, data), path)
+
+
+@dataclass
+class OwnBanks:
+    """Banks a method built for itself (:func:`own_banks`): one per part, and ``reused``:
+    every one was complete before the call, so nothing was fine-tuned now."""
+
+    banks: list[GroundTruthBank]
+    reused: bool
+
+
+def own_banks(parts: Sequence[tuple[TaskSpec, TaskData]], label: str,
+              compute: Compute = CPU_COMPUTE) -> OwnBanks:
+    """The harness's service to methods that learn from retraining (AirRep's training bank,
+    the datamodel's bank): build (or resume) one bank per (spec, data) in one worker pool, with
+    the run's ``compute``, under :func:`~tdabench.groundtruth.bank.own_bank_path`. Their specs
+    carry a seed stream (:data:`tdabench.seeds.STREAMS`), so they share no fine-tuning seed with
+    an evaluation bank."""
+    paths = [own_bank_path(spec, data, compute.device) for spec, data in parts]
+    reused = all(finished_on_disk(spec, path) for (spec, _), path in zip(parts, paths))
+    banks = build_banks([(spec, data, path) for (spec, data), path in zip(parts, paths)],
+                        compute.workers, label, compute.executor, compute.address, device=compute.device)
+    return OwnBanks(banks, reused)

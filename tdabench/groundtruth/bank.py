@@ -28,7 +28,7 @@ from tdabench.data import examples_fingerprint
 from tdabench.device import CPU, Device
 from tdabench.errors import ConfigError, UserError
 from tdabench.seeds import subsets_rng
-from tdabench.spec import GROUNDTRUTH_VERSION, TaskSpec, spec_differences, spec_hash
+from tdabench.spec import GROUNDTRUTH_VERSION, TaskSpec, spec_differences, spec_hash, stable_hash
 from tdabench.store import atomic_write_json, atomic_write_npy, cache_dir, read_json
 from tdabench.task import TaskData
 
@@ -108,6 +108,23 @@ class GroundTruthBank:
 def default_bank_path(spec: TaskSpec, device: Device = CPU) -> Path:
     """Under the cache, by spec hash (and ``-bf16`` for banks fine-tuned under bf16 autocast)."""
     return cache_dir() / "groundtruth" / f"{spec.task}-{spec.preset}-{spec_hash(spec)}{device.suffix}"
+
+
+def own_bank_path(spec: TaskSpec, data: TaskData, device: Device = CPU) -> Path:
+    """Where a bank that a method builds for itself lives: by spec hash and the targets it
+    labels (a method's banks differ in their targets, e.g. AirRep's dev examples, which the
+    spec does not name), apart from the evaluation banks."""
+    targets = stable_hash([ex.id for ex in data.targets], 8)
+    return (cache_dir() / "method-banks"
+            / f"{spec.task}-{spec.preset}-{spec_hash(spec)}-{targets}{device.suffix}")
+
+
+def finished_on_disk(spec: TaskSpec, path: Path) -> bool:
+    """Whether the bank at ``path`` has a manifest and a loss file for every (subset, seed)
+    that ``spec`` asks for (whether building it would fine-tune nothing)."""
+    gt = spec.groundtruth
+    return (Path(path) / "manifest.json").exists() and all(
+        loss_path(path, m, r).exists() for m in range(gt.n_subsets) for r in range(gt.n_seeds))
 
 
 def manifest(spec: TaskSpec, data: TaskData, model_fingerprint: str, device: Device = CPU) -> dict:

@@ -13,12 +13,14 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tdabench.device import CPU, Device, peak_memory
 from tdabench.errors import ConfigError
-from tdabench.spec import TaskSpec, override, spec_hash
+from tdabench.spec import DataSpec, TaskSpec, override, spec_hash
+from tdabench.task import TaskData
 
 
 @dataclass
@@ -181,13 +183,9 @@ def render(est: Estimate) -> str:
     return "\n".join(lines)
 
 
-def plan(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | None = None,
-         n_subsets: int | None = None, n_seeds: int | None = None, workers: int = 1,
-         n_finetunes: int = 2, device: Device = CPU) -> Estimate:
-    """Measure ``task``/``preset`` on this machine (on ``device``: GPU-hours on a GPU) and
-    estimate its bank's cost."""
-    from tdabench.registry import get_task
-
-    t = get_task(task)
-    spec = override(t.spec(preset), spec_overrides or {})
-    return estimate(spec, measure(spec, t.load, n_finetunes, device), n_subsets, n_seeds, workers)
+def plan(spec: TaskSpec, load: Callable[[DataSpec], TaskData], n_subsets: int | None = None,
+         n_seeds: int | None = None, workers: int = 1, n_finetunes: int = 2, device: Device = CPU
+         ) -> Estimate:
+    """Measure a resolved ``spec`` on this machine (``load`` reads its task's examples; on
+    ``device``: GPU-hours on a GPU) and estimate its bank's cost."""
+    return estimate(spec, measure(spec, load, n_finetunes, device), n_subsets, n_seeds, workers)

@@ -37,7 +37,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from tdabench import device, lm
+from tdabench import lm
 from tdabench.data import examples_fingerprint
 from tdabench.method import FitContext
 from tdabench.spec import Example, ModelSpec, stable_hash
@@ -67,9 +67,10 @@ def reference_key(context: FitContext, base_fingerprint: str, seed: int,
     """Cache key: the spec's model and fine-tuning fields, the training examples (default: the
     pool), the base weights, the seed (and, other than on the CPU in fp32, the device kind and
     dtype it was fine-tuned with)."""
-    spec, compute = context.spec, device.of(context)
+    spec, compute = context.spec, context.device
     train = context.data.pool if train is None else train
-    where = {} if compute == device.CPU else {"device": "cuda", "dtype": compute.dtype}
+    on_cpu = not compute.is_cuda and compute.dtype == "fp32"
+    where = {} if on_cpu else {"device": "cuda", "dtype": compute.dtype}
     return stable_hash({"model": spec.model, "finetune": spec.finetune,
                         "pool": examples_fingerprint(train), "base": base_fingerprint,
                         "seed": seed, "torch": torch.__version__.split("+")[0], **where})
@@ -104,7 +105,7 @@ def load_base(context: FitContext) -> lm.TargetLM:
     """The task's base target LM, on ``context.device`` (training mode, as loaded)."""
     data = context.data
     target = lm.load_base_model(context.spec.model, data.warmup, data.pool)
-    target.model.to(context.device)
+    target.model.to(context.device.name)
     return target
 
 
@@ -130,9 +131,9 @@ def _build(context: FitContext, target: lm.TargetLM, pool: Sequence[Example], se
         def snapshot(epoch: int) -> None:
             save_model(model, str(tmp / f"epoch{epoch}.safetensors"))
 
-        with lm.torch_threads(1), device.of(context).autocast():
-            lm.finetune(model, lm.trainable_parameters(model, spec.model), encoded, recipe,
-                        seed=seed, pad_id=pad, after_epoch=snapshot)
+        with lm.torch_threads(1), context.device.autocast():
+            lm.finetune(model, lm.trainable_parameters(model, spec.model), encoded, recipe, seed=seed,
+                        pad_id=pad, micro_batch=context.device.micro_batch, after_epoch=snapshot)
         names = [f"epoch{e}.safetensors" for e in range(1, recipe.epochs + 1)]
         atomic_write_json(tmp / "reference.json", {
             "checkpoints": names, "lr": recipe.lr, "seed": seed, "base_fingerprint": target.fingerprint,

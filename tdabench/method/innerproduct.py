@@ -45,7 +45,7 @@ import torch
 
 from tdabench import lm
 from tdabench.errors import DiskSpaceError
-from tdabench.method import FitContext, gradients
+from tdabench.method import FitContext, Method, gradients
 from tdabench.spec import Example
 from tdabench.store import CACHE_ENV
 
@@ -56,15 +56,12 @@ MEMORY_BUDGET_BYTES = 4 * 2**30
 CHUNK_BYTES = 2**30
 
 
-class InnerProductMethod:
+class InnerProductMethod(Method):
     """Base class of the inner-product gradient methods; ``config`` is a
     :class:`tdabench.method.gradients.GradientConfig` (or subclass), its choices and ranges checked by
     ``make_config`` from the field types."""
 
     FAMILY = "gradient"
-
-    def __init__(self, config: gradients.GradientConfig) -> None:
-        self.config = config
 
     # --- what an adapter overrides ------------------------------------------------------------
 
