@@ -49,7 +49,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -57,6 +56,7 @@ from tdabench import lm
 from tdabench.method import FitContext, gradients, require
 from tdabench.method.innerproduct import InnerProductMethod
 from tdabench.methods.graddot import unit
+from tdabench.seeds import pool_part_rng
 from tdabench.spec import Example
 from tdabench.typed import param
 
@@ -128,7 +128,7 @@ class LESS(InnerProductMethod):
         c = self.config
         for_steps = math.ceil(c.min_warmup_steps / c.warmup_epochs) * batch_size
         n = min(len(pool), max(1, round(c.warmup_fraction * len(pool)), for_steps))
-        rng = np.random.default_rng(seed)
+        rng = pool_part_rng(seed)
         return [pool[i] for i in sorted(rng.choice(len(pool), n, replace=False))]
 
     def _warm_up(self, prepared: gradients.Prepared, pool: list[Example], context: FitContext

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from tdabench.method import FitContext, Method
+from tdabench.seeds import method_rng
 from tdabench.spec import Example
 from tdabench.typed import param
 
@@ -19,7 +20,7 @@ class RandomScores(Method):
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         self.n_pool = len(pool)
-        self.rng = np.random.default_rng(self.config.seed + context.seed)
+        self.rng = method_rng(context.seed, self.config.seed)
 
     def score(self, targets: list[Example]) -> np.ndarray:
         return self.rng.standard_normal((len(targets), self.n_pool))

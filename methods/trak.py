@@ -51,6 +51,7 @@ import torch
 from tdabench import lm
 from tdabench.errors import ConfigError
 from tdabench.method import FitContext, Method, gradients, require
+from tdabench.seeds import ensemble_member_seed
 from tdabench.spec import Example
 from tdabench.typed import param
 
@@ -170,7 +171,7 @@ class Trak(Method):
         """Reference model i: fine-tuned with seed ``context.seed + i`` (on its own random half
         of the pool with ``checkpoint="half"``), on eager attention, no weight requiring grad."""
         prepared = gradients.prepare(context, self.config.tracked, self.config.checkpoint,
-                                     seed=context.seed + i)
+                                     seed=ensemble_member_seed(context.seed, i))
         self.tokenizer, self.model_spec = prepared.lm.tokenizer, prepared.model_spec
         model = prepared.lm.model
         model.requires_grad_(False)  # torch.func differentiates the tracked weights by itself

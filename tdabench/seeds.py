@@ -4,10 +4,14 @@
 * the fine-tuning seed of (subset, training seed): a ``SeedSequence`` of the bank's seed, the
   subset and the replicate, plus the bank's seed stream where it has one;
 * a method's training bank (AirRep's): each split's dev targets and its bank seed;
-* the datamodel reference's own bank: the evaluation seed plus a fixed offset.
+* the datamodel reference's own bank: the evaluation seed plus a fixed offset;
+* a method's own draws from the run's seed (``--seed``, ``FitContext.seed``): the members of an
+  ensemble (TRAK's models), a seeded part of the pool (a reference model's training part, LESS's
+  warm-up set), a control's random scores, AirRep's encoder training (its sampler and the order
+  of its splits per epoch).
 
 Seed streams keep banks that are not evaluation banks from ever sharing a fine-tuning seed
-with one. (A method's own seeds, ``--seed``, are passed to it as ``FitContext.seed``.)
+with one.
 """
 
 from __future__ import annotations
@@ -46,6 +50,28 @@ def training_split_rng(seed: int, split: int) -> np.random.Generator:
 def training_split_seed(seed: int, split: int) -> int:
     """The ``groundtruth.seed`` of split ``split`` of a training bank seeded ``seed``."""
     return seed * 1_000 + split
+
+
+def ensemble_member_seed(seed: int, member: int) -> int:
+    """The seed of member ``member`` (0, 1, ...) of an ensemble of models trained for a run
+    seeded ``seed`` (TRAK's independently trained models)."""
+    return seed + member
+
+
+def pool_part_rng(seed: int) -> np.random.Generator:
+    """The generator that draws a seeded part of the pool (a reference model's training part,
+    LESS's warm-up examples)."""
+    return np.random.default_rng(seed)
+
+
+def method_rng(seed: int, offset: int = 0) -> np.random.Generator:
+    """A method's own generator for a run seeded ``seed``, shifted by a config's ``offset``."""
+    return np.random.default_rng(offset + seed)
+
+
+def epoch_order_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator of epoch ``epoch``'s order of items (AirRep's training splits)."""
+    return np.random.default_rng([seed, epoch])
 
 
 def datamodel_seed(seed: int) -> int:

@@ -12,7 +12,9 @@ from scipy.special import softmax
 from scipy.stats import spearmanr
 
 from tdabench import cli, record, runner
+from tdabench.device import Compute
 from tdabench.groundtruth import PublishedGroundTruth
+from tdabench.method import Method
 from tdabench.registry import register_method, register_task
 from tdabench.spec import DataSpec, Example, FinetuneRecipe, GroundTruthSpec, ModelSpec, TaskSpec
 from tdabench.task import Task, TaskData
@@ -55,15 +57,14 @@ PLANTED = TaskSpec(task="planted", preset="p", data=DataSpec(n_pool=N_POOL, n_ta
                    groundtruth=GroundTruthSpec(n_subsets=100, fraction=K / N_POOL, source="published"))
 
 
-class Planted:
+class Planted(Method):
     """Scores = the planted effects (the method knows the truth, up to the label noise)."""
+
+    FAMILY = "control"
 
     @dataclass
     class Config:
         sign: float = 1.0
-
-    def __init__(self, config):
-        self.config = config
 
     def fit(self, pool, context):
         self.effect = effects(len(pool), len(context.data.targets))
@@ -172,8 +173,8 @@ def test_a_failed_final_write_keeps_the_record_in_the_cache(planted, tmp_path, m
 
 @pytest.mark.slow
 def test_tiny_chatterbot_random_is_null_and_embedding_finds_topics(tmp_path):
-    rand, _ = runner.run("random", "chatterbot", "tiny", workers=2, results_dir=tmp_path)
-    emb, _ = runner.run("embedding", "chatterbot", "tiny", workers=2, results_dir=tmp_path)
+    rand, _ = runner.run("random", "chatterbot", "tiny", compute=Compute(workers=2), results_dir=tmp_path)
+    emb, _ = runner.run("embedding", "chatterbot", "tiny", compute=Compute(workers=2), results_dir=tmp_path)
     assert rand["spec_hash"] == emb["spec_hash"]  # the same bank served both
     assert rand["metrics"]["lds"]["n_subsets"] == 80  # the test part; 20 subsets are for tuning
     assert rand["bank"]["noise_ceiling"]["ceiling"] > 0.5  # the preset discriminates

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from tdabench import cli, record, runner
-from tdabench.method import FitContext, make_config
+from tdabench import checks, cli, record, runner
+from tdabench.errors import UserError
+from tdabench.method import FitContext, Method, Trained, make_config
 from tdabench.methods.embedding import Embedding
 from tdabench.registry import get_method, register_method
 
@@ -23,7 +24,8 @@ def test_run_writes_a_complete_record(micro, tmp_path):
     assert path.name == f"random-{record['config_hash']}-{record['spec_hash'][:8]}-s0.json"
     assert record["schema"] == 3 and record["protocol_version"] == 1
     assert record["method_info"] == {"reference": False, "config_fields": ["seed"],
-                                     "config_defaults": {"seed": 0}, "family": "control"}
+                                     "config_defaults": {"seed": 0}, "family": "control",
+                                     "version": 1}
     assert record["host"]["hostname"] and record["host"]["cpus"] >= 1
     m = record["metrics"]
     assert m["lds"]["ci95"][0] <= m["lds"]["mean"] <= m["lds"]["ci95"][1]
@@ -44,15 +46,14 @@ def test_run_writes_a_complete_record(micro, tmp_path):
     assert record["per_target_lds"] != [0.0] * 12  # scores and labels vary: correlations exist
 
 
-class Oracle:
+class Oracle(Method):
     """A method that reads the bank's own labels: its group scores must give LDS 1."""
+
+    FAMILY = "control"
 
     @dataclass
     class Config:
         pass
-
-    def __init__(self, config):
-        self.config = config
 
     def fit(self, pool, context: FitContext):
         from tdabench.groundtruth import build_bank
@@ -79,7 +80,7 @@ class Cached(Oracle):
     """An oracle whose ``train`` reports that it loaded its artefact from a cache."""
 
     def train(self, context):
-        return True
+        return Trained(cached=True)
 
 
 def test_a_train_phase_loaded_from_a_cache_is_marked_cached(micro, tmp_path, capsys):
@@ -154,18 +155,80 @@ def test_the_datamodel_bank_is_trained_once_then_reported_as_cached(micro, tmp_p
     assert again["metrics"]["lds"]["mean"] == first["metrics"]["lds"]["mean"]
 
 
-def test_the_train_phase_keeps_the_adapters_own_account_of_its_training():
-    from types import SimpleNamespace
+class _Accounted(Method):
+    """A learned method whose ``train`` reports (config ``cached``) that it loaded or trained,
+    with its own account of what the training cost."""
 
+    FAMILY = "control"
+    ORIGINAL = {"bank_fine_tunes": 40, "train_s": 12.5}
+
+    @dataclass
+    class Config:
+        cached: bool = True
+
+    def train(self, context):
+        return Trained(cached=self.config.cached, artifact=str(context.workdir), cost=dict(self.ORIGINAL))
+
+    def fit(self, pool, context):
+        self.n = len(pool)
+
+    def score(self, targets):
+        return np.random.default_rng(0).normal(size=(len(targets), self.n))
+
+
+def test_the_train_phase_keeps_the_adapters_own_account_of_its_training(micro, tmp_path):
+    register_method("accounted", _Accounted)
     original = {"bank_fine_tunes": 40, "train_s": 12.5}
-    assert runner.train_account(SimpleNamespace(), True) == {"cached": True}
-    assert runner.train_account(SimpleNamespace(train_cost={"cached": False, **original}), False) == {
-        "cached": False, "original": original}
-    loaded = SimpleNamespace(train_cost={"cached": True, "original": original})
-    assert runner.train_account(loaded, True) == {"cached": True, "original": original}
-    phase = record.Phase(wall_s=0.1, cpu_s=0.1, peak_rss_bytes=1, peak_rss_delta_bytes=0,
-                         **runner.train_account(loaded, True))
-    assert record._build(record.Phase, record._to_json(phase), "cost.train") == phase
+    for cached in (True, False):
+        rec, path = runner.run("accounted", "micro", "micro", config={"cached": str(cached).lower()},
+                               results_dir=tmp_path)
+        train = rec["cost"]["train"]
+        assert train["cached"] is cached and train["original"] == original
+        assert train["wall_s"] >= 0 and rec["cost"]["fit"]["cached"] is False
+        phase = record.load(path).cost.phases["train"]  # read back typed, as written
+        assert phase.cached is cached and phase.original == original
+
+
+class _NotAMethod:
+    """An adapter in the old style: the right members, but no Method base class."""
+
+    FAMILY = "control"
+
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, config):
+        self.config = config
+
+
+def test_registering_a_class_that_does_not_subclass_method_is_refused_in_one_line():
+    with pytest.raises(UserError, match="does not subclass") as err:
+        register_method("not-a-method", _NotAMethod)
+    assert len(str(err.value).splitlines()) == 1
+    with pytest.raises(UserError, match="does not subclass"):
+        register_method("not-a-class", lambda config: None)
+    from tdabench.registry import method_names
+
+    assert "not-a-method" not in method_names()  # nothing was registered
+
+
+def test_a_record_of_an_older_adapter_version_is_not_current(micro, tmp_path, monkeypatch):
+    """``tdabench reproduce`` reruns a record made by an older adapter ``VERSION``."""
+    from tdabench.reproduce import current
+
+    class Versioned(_Accounted):
+        VERSION = 1
+
+    register_method("versioned", Versioned)
+    rec, path = runner.run("versioned", "micro", "micro", results_dir=tmp_path)
+    assert rec["method_info"]["version"] == 1
+    spec = checks.validate("micro", "micro").spec
+    assert current(path, spec, Versioned) is True  # made by this version
+    monkeypatch.setattr(Versioned, "VERSION", 2)
+    assert current(path, spec, Versioned) is False  # the adapter moved on: rerun it
+    monkeypatch.setattr(Versioned, "VERSION", 1)
+    assert current(path, spec, Versioned) is True
 
 
 def test_reproduce_stores_how_each_config_was_tuned_in_its_records(micro, tmp_path):
@@ -226,6 +289,7 @@ def test_reproduce_stops_before_any_compute_when_a_tasks_data_cannot_be_had(micr
     task, _, _ = micro
     register_task(dataclasses.replace(task, name="micro_gone", load=gone))
     monkeypatch.setattr(runner, "run", lambda *a, **k: pytest.fail("computed before the check"))
+    monkeypatch.setattr(runner, "run_resolved", lambda *a, **k: pytest.fail("computed before the check"))
     with pytest.raises(DataError, match=r"^micro_gone: archive.tar.gz is not listed.* "
                                         r"Reproduce the others with --task micro\.$"):
         reproduce("micro", ["micro", "micro_gone"], ["random"], results_dir=tmp_path)
@@ -237,15 +301,14 @@ def test_reproduce_stops_before_any_compute_when_a_tasks_data_cannot_be_had(micr
 _HELD = []  # what the leaky method keeps alive in its process
 
 
-class _Leaky:
+class _Leaky(Method):
     """A method that leaves 400 MB behind in its process (as a cached model would)."""
+
+    FAMILY = "control"
 
     @dataclass
     class Config:
         pass
-
-    def __init__(self, config):
-        self.config = config
 
     def fit(self, pool, context):
         _HELD.append(np.ones(50_000_000))  # 400 MB, touched

@@ -30,7 +30,7 @@ from tdabench.methods.airrep.model import (
     trainable_groups,
     trained_layers,
 )
-from tdabench.seeds import training_split_rng, training_split_seed
+from tdabench.seeds import epoch_order_rng, method_rng, training_split_rng, training_split_seed
 from tdabench.spec import Example, GroundTruthSpec, TaskSpec
 from tdabench.store import atomic_write_json
 from tdabench.task import TaskData
@@ -318,12 +318,12 @@ def make_trainer(method: AirRep, texts: list[str], splits: list[Split]) -> Train
     seen = [(np.zeros(len(s.dev), dtype=np.int64), np.zeros(len(s.membership), dtype=np.int64))
             for s in splits]
     return Trainer(method, encoder, tokenizer, frozen_cache(method, encoder, tokenizer, texts, top),
-                   optimizer, schedule, np.random.default_rng(c.train_seed), seen)
+                   optimizer, schedule, method_rng(c.train_seed), seen)
 
 
 def split_order(seed: int, n_splits: int, step: int) -> int:
     """The split of step ``step``: every split once per epoch, in an order drawn per epoch."""
-    return int(np.random.default_rng([seed, step // n_splits]).permutation(n_splits)[step % n_splits])
+    return int(epoch_order_rng(seed, step // n_splits).permutation(n_splits)[step % n_splits])
 
 
 def fit_encoder(method: AirRep, texts: list[str], splits: list[Split], root: Path

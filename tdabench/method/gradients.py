@@ -40,6 +40,7 @@ import torch
 from tdabench import lm
 from tdabench.data import examples_fingerprint
 from tdabench.method import FitContext
+from tdabench.seeds import pool_part_rng
 from tdabench.spec import Example, ModelSpec, stable_hash
 from tdabench.store import atomic_dir, atomic_write_json, cache_dir, read_json
 from tdabench.typed import param
@@ -207,7 +208,7 @@ def training_part(pool: Sequence[Example], checkpoint: str, fraction: float, see
     share = {"half": 0.5, "subset": fraction}.get(checkpoint)
     if share is None:
         return None
-    rng = np.random.default_rng(seed)
+    rng = pool_part_rng(seed)
     n = max(1, round(share * len(pool)))
     return [pool[i] for i in sorted(rng.choice(len(pool), n, replace=False))]
 
