@@ -2,7 +2,7 @@
 
 For every target it fits ``-loss(S) ~ b + sum_{z in S} theta_z`` by ridge regression over the
 subsets of an independent bank: the same task, spec, pool and targets, but ``n_subsets`` other
-random subsets (another subset seed) fine-tuned on the ``datamodel`` seed stream, so it shares
+random subsets (another subset seed) fine-tuned on the ``reference`` seed stream, so it shares
 no subset and no fine-tuning seed with the evaluation bank. The score of pool example z for a
 target is theta_z: higher = more helpful (lowers the target's loss), like every method. Its
 ``train`` phase is that bank: it shows what linear attribution reaches with this much retraining
@@ -19,7 +19,7 @@ import numpy as np
 
 from tdabench.groundtruth import GroundTruthBank
 from tdabench.method import FitContext, Method, Trained
-from tdabench.seeds import datamodel_seed
+from tdabench.seeds import reference_bank_seed
 from tdabench.spec import Example, GroundTruthSpec
 from tdabench.typed import param
 
@@ -67,7 +67,7 @@ class Datamodel(Method):
         gt = context.spec.groundtruth
         return replace(context.spec, groundtruth=GroundTruthSpec(
             n_subsets=self.config.n_subsets, fraction=gt.fraction, n_seeds=1,
-            seed=datamodel_seed(gt.seed), stream="datamodel"))
+            seed=reference_bank_seed(gt.seed), stream="reference"))
 
     def train(self, context: FitContext) -> Trained:
         """Build (or resume) the datamodel's own bank through the harness, with the run's

@@ -134,4 +134,8 @@ class EKFAC(Method):
                 per_device_query_batch_size=c.query_batch_size, per_device_train_batch_size=c.batch_size,
                 score_args=ScoreArguments(damping_factor=c.damping), overwrite_output_dir=True)
         native = self.analyzer.load_pairwise_scores("scores")["all_modules"]  # (n_query, n_train)
-        return gradients.to_scores(native, "kronfluence", len(targets), len(self.pool))
+        # kronfluence 1.0.1, load_pairwise_scores(...)["all_modules"]: (n_query, n_train),
+        # grad(measurement)^T (H + damping)^-1 grad(train loss). Up-weighting the train example
+        # moves the parameters by -H^-1 grad(train loss), so a positive score means it lowers the
+        # measurement (the target's loss): helpful.
+        return gradients.to_scores(native, "TN", +1, len(targets), len(self.pool), "kronfluence")

@@ -130,4 +130,8 @@ class LoGra(Method):
     def score(self, targets: list[Example]) -> np.ndarray:
         with eager():
             native = self.attributor.attribute(self.pool_loader, self._loader(targets))  # (N, T)
-        return gradients.to_scores(native, "dattri", len(targets), self.n_pool)
+        # dattri 0.3.0, BlockProjectedIFAttributor.attribute (LoGra): (n_train, n_test),
+        # g_train^T H^-1 g_test with g the gradients of the losses its task computes (ours: the
+        # train example's summed response-token cross-entropy, the target's mean). A step along
+        # -g_train lowers the target's loss when the product is positive: helpful.
+        return gradients.to_scores(native, "NT", +1, len(targets), self.n_pool, "dattri")

@@ -240,4 +240,7 @@ class Trak(Method):
             for n, batch in self._batches(encoded):
                 self.traker.score(batch=batch, num_samples=n)
         native = self.traker.finalize_scores(exp_name="targets")  # (n_train, n_targets), all models
-        return gradients.to_scores(native, "trak", len(targets), self.n_pool)
+        # traker 0.3.2, TRAKer.finalize_scores: (n_train, n_targets). The score predicts the change
+        # of the target's model output (our causal-LM output: log-odds of the correct response
+        # tokens) when the train example is included: positive raises its likelihood = helpful.
+        return gradients.to_scores(native, "NT", +1, len(targets), self.n_pool, "traker")

@@ -11,8 +11,6 @@ wastes compute without being wrong is returned as a warning.
 from __future__ import annotations
 
 import dataclasses
-import math
-import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tdabench.errors import ConfigError, UserError
+from tdabench.groundtruth.bank import pool_minimums
 from tdabench.spec import TaskSpec, override, stable_hash
 from tdabench.task import Task, TaskData
 
@@ -30,7 +29,6 @@ if TYPE_CHECKING:
 # whatever the scores, so three is the least that says anything (tens are needed for a tight
 # interval; the presets use 80).
 MIN_TEST_SUBSETS = 3
-MIN_SUBSET_SIZE = 2  # pool examples per subset: a subset of one is a leave-all-but-one design
 
 
 @dataclass
@@ -81,6 +79,7 @@ def validate(task: str, preset: str | None = None, spec_overrides: dict[str, str
     subsets; ``trains``: the method must have a ``train`` phase; ``grid``: each value of a
     tuning grid is checked as a config value too.
     """
+    from tdabench import record
     from tdabench.registry import get_method, get_task
 
     t = get_task(task)
@@ -93,7 +92,7 @@ def validate(task: str, preset: str | None = None, spec_overrides: dict[str, str
             for value in values:
                 check_method(method, {**(config or {}), key: value})
     if results_dir is not None:
-        check_writable(Path(results_dir))
+        record.check_writable(results_dir)
     resolved.warnings = minimums(resolved.spec, evaluates)
     return resolved
 
@@ -115,30 +114,14 @@ def check_method(name: str, config: dict[str, Any] | None = None, trains: bool =
     return cfg
 
 
-def check_writable(path: Path) -> None:
-    """UserError unless ``path`` is, or can be created as, a writable directory (nothing is
-    created here)."""
-    existing = path
-    while not existing.exists():
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise UserError(f"results directory {path}: {existing} is a file, not a directory; "
-                        "choose another --results-dir")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"results directory {path}: {existing} is not writable by this user; "
-                        "choose another --results-dir")
-
-
 def minimums(spec: TaskSpec, evaluates: bool = False) -> list[str]:
     """Refuse a spec whose bank cannot give a meaningful number; return warnings for one
     that wastes compute.
 
     Minimums: at least :data:`MIN_TEST_SUBSETS` test subsets (when ``evaluates``), at least
-    :data:`MIN_SUBSET_SIZE` pool examples per subset with some left out; with two or more
-    training seeds, subsets larger than one batch (else the seeds only reorder one batch,
-    change nothing, and the noise ceiling reads 1).
+    :data:`~tdabench.groundtruth.bank.MIN_SUBSET_SIZE` pool examples per subset with some left
+    out; with two or more training seeds, subsets larger than one batch (else the seeds only
+    reorder one batch, change nothing, and the noise ceiling reads 1).
     """
     gt = spec.groundtruth
     if not re.fullmatch(r"all|top:[1-9][0-9]*", spec.model.trainable):
@@ -163,25 +146,3 @@ def minimums(spec: TaskSpec, evaluates: bool = False) -> list[str]:
     if gt.source != "finetune" or not spec.data.n_pool:
         return []
     return pool_minimums(spec, spec.data.n_pool)
-
-
-def pool_minimums(spec: TaskSpec, n_candidates: int) -> list[str]:
-    """The subset-size minimums for a pool of ``n_candidates`` examples subsets are drawn from
-    (UserError if subsets would be empty, whole or single); warnings (see :func:`minimums`)."""
-    gt = spec.groundtruth
-    k = int(round(gt.fraction * n_candidates))
-    if k < MIN_SUBSET_SIZE or k >= n_candidates:
-        need = math.ceil((MIN_SUBSET_SIZE - 0.5) / gt.fraction)
-        raise ConfigError(
-            f"the pool has {n_candidates} examples, so subsets of groundtruth.fraction="
-            f"{gt.fraction:g} hold {k}: each subset needs {MIN_SUBSET_SIZE} or more examples and "
-            f"must leave some out. Use more data (a pool of at least {need} at this fraction) "
-            f"or another --set groundtruth.fraction")
-    batch = spec.finetune.batch_size
-    if gt.n_seeds >= 2 and k <= batch:
-        return [f"every subset ({k} examples) fits in one batch of finetune.batch_size={batch}: "
-                f"the {gt.n_seeds} training seeds only reorder that batch, so they measure no "
-                "noise (the noise ceiling reads 1) and the extra seeds are wasted compute; use "
-                f"--set finetune.batch_size={max(1, k // 2)} (or a larger groundtruth.fraction), "
-                "or --set groundtruth.n_seeds=1"]
-    return []

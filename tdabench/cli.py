@@ -338,7 +338,7 @@ def _check_reproduce(args: argparse.Namespace) -> None:
     """Check reproduce's tasks, methods, configs file and results directory before any compute."""
     import json
 
-    from tdabench import checks
+    from tdabench import checks, record
 
     configs = json.loads(args.configs.read_text()) if args.configs.exists() else {}
     for method in args.method or registry.method_names():
@@ -346,7 +346,7 @@ def _check_reproduce(args: argparse.Namespace) -> None:
             checks.check_method(method, configs.get(method))
     for task in args.task:
         registry.get_task(task).spec(args.preset)
-    checks.check_writable(args.results_dir)
+    record.check_writable(args.results_dir)
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
@@ -367,7 +367,7 @@ def cmd_reproduce(args: argparse.Namespace) -> None:
 def cmd_selftest(args: argparse.Namespace) -> None:
     from tdabench import selftest
 
-    report = selftest.run(_device(args))
+    report = selftest.run(_device(args), args.task, args.method)
     print(report.render())
     if not report.passed:
         raise SystemExit(1)
@@ -468,6 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("selftest", help="a reduced end-to-end on a device, checked against the CPU")
+    p.add_argument("--task", default="chatterbot",
+                   help="the task whose data (at micro size) the check uses (default: %(default)s)")
+    p.add_argument("--method", default="graddot",
+                   help="the method whose scores are compared (default: %(default)s)")
     _add_device_args(p)
     p.set_defaults(func=cmd_selftest)
 

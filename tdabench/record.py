@@ -22,9 +22,11 @@ import os
 import platform
 import socket
 import subprocess
+import tempfile
 import types
 import typing
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -370,25 +372,91 @@ def load(path: Path | str) -> Record:
     return from_dict(obj)
 
 
+@dataclass
+class Entry:
+    """One readable result record and where it was read from."""
+
+    path: Path
+    record: Record
+
+    @property
+    def created(self) -> dt.datetime:
+        return self.record.created_at
+
+    @property
+    def task(self) -> str:
+        return self.record.task
+
+    @property
+    def preset(self) -> str:
+        return self.record.preset
+
+    @property
+    def spec_hash(self) -> str:
+        return self.record.spec_hash
+
+    @property
+    def bank_key(self) -> str:
+        """What records must share to be ranked together: ``SPEC/PROTOCOL`` hashes."""
+        return f"{self.spec_hash}/{self.record.protocol_hash}"
+
+    @property
+    def method(self) -> str:
+        return self.record.method
+
+    @property
+    def config_hash(self) -> str:
+        return self.record.config_hash
+
+    @property
+    def seed(self) -> int:
+        return self.record.seed
+
+    @property
+    def order(self) -> tuple[dt.datetime, str]:
+        """Sort key for "newest": creation time, then path (deterministic on ties)."""
+        return self.created, str(self.path)
+
+
+def read_records(roots: Iterable[Path | str]) -> tuple[list[Entry], list[tuple[Path, str]]]:
+    """Every readable record under ``roots`` (directories, or single .json files), and the
+    files (or roots) skipped with the reason. A file reached through two roots is read once."""
+    records: list[Entry] = []
+    skipped: list[tuple[Path, str]] = []
+    seen: set[Path] = set()
+    for root in roots:
+        root = Path(root)
+        if not root.exists():
+            skipped.append((root, "no such file or directory"))
+            continue
+        for path in record_files(root):
+            real = path.resolve()
+            if real in seen or not path.is_file():
+                continue
+            seen.add(real)
+            try:
+                records.append(Entry(path, load(path)))
+            except RecordError as err:
+                skipped.append((path, str(err)))
+    return records, skipped
+
+
 def load_records(path: Path | str) -> Any:
     """Every result record under ``path`` (a directory tree or one file) as a pandas DataFrame,
     one row per record, nested fields flattened to dotted columns (``metrics.lds.mean``,
-    ``cost.fit.wall_s``, ``spec.model.d_model``, ...) plus ``path``. JSON files that are not
-    records are skipped; a record that cannot be read is skipped with a warning."""
+    ``cost.fit.wall_s``, ``spec.model.d_model``, ...) plus ``path``, read by
+    :func:`read_records`. JSON files that are not records are skipped; a record that cannot be
+    read is skipped with a warning."""
     import pandas as pd
 
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"no such file or directory: {root}")
-    rows = []
-    for file in record_files(root):
-        try:
-            rows.append({**load(file).to_dict(), "path": str(file)})
-        except NotARecord:
-            continue
-        except RecordError as err:
-            warnings.warn(f"skipped {file}: {err}", stacklevel=2)
-    return pd.json_normalize(rows)
+    entries, skipped = read_records([root])
+    for file, reason in skipped:
+        if not reason.startswith("not a tdabench result"):
+            warnings.warn(f"skipped {file}: {reason}", stacklevel=2)
+    return pd.json_normalize([{**e.record.to_dict(), "path": str(e.path)} for e in entries])
 
 
 # ----------------------------------------------------------------------------- writing
@@ -409,18 +477,30 @@ def file_name(method: str, config_hash: str, spec_hash: str, seed: int,
 
 
 def check_writable(results_dir: Path | str) -> Path:
-    """Create ``results_dir`` if needed and make sure a file can be written there; done before
-    any compute, so that an unwritable directory costs nothing."""
+    """``results_dir`` if records can be written there; checked before any compute, creating
+    nothing: the directory, or its nearest existing parent, must be a directory that takes a
+    file (a probe file is written and removed). RecordWriteError names the problem and the fix."""
     path = Path(results_dir)
+    if not str(results_dir).strip():
+        raise RecordWriteError("the results directory is empty; pass a directory as --results-dir")
+    existing = path
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RecordWriteError(f"results directory {path}: {existing} is a file, not a directory; "
+                               "choose another --results-dir")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".tdabench-write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".tdabench-write-test-"):
+            pass
     except OSError as err:
-        raise RecordWriteError(f"cannot write result records to {path} ({err.strerror or err}); "
-                               "pass a writable --results-dir") from None
+        raise RecordWriteError(f"results directory {path}: cannot write in {existing} "
+                               f"({err.strerror or err}); choose another --results-dir") from None
     return path
+
+
+def arrays_path(record_path: Path | str) -> Path:
+    """Where a record's arrays (its test subsets' group scores and labels) lie: beside it, ``.npz``."""
+    return Path(record_path).with_suffix(".npz")
 
 
 def save(record: Record, path: Path, arrays: dict[str, Any] | None = None) -> Path:
@@ -429,7 +509,7 @@ def save(record: Record, path: Path, arrays: dict[str, Any] | None = None) -> Pa
     and RecordWriteError says where; nothing computed is lost, nothing half-written is left."""
     def write(target: Path) -> None:
         if arrays:
-            atomic_write_npz(target.with_suffix(".npz"), **arrays)
+            atomic_write_npz(arrays_path(target), **arrays)
         atomic_write_json(target, record.to_dict())
 
     try:
@@ -437,7 +517,7 @@ def save(record: Record, path: Path, arrays: dict[str, Any] | None = None) -> Pa
         return path
     except OSError as err:
         if arrays:
-            path.with_suffix(".npz").unlink(missing_ok=True)
+            arrays_path(path).unlink(missing_ok=True)
         kept = cache_dir() / "unsaved-records" / path.name
         write(kept)
         raise RecordWriteError(f"could not write {path} ({err.strerror or err}); the record is "

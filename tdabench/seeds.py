@@ -4,7 +4,7 @@
 * the fine-tuning seed of (subset, training seed): a ``SeedSequence`` of the bank's seed, the
   subset and the replicate, plus the bank's seed stream where it has one;
 * a method's training bank (AirRep's): each split's dev targets and its bank seed;
-* the datamodel reference's own bank: the evaluation seed plus a fixed offset;
+* a reference method's own bank (the datamodel's): the evaluation seed plus a fixed offset;
 * a method's own draws from the run's seed (``--seed``, ``FitContext.seed``): the members of an
   ensemble (TRAK's models), a seeded part of the pool (a reference model's training part, LESS's
   warm-up set), a control's random scores, AirRep's encoder training (its sampler and the order
@@ -21,9 +21,9 @@ import numpy as np
 from tdabench.spec import GroundTruthSpec, TaskSpec
 
 # seed streams of banks that are not evaluation banks (those use none): a method's training
-# bank, the datamodel reference's own bank
-STREAMS = {"training": 7_001, "datamodel": 7_002}
-DATAMODEL_SUBSET_OFFSET = 1_000_000  # the datamodel bank draws its subsets with seed + this
+# bank (AirRep's), a reference method's own bank (the datamodel's)
+STREAMS = {"training": 7_001, "reference": 7_002}
+REFERENCE_SUBSET_OFFSET = 1_000_000  # a reference method's own bank draws its subsets with seed + this
 
 
 def subsets_rng(gt: GroundTruthSpec) -> np.random.Generator:
@@ -74,6 +74,7 @@ def epoch_order_rng(seed: int, epoch: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch])
 
 
-def datamodel_seed(seed: int) -> int:
-    """The ``groundtruth.seed`` of the datamodel's own bank for an evaluation bank's ``seed``."""
-    return seed + DATAMODEL_SUBSET_OFFSET
+def reference_bank_seed(seed: int) -> int:
+    """The ``groundtruth.seed`` of a reference method's own bank (the datamodel's) for an
+    evaluation bank's ``seed``."""
+    return seed + REFERENCE_SUBSET_OFFSET

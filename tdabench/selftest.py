@@ -1,12 +1,13 @@
-"""``tdabench selftest --device D``: a reduced end-to-end on device D, checked against the CPU.
+"""``tdabench selftest --device D --task T --method M``: a reduced end-to-end on device D,
+checked against the CPU.
 
-On a micro task (chatterbot's data: 60 pool examples, 12 targets, a 1-layer d=32 Llama,
+On a micro version of task T (its data: 60 pool examples, 12 targets, a 1-layer d=32 Llama,
 20 subsets of 20% x 2 training seeds = 40 fine-tunes) it builds the ground-truth bank and
-graddot's scores (reference fine-tune, per-example gradients) once on D and once on the CPU in
-fp32, each in a private cache, and compares:
+method M's scores (for a gradient method: reference fine-tune, per-example gradients) once on D
+and once on the CPU in fp32, each in a private cache, and compares:
 
 * the bank's losses: largest absolute difference <= ``loss_atol``;
-* graddot's (T, N) scores: Spearman correlation of all T x N values >= ``score_corr``;
+* M's (T, N) scores: Spearman correlation of all T x N values >= ``score_corr``;
 * LDS (all 20 subsets, sum group score) of each device's scores on its own bank:
   absolute difference <= ``lds_diff``.
 
@@ -33,23 +34,23 @@ from tdabench.device import CPU, Device
 from tdabench.task import Task
 
 
-def micro_task() -> Task:
-    """chatterbot's data at a size that builds a bank in seconds: 60 pool, 12 targets,
-    120 warm-up examples, a 1-layer d=32 Llama, 6 subsets of 20% x 2 seeds."""
+def micro_task(source: Task, preset: str = "tiny") -> Task:
+    """``source``'s data and ``preset``'s recipe at a size that builds a bank in seconds: 60 pool,
+    12 targets, 120 warm-up examples, a 1-layer d=32 Llama, 6 subsets of 20% x 2 seeds; named
+    ``micro`` (preset ``micro``)."""
     from tdabench.spec import DataSpec, GroundTruthSpec, ModelSpec
-    from tdabench.tasks import chatterbot
 
     def load(spec: DataSpec):
-        data = chatterbot.load(spec)
+        data = source.load(spec)
         return replace(data, warmup=data.warmup[:120])
 
     spec = replace(
-        chatterbot.TINY, task="micro", preset="micro",
+        source.spec(preset), task="micro", preset="micro",
         data=DataSpec(n_pool=60, n_targets=12, seed=0),
         model=ModelSpec(n_layers=1, d_model=32, n_heads=2, d_ff=64, vocab_size=512,
                         max_prompt_tokens=16, max_response_tokens=16, warmup_epochs=1),
         groundtruth=GroundTruthSpec(n_subsets=6, fraction=0.2, n_seeds=2, seed=0))
-    return Task(name="micro", description="test-sized chatterbot", presets={"micro": spec},
+    return Task(name="micro", description=f"test-sized {source.name}", presets={"micro": spec},
                 load=load)
 
 
@@ -66,7 +67,7 @@ N_SUBSETS = 20
 
 @dataclass
 class Side:
-    """One device's results: bank losses (M, R, T), graddot scores (T, N), LDS, seconds."""
+    """One device's results: bank losses (M, R, T), the method's scores (T, N), LDS, seconds."""
 
     device: Device
     losses: np.ndarray
@@ -101,7 +102,7 @@ class Report:
                  f"(micro task, {N_SUBSETS} subsets x 2 seeds)"]
         for side in self.sides:
             gpu = "" if side.peak_gpu_bytes is None else f", peak GPU {side.peak_gpu_bytes / 2**20:.0f} MiB"
-            lines.append(f"  {side.device.name:<8} {side.device.dtype}: bank + graddot {side.seconds:.1f} s, "
+            lines.append(f"  {side.device.name:<8} {side.device.dtype}: bank + scores {side.seconds:.1f} s, "
                          f"LDS {side.lds:+.4f}{gpu}")
         for c in self.checks:
             lines.append(f"  {'ok  ' if c.passed else 'FAIL'} {c.name}: {c.value:.3g} (bound {c.bound:g})")
@@ -122,14 +123,16 @@ def _private_cache(path: Path) -> Iterator[None]:
             os.environ["TDABENCH_CACHE"] = old
 
 
-def run_side(device: Device, root: Path) -> Side:
-    """Build the micro bank and graddot's scores on ``device``, in the cache at ``root``."""
+def run_side(device: Device, root: Path, task_name: str, method: str) -> Side:
+    """Build the micro bank of ``task_name`` and ``method``'s scores on ``device``, in the
+    cache at ``root``."""
     from tdabench import groundtruth, metrics
+    from tdabench.device import Compute
     from tdabench.method import FitContext, make_config
-    from tdabench.registry import get_method
+    from tdabench.registry import get_method, get_task
     from tdabench.timing import measure
 
-    task = micro_task()
+    task = micro_task(get_task(task_name))
     spec = task.spec("micro")
     spec = replace(spec, groundtruth=replace(spec.groundtruth, n_subsets=N_SUBSETS))
     data = task.load(spec.data)
@@ -137,10 +140,10 @@ def run_side(device: Device, root: Path) -> Side:
     with _private_cache(root):
         bank, bank_cost = measure(lambda: groundtruth.build_bank(
             spec, data, root / "bank", workers=1, device=device), device=device)
-        graddot = get_method("graddot")
-        adapter = graddot(make_config(graddot, {}))
-        context = FitContext(spec=spec, data=data, workdir=root / "graddot", seed=0,
-                             device=device.name, dtype=device.dtype)
+        method_cls = get_method(method)
+        adapter = method_cls(make_config(method_cls, {}))
+        context = FitContext(spec=spec, data=data, workdir=root / method, seed=0,
+                             compute=Compute(device=device))
         context.workdir.mkdir(parents=True)
         _, fit_cost = measure(lambda: adapter.fit(data.pool, context), device=device)
         scores, score_cost = measure(lambda: adapter.score(data.targets), device=device)
@@ -161,18 +164,19 @@ def compare(device: Device, cpu: Side, other: Side) -> Report:
     corr = float(spearmanr(cpu.scores.ravel(), other.scores.ravel())[0])
     lds_diff = abs(cpu.lds - other.lds)
     checks = [Check("bank losses, max |difference|", loss_diff, tol.loss_atol, loss_diff <= tol.loss_atol),
-              Check("graddot scores, Spearman r", corr, tol.score_corr, corr >= tol.score_corr),
+              Check("scores, Spearman r", corr, tol.score_corr, corr >= tol.score_corr),
               Check("LDS, |difference|", lds_diff, tol.lds_diff, lds_diff <= tol.lds_diff)]
     if exact:
         same = bool(np.array_equal(cpu.scores, other.scores))
-        checks.append(Check("graddot scores, max |difference|",
+        checks.append(Check("scores, max |difference|",
                             float(np.max(np.abs(cpu.scores - other.scores))), 0.0, same))
     return Report(device, [cpu, other], checks)
 
 
-def run(device: Device) -> Report:
-    """Run the micro end-to-end on the CPU (fp32) and on ``device``; compare them."""
+def run(device: Device, task: str, method: str) -> Report:
+    """Run the micro end-to-end of ``task`` and ``method`` on the CPU (fp32) and on ``device``;
+    compare them."""
     with tempfile.TemporaryDirectory(prefix="tdabench-selftest-") as tmp:
-        cpu = run_side(CPU, Path(tmp) / "cpu")
-        other = run_side(device, Path(tmp) / "device")
+        cpu = run_side(CPU, Path(tmp) / "cpu", task, method)
+        other = run_side(device, Path(tmp) / "device", task, method)
     return compare(device, cpu, other)

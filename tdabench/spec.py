@@ -95,9 +95,9 @@ class GroundTruthSpec:
     n_seeds: int = param(1, "training seeds per subset (2 or more: a noise ceiling)", ge=1)
     seed: int = param(0, "seed of the subsets' draw")
     source: Literal["finetune", "published"] = param("finetune", "built here or imported")
-    stream: Literal["training", "datamodel"] | None = param(
-        None, "seed stream (tdabench.seeds): a method's training bank, the datamodel's bank; "
-              "none: an evaluation bank")
+    stream: Literal["training", "reference"] | None = param(
+        None, "seed stream (tdabench.seeds): a method's training bank, a reference method's own "
+              "bank; none: an evaluation bank")
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,17 @@ import os
 import pytest
 import torch
 
-from tdabench.selftest import micro_task  # noqa: F401  (also imported by tests)
+from tdabench import selftest
 
 torch.set_num_threads(1)
+
+
+def micro_task():
+    """The micro task of the tests (also imported by tests' subprocess scripts): chatterbot's
+    data at micro size (:func:`tdabench.selftest.micro_task`)."""
+    from tdabench.registry import get_task
+
+    return selftest.micro_task(get_task("chatterbot"))
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -20,6 +20,7 @@ from tdabench import checks, cli
 from tdabench import groundtruth as gt
 from tdabench.errors import ConfigError, UserError
 from tdabench.groundtruth.building import bank_lock
+from tdabench.method import Method
 from tdabench.registry import register_method
 from tdabench.store import cache_dir
 
@@ -136,15 +137,14 @@ def test_list_shows_a_methods_config_fields(capsys):
     assert "unknown method 'nosuch'" in _error(["list", "nosuch"], capsys)
 
 
-@dataclass
-class _Broken:
+class _Broken(Method):
     """A method with a bug: its own ValueError must keep its traceback."""
+
+    FAMILY = "control"
 
     @dataclass
     class Config:
         pass
-
-    config: object = None
 
     def fit(self, pool, context):
         np.linalg.cholesky(-np.eye(2))  # LinAlgError, a ValueError

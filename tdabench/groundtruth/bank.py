@@ -17,6 +17,7 @@ elsewhere) is imported into the same format by :func:`import_bank`. Building a b
 
 from __future__ import annotations
 
+import math
 import platform
 import sys
 from dataclasses import dataclass, field, replace
@@ -44,6 +45,9 @@ class BankMismatch(BankError):
     ground-truth version."""
 
 
+MIN_SUBSET_SIZE = 2  # pool examples per subset: a subset of one is a leave-all-but-one design
+
+
 class CorruptBank(BankError):
     """A bank's manifest or membership file cannot be read."""
 
@@ -60,6 +64,28 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+def pool_minimums(spec: TaskSpec, n_candidates: int) -> list[str]:
+    """The subset-size minimums for a pool of ``n_candidates`` examples subsets are drawn from
+    (UserError if subsets would be empty, whole or single); warnings (see :func:`minimums`)."""
+    gt = spec.groundtruth
+    k = int(round(gt.fraction * n_candidates))
+    if k < MIN_SUBSET_SIZE or k >= n_candidates:
+        need = math.ceil((MIN_SUBSET_SIZE - 0.5) / gt.fraction)
+        raise ConfigError(
+            f"the pool has {n_candidates} examples, so subsets of groundtruth.fraction="
+            f"{gt.fraction:g} hold {k}: each subset needs {MIN_SUBSET_SIZE} or more examples and "
+            f"must leave some out. Use more data (a pool of at least {need} at this fraction) "
+            f"or another --set groundtruth.fraction")
+    batch = spec.finetune.batch_size
+    if gt.n_seeds >= 2 and k <= batch:
+        return [f"every subset ({k} examples) fits in one batch of finetune.batch_size={batch}: "
+                f"the {gt.n_seeds} training seeds only reorder that batch, so they measure no "
+                "noise (the noise ceiling reads 1) and the extra seeds are wasted compute; use "
+                f"--set finetune.batch_size={max(1, k // 2)} (or a larger groundtruth.fraction), "
+                "or --set groundtruth.n_seeds=1"]
+    return []
+
+
 def sample_subsets(data: TaskData, spec: TaskSpec) -> np.ndarray:
     """(M, N) bool membership of M random subsets of the pool, seeded by ``groundtruth.seed``.
 
@@ -67,8 +93,6 @@ def sample_subsets(data: TaskData, spec: TaskSpec) -> np.ndarray:
     targets are disjoint), k = round(fraction * candidates) each (ConfigError when the pool is
     too small for subsets of at least two examples that leave some out).
     """
-    from tdabench.checks import pool_minimums
-
     gt = spec.groundtruth
     target_ids = {ex.id for ex in data.targets}
     candidates = np.array([i for i, ex in enumerate(data.pool) if ex.id not in target_ids], dtype=np.int64)

@@ -184,7 +184,7 @@ def require_ray() -> Any:
     try:
         import ray
     except ImportError as err:
-        from tdabench.method import MissingDependency  # lazy: executors stays a leaf module
+        from tdabench.errors import MissingDependency
 
         raise MissingDependency(
             'the Ray executor needs the Python package \'ray\', which is not installed: '

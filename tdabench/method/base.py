@@ -30,7 +30,6 @@ any ground truth of its own through ``context.own_banks`` (never by reading bank
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,7 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from tdabench.device import CPU_COMPUTE, Compute, Device
-from tdabench.errors import UserError
+from tdabench.errors import MissingDependency, UserError, require  # noqa: F401  (part of the contract)
 from tdabench.spec import Example, TaskSpec
 from tdabench.task import TaskData
 from tdabench.typed import parse_dataclass_fields
@@ -51,20 +50,6 @@ if TYPE_CHECKING:
 # representations (or the target LM's hidden states), word overlap, nothing (a control), or a
 # model fitted on retraining outcomes.
 FAMILIES = ("gradient", "representation", "lexical", "control", "datamodel")
-
-
-class MissingDependency(UserError, ImportError):
-    """An optional dependency of a method is not installed."""
-
-
-def require(module: str, extra: str, method: str) -> Any:
-    """Import ``module`` or say which extra installs it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise MissingDependency(
-            f"method {method!r} needs the Python package {module!r}, which is not installed: "
-            f"pip install 'tdabench[{extra}]' -c constraints.txt") from err
 
 
 @dataclass(frozen=True)

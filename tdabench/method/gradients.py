@@ -21,8 +21,8 @@ logra, less).
   and the LM head are never tracked, nor blocks that the recipe does not train (``top:K``).
 * :func:`batches`, :func:`per_example_gradients` and :func:`to_scores`, the one place where a
   library's output becomes a (T, N) float64 array with the protocol's sign (higher = the pool
-  example helps the target more, i.e. lowers its loss). :data:`NATIVE` records each library's
-  orientation and sign.
+  example helps the target more, i.e. lowers its loss); each adapter states its library's
+  orientation and sign beside its call.
 * :class:`GaussianProjection`: a seeded (P, k) Gaussian random projection, drawn once.
 """
 
@@ -380,32 +380,12 @@ class GaussianProjection:
 
 # --- library output -> (T, N), higher = more helpful ----------------------------------------
 
-# Native orientation and sign of each library's scores. Sign +1: a positive native score already
-# means "the pool example lowers the target's loss".
-NATIVE = {
-    # Our own per-example gradient products: (T, N) = g_target . g_train. A gradient step on the
-    # train example changes the target's loss by -lr * g_target . g_train, so positive = helpful.
-    "gradients": ("TN", +1),
-    # traker 0.3.2, TRAKer.finalize_scores: (n_train, n_targets). The score predicts the change of
-    # the target's model output (our causal-LM output: log-odds of the correct response tokens)
-    # when the train example is included, so positive = raises its likelihood = helpful.
-    "trak": ("NT", +1),
-    # kronfluence 1.0.1, load_pairwise_scores(...)["all_modules"]: (n_query, n_train),
-    # grad(measurement)^T (H + damping)^-1 grad(train loss). Up-weighting the train example
-    # moves the parameters by -H^-1 grad(train loss), so a positive score means it lowers the
-    # measurement (the target's loss): helpful.
-    "kronfluence": ("TN", +1),
-    # dattri 0.3.0, BlockProjectedIFAttributor.attribute (LoGra): (n_train, n_test),
-    # g_train^T H^-1 g_test with g the gradients of the losses its task computes (ours: the train
-    # example's summed response-token cross-entropy, the target's mean). A step along -g_train
-    # lowers the target's loss when the product is positive: helpful.
-    "dattri": ("NT", +1),
-}
-
-
-def to_scores(native, library: str, n_targets: int, n_pool: int) -> np.ndarray:
-    """A library's score matrix as a (T, N) float64 array with the protocol's sign."""
-    orientation, sign = NATIVE[library]
+def to_scores(native, orientation: str, sign: int, n_targets: int, n_pool: int,
+              library: str = "the method") -> np.ndarray:
+    """A library's score matrix as a (T, N) float64 array with the protocol's sign: ``native``
+    is (T, N) (``orientation`` ``"TN"``) or (N, T) (``"NT"``); ``sign`` +1 where a positive
+    native score already means "the pool example lowers the target's loss", -1 otherwise. Each
+    adapter states its library's orientation and sign (and why) beside its call."""
     if isinstance(native, torch.Tensor):
         native = native.detach().cpu().numpy()
     array = np.asarray(native, dtype=np.float64)

@@ -180,4 +180,6 @@ class InnerProductMethod(Method):
             self.load(state)
             features = self.transform_target(state, self.target_rep(state, targets))
             total += state.weight * self._pool_dots(c, features)
-        return gradients.to_scores(total, "gradients", len(targets), self.n_pool)
+        # (T, N) = sum of w_c * <target rep, train rep>; for gradients, a step on the train example
+        # changes the target's loss by -lr * g_target . g_train, so positive = helpful
+        return gradients.to_scores(total, "TN", +1, len(targets), self.n_pool)

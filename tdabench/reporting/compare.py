@@ -23,7 +23,7 @@ def compare(record_a: Path, record_b: Path, n_boot: int = 2000) -> dict[str, Any
         "a": a.method, "b": b.method, "lds_a": a.metrics.lds.mean, "lds_b": b.metrics.lds.mean,
         "over_targets": metrics.paired_bootstrap_targets(a.per_target_lds, b.per_target_lds, n_boot),
     }
-    npz_a, npz_b = Path(record_a).with_suffix(".npz"), Path(record_b).with_suffix(".npz")
+    npz_a, npz_b = record.arrays_path(record_a), record.arrays_path(record_b)
     if npz_a.exists() and npz_b.exists():
         with np.load(npz_a) as fa, np.load(npz_b) as fb:
             if not np.array_equal(fa["labels"], fb["labels"]):

@@ -33,8 +33,7 @@ import numpy as np
 import pandas as pd
 
 from tdabench.errors import ConfigError
-from tdabench.record import Record, RecordError, record_files
-from tdabench.record import load as load_record
+from tdabench.record import Entry, read_records
 from tdabench.reporting import tiers
 
 PHASES = ("train", "fit", "score", "score_groups")
@@ -63,75 +62,6 @@ BEST = {
 
 
 # ----------------------------------------------------------------------------- reading records
-
-@dataclass
-class Entry:
-    """One readable result record and where it was read from."""
-
-    path: Path
-    record: Record
-
-    @property
-    def created(self) -> dt.datetime:
-        return self.record.created_at
-
-    @property
-    def task(self) -> str:
-        return self.record.task
-
-    @property
-    def preset(self) -> str:
-        return self.record.preset
-
-    @property
-    def spec_hash(self) -> str:
-        return self.record.spec_hash
-
-    @property
-    def bank_key(self) -> str:
-        """What records must share to be ranked together: ``SPEC/PROTOCOL`` hashes."""
-        return f"{self.spec_hash}/{self.record.protocol_hash}"
-
-    @property
-    def method(self) -> str:
-        return self.record.method
-
-    @property
-    def config_hash(self) -> str:
-        return self.record.config_hash
-
-    @property
-    def seed(self) -> int:
-        return self.record.seed
-
-    @property
-    def order(self) -> tuple[dt.datetime, str]:
-        """Sort key for "newest": creation time, then path (deterministic on ties)."""
-        return self.created, str(self.path)
-
-
-def read_records(roots: Iterable[Path | str]) -> tuple[list[Entry], list[tuple[Path, str]]]:
-    """Every readable record under ``roots`` (directories, or single .json files), and the
-    files (or roots) skipped with the reason. A file reached through two roots is read once."""
-    records: list[Entry] = []
-    skipped: list[tuple[Path, str]] = []
-    seen: set[Path] = set()
-    for root in roots:
-        root = Path(root)
-        if not root.exists():
-            skipped.append((root, "no such file or directory"))
-            continue
-        for path in record_files(root):
-            real = path.resolve()
-            if real in seen or not path.is_file():
-                continue
-            seen.add(real)
-            try:
-                records.append(Entry(path, load_record(path)))
-            except RecordError as err:
-                skipped.append((path, str(err)))
-    return records, skipped
-
 
 # ----------------------------------------------------------------------------- grouping
 

@@ -12,22 +12,30 @@ records' data specs are equal) one draw serves both tiers (a paired bootstrap); 
 tier is drawn independently. Reference rows (a datamodel) are not ranked.
 
 :func:`speed_claims` compares one method's inference time per target with the fastest method of
-a family on the same task and preset (AirRep against the methods whose records say they score
-with gradients, the AirRep paper's speed claim), from the records' ``cost.score_per_target_s``.
+a family on the same task and preset (by default the learned representation methods, whose
+records say they score with representations and have a train phase, against the methods whose
+records say they score with gradients: the AirRep paper's speed claim), from the records'
+``cost.score_per_target_s``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-if TYPE_CHECKING:
-    from tdabench.reporting.leaderboard import Selection
+from tdabench.record import Entry
+
+
+class Selection(Protocol):
+    """What the agreement needs of a leaderboard selection: its records by (task, preset)."""
+
+    groups: Mapping[tuple[str, str], Sequence[Entry]]
 
 TIERS = ("tiny", "small")  # (cheap, realistic)
 N_BOOT = 1000
@@ -183,16 +191,19 @@ class SpeedClaim:
                 f"(ratio {ratio:.3g})")
 
 
-def speed_claims(df: pd.DataFrame, method: str = "airrep",
+def speed_claims(df: pd.DataFrame, method: str | None = None,
                  family: str = "gradient") -> dict[tuple[str, str], SpeedClaim]:
     """Per (task, preset) of the leaderboard table ``df`` where ``method`` and at least one
     method of ``family`` (the records' ``method_info.family``) have ranked rows: ``method``'s
     time per target (its best-LDS row where it has several configs) against the smallest time
-    per target among the family's rows."""
+    per target among the family's rows. ``method`` None: the learned representation methods
+    (family ``representation`` with a train phase; AirRep's claim against gradient methods)."""
     out = {}
     ranked = df[~df["reference"].astype(bool) & df["score_per_target_s"].notna()]
     for (task, preset), g in ranked.groupby(["task", "preset"], sort=False):
-        mine, others = g[g["method"] == method], g[g["family"] == family]
+        learned = (g["family"] == "representation") & g["train_s"].notna()
+        mine = learned if method is None else g["method"] == method
+        mine, others = g[mine], g[g["family"] == family]
         if mine.empty or others.empty:
             continue
         best = mine.loc[mine["lds"].idxmax()]
