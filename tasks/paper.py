@@ -30,10 +30,9 @@ import numpy as np
 
 from tdabench import data
 from tdabench.data import DataError
-from tdabench.groundtruth import PublishedGroundTruth
 from tdabench.spec import DataSpec, Example, FinetuneRecipe, GroundTruthSpec, ModelSpec, TaskSpec
 from tdabench.store import sha256_file
-from tdabench.task import Task, TaskData
+from tdabench.task import PublishedGroundTruth, Task, TaskData
 
 REPO = "sunweiwei/airrep-test"
 # The commit of REPO that this version reads. Its full hash could not be read offline (the hub's

@@ -74,7 +74,8 @@ def _adapter(resolved: Resolved, seed: int, compute: Compute) -> tuple[Method, F
         f"{resolved.method}-{resolved.config_hash}-s{seed}"
     shutil.rmtree(workdir, ignore_errors=True)
     workdir.mkdir(parents=True)
-    context = FitContext(spec=spec, data=resolved.data, workdir=workdir, seed=seed, compute=compute)
+    context = FitContext(spec=spec, data=resolved.data, workdir=workdir, seed=seed, compute=compute,
+                         task=resolved.task)
     return resolved.method_cls(resolved.config), context
 
 

@@ -6,8 +6,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from tdabench.errors import UnknownName, UserError
 from tdabench.spec import DataSpec, Example, TaskSpec
+
+
+@dataclass(frozen=True)
+class PublishedGroundTruth:
+    """Ground truth made elsewhere: ``membership`` (M, N) bool, ``losses`` (M, T) or (M, R, T),
+    ``provenance`` naming the source and its file hashes (stands in for the model fingerprint)."""
+
+    membership: np.ndarray
+    losses: np.ndarray
+    provenance: str
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """AirRep's training, as the authors' ``airrep/airrep_trainer.py`` (github.com/sunnweiwei/AirRep),
 scaled (the adapter's docstring, :mod:`tdabench.methods.airrep`, states the recipe and every
-departure): its training bank, the weighted RankNet objective and a resumable two-pass trainer."""
+departure): its training bank, the weighted RankNet objective and a resumable two-pass trainer.
+``method`` below is the :class:`~tdabench.methods.airrep.AirRep` adapter being trained (its
+config, device and encoding helpers)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,6 @@ import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from tdabench import lm, metrics
 from tdabench.errors import ConfigError
 from tdabench.groundtruth import GroundTruthBank, sample_subsets
 from tdabench.groundtruth.executors import Progress
-from tdabench.method import FitContext
+from tdabench.method import FitContext, Method
 from tdabench.method.pooling import group_pool, mean_pool, pooled_group_scores
 from tdabench.methods.airrep.model import (
     AirRepEncoder,
@@ -34,9 +35,6 @@ from tdabench.seeds import epoch_order_rng, method_rng, training_split_rng, trai
 from tdabench.spec import Example, GroundTruthSpec, TaskSpec
 from tdabench.store import atomic_write_json
 from tdabench.task import TaskData
-
-if TYPE_CHECKING:
-    from tdabench.methods.airrep import AirRep
 
 TRAINING_FIELDS = ("base_model", "max_length", "text", "pooling", "n_splits", "n_dev", "subsets_per_split",
                    "fraction", "steps", "train_encoder", "projector_init", "lr", "projector_lr",
@@ -149,7 +147,7 @@ class FrozenCache:
     hidden: list[torch.Tensor] | None = None
 
 
-def frozen_cache(method: AirRep, encoder: AirRepEncoder, tokenizer, texts: list[str], top: int
+def frozen_cache(method: Method, encoder: AirRepEncoder, tokenizer, texts: list[str], top: int
                  ) -> FrozenCache:
     """Run the frozen layers over ``texts`` once (no gradients, length-sorted batches)."""
     n_layers = len(encoder.bert.encoder.layer)
@@ -168,7 +166,7 @@ def frozen_cache(method: AirRep, encoder: AirRepEncoder, tokenizer, texts: list[
     return FrozenCache(top, texts, hidden=hidden)
 
 
-def cached_forward(method: AirRep, encoder: AirRepEncoder, tokenizer, cache: FrozenCache,
+def cached_forward(method: Method, encoder: AirRepEncoder, tokenizer, cache: FrozenCache,
                    indices: np.ndarray) -> torch.Tensor:
     """(len(indices), d) representations of texts ``indices``, running only the trained part
     (gradients flow when enabled)."""
@@ -227,7 +225,7 @@ SAVE_EVERY = 100  # steps between resumable checkpoints (and held-out LDS points
 class Trainer:
     """What one training holds: the method, encoder, frozen cache, optimiser and sampler state."""
 
-    method: AirRep
+    method: Method
     encoder: AirRepEncoder
     tokenizer: object
     cache: FrozenCache
@@ -303,7 +301,7 @@ class Trainer:
         return int(state["step"]), json.loads(state["curve"]), float(state["train_s"])
 
 
-def make_trainer(method: AirRep, texts: list[str], splits: list[Split]) -> Trainer:
+def make_trainer(method: Method, texts: list[str], splits: list[Split]) -> Trainer:
     """The base encoder with a fresh projector, what trains frozen apart, AdamW with linear
     warm-up then a constant rate, and the frozen layers run once over ``texts``."""
     c = method.config
@@ -326,7 +324,7 @@ def split_order(seed: int, n_splits: int, step: int) -> int:
     return int(epoch_order_rng(seed, step // n_splits).permutation(n_splits)[step % n_splits])
 
 
-def fit_encoder(method: AirRep, texts: list[str], splits: list[Split], root: Path
+def fit_encoder(method: Method, texts: list[str], splits: list[Split], root: Path
                 ) -> tuple[Trainer, list[dict], float]:
     """Train for ``config.steps`` steps on every split but the last (held out: its LDS is the
     training curve's), checkpointing to ``root/last.pt`` every :data:`SAVE_EVERY` steps and
@@ -363,7 +361,7 @@ def fit_encoder(method: AirRep, texts: list[str], splits: list[Split], root: Pat
     return trainer, curve, train_s
 
 
-def train_airrep(method: AirRep, context: FitContext, root: Path) -> dict:
+def train_airrep(method: Method, context: FitContext, root: Path) -> dict:
     """Build the training bank, train with the weighted RankNet objective (resumable), save the
     checkpoint with ``curve.json`` and ``cost.json`` beside it; returns the measured cost."""
     c = method.config

@@ -31,7 +31,7 @@ from tdabench.errors import ConfigError, UserError
 from tdabench.seeds import subsets_rng
 from tdabench.spec import GROUNDTRUTH_VERSION, TaskSpec, spec_differences, spec_hash, stable_hash
 from tdabench.store import atomic_write_json, atomic_write_npy, cache_dir, read_json
-from tdabench.task import TaskData
+from tdabench.task import PublishedGroundTruth, TaskData
 
 FORMAT = 1
 
@@ -276,16 +276,6 @@ def open_bank(spec: TaskSpec, data: TaskData, model_fingerprint: str,
         print(f"tdabench: discarded {len(discarded)} corrupt or truncated loss file(s) of the "
               f"bank at {path} (first: {discarded[0].name}); they are recomputed", file=sys.stderr)
     return GroundTruthBank(path, spec, membership, losses, discarded)
-
-
-@dataclass(frozen=True)
-class PublishedGroundTruth:
-    """Ground truth made elsewhere: ``membership`` (M, N) bool, ``losses`` (M, T) or (M, R, T),
-    ``provenance`` naming the source and its file hashes (stands in for the model fingerprint)."""
-
-    membership: np.ndarray
-    losses: np.ndarray
-    provenance: str
 
 
 def import_bank(spec: TaskSpec, data: TaskData, published: PublishedGroundTruth,

@@ -40,7 +40,7 @@ import numpy as np
 from tdabench.device import CPU_COMPUTE, Compute, Device
 from tdabench.errors import MissingDependency, UserError, require  # noqa: F401  (part of the contract)
 from tdabench.spec import Example, TaskSpec
-from tdabench.task import TaskData
+from tdabench.task import Task, TaskData
 from tdabench.typed import parse_dataclass_fields
 
 if TYPE_CHECKING:
@@ -67,14 +67,15 @@ class Trained:
 @dataclass
 class FitContext:
     """What a method may know besides the pool: the task's spec and examples, a fresh work
-    directory, the run's seed and where compute runs (``compute``: workers, executor and the
-    whole :class:`~tdabench.device.Device`)."""
+    directory, the run's seed, where compute runs (``compute``: workers, executor and the
+    whole :class:`~tdabench.device.Device`) and the task (for another preset of it)."""
 
     spec: TaskSpec
     data: TaskData
     workdir: Path
     seed: int = 0
     compute: Compute = CPU_COMPUTE
+    task: Task | None = None  # the task itself, for :meth:`at_preset`
 
     @property
     def device(self) -> Device:
@@ -92,11 +93,10 @@ class FitContext:
     def at_preset(self, preset: str) -> FitContext:
         """The same task at another preset (its spec as registered, without this run's
         ``--set`` overrides), e.g. to train on a cheaper tier's ground truth."""
-        from tdabench.registry import get_task
-
-        task = get_task(self.spec.task)
-        spec = task.spec(preset)
-        return replace(self, spec=spec, data=task.load(spec.data))
+        if self.task is None:
+            raise ValueError("this context has no task to take another preset of")
+        spec = self.task.spec(preset)
+        return replace(self, spec=spec, data=self.task.load(spec.data))
 
 
 @dataclass
