@@ -30,6 +30,7 @@ VARIANTS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
 
 class BM25(Method):
     FAMILY = "lexical"
+    VERSION = 1  # bump when a change may move this adapter's numbers
     @dataclass
     class Config:
         field: TextField = param("both", "which text is indexed and queried with")

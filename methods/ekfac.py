@@ -90,6 +90,7 @@ def task_class():
 
 class EKFAC(Method):
     FAMILY = "gradient"
+    VERSION = 1  # bump when a change may move this adapter's numbers
     @dataclass
     class Config(gradients.GradientConfig):
         checkpoint: gradients.OneModelCheckpoint = param("pool", gradients.CHECKPOINT_HELP)

@@ -22,6 +22,7 @@ from tdabench.typed import param
 
 class Embedding(Method):
     FAMILY = "representation"
+    VERSION = 1  # bump when a change may move this adapter's numbers
     @dataclass
     class Config:
         model: str = param("",

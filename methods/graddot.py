@@ -35,6 +35,7 @@ def unit(x: torch.Tensor) -> torch.Tensor:
 
 
 class GradDot(InnerProductMethod):
+    VERSION = 1  # bump when a change may move this adapter's numbers
     @dataclass
     class Config(gradients.GradientConfig):
         checkpoint: gradients.CheckpointName = param(
@@ -48,6 +49,7 @@ class GradDot(InnerProductMethod):
 
 
 class GradCos(GradDot):
+    VERSION = 1  # bump when a change may move this adapter's numbers
     @dataclass
     class Config(GradDot.Config):
         normalize: bool = param(True, "true: cosine of the gradients (gradcos)")

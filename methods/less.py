@@ -87,6 +87,7 @@ def lora_size(rank: int, alpha: float, d_model: int) -> tuple[int, float]:
 
 
 class LESS(InnerProductMethod):
+    VERSION = 1  # bump when a change may move this adapter's numbers
     @dataclass
     class Config(gradients.GradientConfig):
         tracked: gradients.TrackedName = param(

@@ -73,6 +73,7 @@ def _train_loss(model: _LossModel, batch: dict[str, torch.Tensor], device: str) 
 
 class LoGra(Method):
     FAMILY = "gradient"
+    VERSION = 1  # bump when a change may move this adapter's numbers
     @dataclass
     class Config(gradients.GradientConfig):
         checkpoint: gradients.OneModelCheckpoint = param("pool", gradients.CHECKPOINT_HELP)

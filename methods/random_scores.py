@@ -14,6 +14,7 @@ from tdabench.typed import param
 
 class RandomScores(Method):
     FAMILY = "control"
+    VERSION = 1  # bump when a change may move this adapter's numbers
     @dataclass
     class Config:
         seed: int = param(0, "added to the run's seed")

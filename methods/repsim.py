@@ -19,12 +19,14 @@ import torch
 
 from tdabench import lm
 from tdabench.method import FitContext, Method, gradients
+from tdabench.method.pooling import mean_pool
 from tdabench.spec import Example
 from tdabench.typed import param
 
 
 class RepSim(Method):
     FAMILY = "representation"
+    VERSION = 1  # bump when a change may move this adapter's numbers
     @dataclass
     class Config:
         layer: int = param(-1, "index into hidden_states (0 = embeddings, -1 = last layer)")
@@ -44,8 +46,7 @@ class RepSim(Method):
                                      lm.model_device(target.model))
                 hidden = target.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                       output_hidden_states=True).hidden_states[self.config.layer]
-                mask = (batch["labels"] != lm.IGNORE).unsqueeze(-1).to(hidden.dtype)
-                out.append(((hidden * mask).sum(1) / mask.sum(1)).float())
+                out.append(mean_pool(hidden, batch["labels"] != lm.IGNORE).float())
         reps = torch.cat(out)
         if self.config.similarity == "cosine":
             reps = torch.nn.functional.normalize(reps, dim=1)

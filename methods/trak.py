@@ -144,6 +144,7 @@ def tracked_gradient_computer():
 
 class Trak(Method):
     FAMILY = "gradient"
+    VERSION = 1  # bump when a change may move this adapter's numbers
     @dataclass
     class Config(gradients.GradientConfig):
         checkpoint: gradients.OneModelCheckpoint = param(

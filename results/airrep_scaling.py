@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tdabench import runner
+from tdabench import checks, runner
 
 OUT = Path(__file__).resolve().parent / "airrep_scaling.json"
 FIGURE = Path(__file__).resolve().parent / "figures" / "airrep_scaling.png"
@@ -53,9 +53,11 @@ def read_json(path: Path) -> dict | None:
 def run_point(point: str) -> dict:
     config = point_config(point)
     tic = time.perf_counter()
-    checkpoint = Path(runner.train("airrep", "chatterbot", "tiny", config=config))
+    resolved = checks.validate("chatterbot", "tiny", method="airrep", config=config, evaluates=True,
+                               trains=True)
+    checkpoint = Path(runner.train(resolved))
     with tempfile.TemporaryDirectory() as tmp:
-        trials, _ = runner.tune("airrep", "chatterbot", {}, "tiny", config=config, results_dir=tmp)
+        trials, _ = runner.tune(resolved, {}, results_dir=tmp)
     curve = read_json(checkpoint / "curve.json")
     return {"point": point, "config": config, "tuning": trials[0],
             "train_cost": read_json(checkpoint / "cost.json"),
@@ -66,9 +68,10 @@ def baselines() -> dict:
     """Tuning LDS of the text baselines, each with text=model and text=full."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
+        grid = {"text": ["model", "full"]}
         for method in ("bm25", "tfidf", "embedding"):
-            trials, _ = runner.tune(method, "chatterbot", {"text": ["model", "full"]}, "tiny",
-                                    results_dir=tmp)
+            resolved = checks.validate("chatterbot", "tiny", method=method, evaluates=True, grid=grid)
+            trials, _ = runner.tune(resolved, grid, results_dir=tmp)
             out[method] = {t["text"]: t for t in trials}
     return out
 

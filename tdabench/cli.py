@@ -135,7 +135,9 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"  {'':<14} preset {preset}: {size}; {truth}; model {spec.model.name or spec.model.init}")
     print("methods (`tdabench list METHOD` shows its config):")
     for name in registry.method_names():
-        doc = (sys.modules[registry.get_method(name).__module__].__doc__ or "").strip()
+        cls = registry.get_method(name)
+        module = sys.modules.get(cls.__module__)  # a class made in a notebook cell has none
+        doc = ((module.__doc__ if module else None) or cls.__doc__ or "").strip()
         print(f"  {name:<14} {doc.splitlines()[0] if doc else ''}")
 
 

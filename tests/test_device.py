@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tdabench import device, groundtruth, lm, selftest
-from tdabench.device import CPU, Device
+from tdabench.device import CPU, Compute, Device
 from tdabench.groundtruth import building
 from tdabench.method import FitContext, make_config
 from tdabench.registry import get_method
@@ -97,15 +97,16 @@ def test_bank_manifest_states_the_device_and_refuses_another_precision(micro, tm
 def _cpu_results(spec, data, root: Path, context_device: dict) -> dict[str, np.ndarray]:
     """The micro bank (all weights trained; top:1 of 2 layers, frozen block cached) and graddot
     (at the pool fine-tune, the only model it used at 4c7e86e) and repsim scores, built in
-    ``root`` with FitContext fields ``context_device``."""
+    ``root`` on the device resolved from ``context_device`` (none: the defaults)."""
     top = replace(spec, model=replace(spec.model, n_layers=2, trainable="top:1"))
     extra = {"device": device.resolve(**context_device)} if context_device else {}
+    compute = {"compute": Compute(device=extra["device"])} if context_device else {}
     out = {"bank_losses": groundtruth.build_bank(spec, data, root / "bank", **extra).losses,
            "bank_top_losses": groundtruth.build_bank(top, data, root / "bank-top", **extra).losses}
     for name, config in (("graddot", {"checkpoint": "pool"}), ("repsim", {})):
         cls = get_method(name)
         adapter = cls(make_config(cls, config))
-        context = FitContext(spec=spec, data=data, workdir=root / name, seed=0, **context_device)
+        context = FitContext(spec=spec, data=data, workdir=root / name, seed=0, **compute)
         context.workdir.mkdir(parents=True)
         adapter.fit(data.pool, context)
         out[f"{name}_scores"] = adapter.score(data.targets)
@@ -150,31 +151,26 @@ def test_measure_reports_no_gpu_memory_on_the_cpu():
     assert value == 3.0 and cost.cuda_peak_bytes is None and cost.wall_s >= 0
 
 
-def test_selftest_on_the_cpu_agrees_exactly(micro):
-    """``tdabench selftest --device cpu``: the CPU run against itself, bit for bit; a loosened
-    comparison of a perturbed run fails where it should."""
-    report = selftest.run(CPU)
-    assert report.passed, report.render()
-    assert [c.value for c in report.checks] == [0.0, pytest.approx(1.0), 0.0, 0.0]
-    cpu, other = report.sides
+def test_selftest_cpu_side_reproduces_the_stored_reference(micro, tmp_path):
+    """The selftest's CPU side (the reference every device is checked against) builds the
+    micro bank that tests/data/cpu_reference.npz stores (made before devices existed): its
+    first 6 subsets are the reference bank's (subsets and fine-tuning seeds do not depend on
+    the bank's size). A CPU comparison is exact, and the fp32 tolerances refuse a perturbed
+    run where they should."""
+    cpu = selftest.run_side(CPU, tmp_path / "cpu", "chatterbot", "graddot")
     assert cpu.losses.shape == (selftest.N_SUBSETS, 2, 12) and np.isfinite(cpu.losses).all()
+    stored = np.load(REFERENCE)
+    np.testing.assert_allclose(cpu.losses[:6], stored["bank_losses"], rtol=0, atol=1e-5)
     assert cpu.lds > 0.1  # graddot finds signal on the micro task
-    worse = replace(other, losses=other.losses + 2e-3, lds=other.lds + 0.05)
+    assert cpu.peak_gpu_bytes is None
+    nudged = replace(cpu, scores=cpu.scores + 1e-9 * np.abs(cpu.scores).max())  # same ranks
+    exact = selftest.compare(CPU, cpu, nudged)
+    assert [c.passed for c in exact.checks] == [True, True, True, False] and not exact.passed
+    worse = replace(cpu, losses=cpu.losses + 2e-3, lds=cpu.lds + 0.05)
     failed = selftest.compare(Device("cuda"), cpu, worse)  # the fp32 tolerances
     assert [c.passed for c in failed.checks] == [False, True, False] and not failed.passed
-
-
-def test_cli_takes_device_arguments_everywhere():
-    from tdabench.cli import build_parser
-
-    parser = build_parser()
-    for argv in (["run", "--method", "random", "--task", "t"], ["groundtruth", "--task", "t"],
-                 ["train", "--method", "airrep", "--task", "t"], ["plan", "--task", "t"],
-                 ["tune", "--method", "m", "--task", "t", "--grid", "a=1"], ["reproduce"],
-                 ["selftest"]):
-        args = parser.parse_args([*argv, "--device", "cuda:1", "--dtype", "bf16", "--micro-batch", "4"])
-        assert (args.device, args.dtype, args.micro_batch) == ("cuda:1", "bf16", 4)
-        assert parser.parse_args(argv).device == "auto"
+    within = replace(cpu, losses=cpu.losses + 5e-4, lds=cpu.lds + 0.01)
+    assert selftest.compare(Device("cuda"), cpu, within).passed
 
 
 def test_cli_refuses_bf16_on_the_cpu_in_one_line(capsys, monkeypatch):

@@ -453,11 +453,16 @@ def test_bad_tracked_parameters_name_the_choices(name):
 
 
 def test_scores_are_normalised_to_targets_by_pool_with_the_protocol_sign():
-    native = np.arange(6.0).reshape(3, 2)  # traker: (n_train, n_targets)
-    np.testing.assert_array_equal(gradients.to_scores(native, "trak", 2, 3), native.T)
-    np.testing.assert_array_equal(gradients.to_scores(torch.tensor(native.T), "kronfluence", 2, 3), native.T)
+    native = np.arange(6.0).reshape(3, 2)  # traker's orientation: (n_train, n_targets) = (N, T)
+    as_traker = gradients.to_scores(native, "NT", +1, 2, 3, "traker")
+    np.testing.assert_array_equal(as_traker, native.T)
+    assert as_traker.dtype == np.float64 and as_traker.flags.c_contiguous
+    np.testing.assert_array_equal(gradients.to_scores(torch.tensor(native.T), "TN", +1, 2, 3, "kronfluence"),
+                                  native.T)
+    # a library whose positive score means "raises the loss" is flipped to the protocol's sign
+    np.testing.assert_array_equal(gradients.to_scores(native.T, "TN", -1, 2, 3), -native.T)
     with pytest.raises(ValueError, match=r"kronfluence returned scores of shape \(3, 2\), expected \(2, 3\)"):
-        gradients.to_scores(native, "kronfluence", 2, 3)
+        gradients.to_scores(native, "TN", +1, 2, 3, "kronfluence")
 
 
 def test_methods_are_found_through_entry_points():

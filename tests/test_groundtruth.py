@@ -118,7 +118,10 @@ def test_seed_derivations_are_pinned(micro):
     assert np.flatnonzero(gt.sample_subsets(data, spec)[0]).tolist() == [0, 2, 4, 9, 14, 16, 26, 31,
                                                                          38, 41, 47, 54]
     assert seeds.training_split_rng(0, 2).integers(1000, size=3).tolist() == [202, 250, 741]
-    assert (seeds.training_split_seed(2, 5), seeds.datamodel_seed(7)) == (2005, 1_000_007)
+    assert (seeds.training_split_seed(2, 5), seeds.reference_bank_seed(7)) == (2005, 1_000_007)
+    # a reference method's own bank (the datamodel's; stream once named "datamodel", same number)
+    reference = replace(spec, groundtruth=replace(spec.groundtruth, stream="reference"))
+    assert seeds.training_seed(reference, 3, 1) == 920000641
 
 
 def test_the_trainer_api_fine_tunes_one_subset_as_a_bank_build_does(micro, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import re
 import shutil
 import struct
 import zlib
@@ -16,6 +17,7 @@ import pandas as pd
 import pytest
 
 from tdabench import cli, record
+from tdabench.method import Method
 from tdabench.protocol import PROTOCOL_VERSION, protocol_hash
 from tdabench.reporting import leaderboard, tiers
 
@@ -83,7 +85,10 @@ class LbToyConfig:
     max_len: int = 8
 
 
-class LbToy:
+class LbToy(Method):
+    """A method class (never registered) whose Config the records store as their defaults."""
+
+    FAMILY = "control"
     Config = LbToyConfig
 
 
@@ -405,18 +410,107 @@ def _overview_lines(text: str) -> list[str]:
     return lines[start:end + 1]
 
 
-def test_committed_leaderboard_and_readme_table_match_the_records():
+def _parse_overview(lines: list[str]) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The overview table's column names and its rows as (label, cells)."""
+    def cells(line: str) -> list[str]:
+        return [c.strip() for c in line.strip().strip("|").split("|")]
+
+    header = cells(lines[0])[1:]
+    assert set(cells(lines[1])) <= {"---", "---:"}
+    return header, [(row[0], row[1:]) for row in map(cells, lines[2:])]
+
+
+_CELL = re.compile(r"^(\*\*)?([+-]?\d\.\d{3}) \[([+-]?\d\.\d{3}), ([+-]?\d\.\d{3})\](\*\*)?$")
+
+
+def _cell(text: str) -> tuple[float, float, float, bool] | None:
+    """(value, CI low, CI high, bold) of a cell "+0.123 [+0.100, +0.150]" (None for a dash)."""
+    if text == "–":
+        return None
+    match = _CELL.match(text)
+    assert match and bool(match[1]) == bool(match[5]), text
+    return float(match[2]), float(match[3]), float(match[4]), bool(match[1])
+
+
+def _raw_records(results: Path) -> list[dict]:
+    """Every committed record, read as plain JSON (not through tdabench's reader)."""
+    out = []
+    for path in sorted(results.glob("*/*/*.json")):
+        rec = json.loads(path.read_text())
+        if isinstance(rec, dict) and "metrics" in rec and "method" in rec:
+            out.append(rec)
+    return out
+
+
+def _matches(rec: dict, label: str) -> bool:
+    """Whether ``rec`` is of the method and non-default settings a row label names."""
+    label = label.removesuffix(" (reference)")
+    method, _, settings = label.partition(" (")
+    if rec["method"] != method:
+        return False
+    pairs = [p.split("=", 1) for p in settings.rstrip(")").split(", ")] if settings else []
+    return all(str(rec["config"].get(k)) == v for k, v in pairs)
+
+
+def test_committed_leaderboard_and_readme_table_show_the_records_numbers_in_order():
+    """The overview table of results/LEADERBOARD.md and of the README: every number is a
+    committed record's LDS and 95% CI (read here from the JSON files), a dash only where no
+    record of that method and config exists, rows by their mean LDS over the columns they
+    have (best first) with reference rows after, the best ranked value of each column bold,
+    and the noise ceiling of each column's bank last."""
     results = REPO / "results"
     if not (results / "LEADERBOARD.md").exists():
         pytest.skip("no committed leaderboard")
-    sel = leaderboard.load([results])
-    fresh = leaderboard.render(leaderboard.table(sel), "markdown", sel)
-    assert (results / "LEADERBOARD.md").read_text(encoding="utf-8") == fresh, (
-        "results/LEADERBOARD.md is stale: run `tdabench leaderboard --results results --out "
-        "results/LEADERBOARD.md` and copy its first table into the README's Results")
+    committed = _overview_lines((results / "LEADERBOARD.md").read_text(encoding="utf-8"))
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    assert _overview_lines(fresh) == _overview_lines(readme[readme.index("## Results"):]), (
+    in_readme = _overview_lines(readme[readme.index("## Results"):])
+    header, rows = _parse_overview(committed)
+    assert _parse_overview(in_readme) == (header, rows), (
         "the README's results table differs from results/LEADERBOARD.md's first table")
+    records = _raw_records(results)
+    columns = [tuple(c.split("/")) for c in header]
+    assert len(columns) >= 2 and all(len(c) == 2 for c in columns)
+    assert rows[-1][0] == "(noise ceiling)"
+    means, reference = [], []
+    for label, cells in rows[:-1]:
+        assert len(cells) == len(columns), label
+        values = []
+        for (task, preset), text in zip(columns, cells):
+            mine = [r for r in records if r["task"] == task and r["preset"] == preset and _matches(r, label)]
+            shown = _cell(text)
+            if shown is None:
+                assert not mine, f"{label} on {task}/{preset} has a record but the table shows none"
+                continue
+            value, low, high, _ = shown
+            exact = [r["metrics"]["lds"]["mean"] for r in mine
+                     if abs(r["metrics"]["lds"]["mean"] - value) <= 5e-4
+                     and abs(r["metrics"]["lds"]["ci95"][0] - low) <= 5e-4
+                     and abs(r["metrics"]["lds"]["ci95"][1] - high) <= 5e-4]
+            assert exact, f"{label} on {task}/{preset}: {text} is no record's LDS"
+            values.append(exact[0])
+        assert values, label
+        means.append(float(np.mean(values)))
+        reference.append(label.endswith("(reference)"))
+    # ranked rows first, then the references; within each, by mean LDS over the row's columns
+    assert reference == sorted(reference) and any(reference) and not all(reference)
+    ranked = [m for m, ref in zip(means, reference) if not ref]
+    assert ranked == sorted(ranked, reverse=True)
+    assert rows[0][0] != "random" and rows[len(ranked) - 1][0] == "random"  # the null is last ranked
+    # the best value among the ranked rows of each column is bold, and only it
+    for j, column in enumerate(columns):
+        shown = [(_cell(cells[j]), ref) for (_, cells), ref in zip(rows[:-1], reference)]
+        best = max(c[0] for c, ref in shown if c is not None and not ref)
+        for c, ref in shown:
+            if c is not None:
+                assert c[3] == (not ref and c[0] == best), (column, c)
+    # the noise ceiling is the bank's, as every record on that bank states it
+    for (task, preset), text in zip(columns, rows[-1][1]):
+        ceiling, low, high = (float(x) for x in re.findall(r"\d\.\d{3}", text))
+        banks = [r["bank"]["noise_ceiling"] for r in records if (r["task"], r["preset"]) == (task, preset)]
+        assert any(abs(b["ceiling"] - ceiling) <= 5e-4 and abs(b["ceiling_ci95"][0] - low) <= 5e-4
+                   and abs(b["ceiling_ci95"][1] - high) <= 5e-4 for b in banks if b), (task, preset)
+    # and every method with a committed record is in the table
+    assert {r["method"] for r in records} <= {label.partition(" (")[0] for label, _ in rows[:-1]}
 
 
 # ----------------------------------------------------------------------------- tiers, speed
@@ -518,20 +612,28 @@ def test_no_rank_agreement_with_one_tier_or_too_few_methods(tmp_path):
 
 
 def test_speed_claim_compares_with_the_fastest_gradient_method(tmp_path):
-    # The family comes from the records (method_info.family), never from the method's name.
+    # The families come from the records (method_info.family), never from the methods' names:
+    # the claim is made for a learned representation method (family representation, with a
+    # train phase) against the fastest gradient method.
     times = {"airrep": (30.6e-3, "representation"), "logra": (4.71e-3, "gradient"),
              "graddot": (11.5e-3, "gradient"), "bm25": (0.05e-3, "lexical"),
-             "unlabelled": (1e-6, None)}
+             "embedding": (1e-4, "representation"), "unlabelled": (1e-6, None)}
     for method, (t, family) in times.items():
-        make_record(tmp_path, method=method, per_target=t, family=family)
-    make_record(tmp_path, preset="small", spec=SPEC_B, method="airrep", per_target=2e-3)
+        make_record(tmp_path, method=method, per_target=t, family=family,
+                    train=60.0 if method == "airrep" else None)
+    make_record(tmp_path, preset="small", spec=SPEC_B, method="airrep", per_target=2e-3,
+                family="representation", train=60.0)
     make_record(tmp_path, preset="small", spec=SPEC_B, method="ekfac", per_target=0.5, family="gradient")
-    make_record(tmp_path, task="nogradient", method="airrep", per_target=1e-3)
+    make_record(tmp_path, task="nogradient", method="airrep", per_target=1e-3, family="representation",
+                train=60.0)
     make_record(tmp_path, task="nogradient", method="bm25", per_target=1e-5, family="lexical")
+    make_record(tmp_path, task="untrained", method="embedding", per_target=1e-4, family="representation")
+    make_record(tmp_path, task="untrained", method="graddot", per_target=1e-2, family="gradient")
     sel = leaderboard.load([tmp_path])
     df = leaderboard.table(sel)
     claims = tiers.speed_claims(df)
-    assert set(claims) == {("toy", "tiny"), ("toy", "small")}  # bm25 is no gradient method
+    # bm25 is no gradient method; embedding learns nothing (no train phase)
+    assert set(claims) == {("toy", "tiny"), ("toy", "small")}
     tiny, small = claims[("toy", "tiny")], claims[("toy", "small")]
     assert tiny.baseline == "logra" and tiny.speedup == pytest.approx(4.71 / 30.6)
     assert small.baseline == "ekfac" and small.speedup == pytest.approx(250)

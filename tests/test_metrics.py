@@ -8,6 +8,7 @@ from scipy.special import comb, softmax
 from scipy.stats import spearmanr
 
 from tdabench import metrics
+from tdabench.method import pooling
 
 
 def scipy_lds_per_target(group_scores, labels):
@@ -67,7 +68,7 @@ def test_sum_and_attention_pooled_group_scores_match_loops():
     ind = np.zeros((6, 20))
     np.put_along_axis(ind, subsets, 1.0, axis=1)
     summed = metrics.sum_group_scores(scores, ind)
-    pooled = metrics.attention_pooled_group_scores(scores, ind.astype(bool))
+    pooled = pooling.pooled_group_scores(scores, ind.astype(bool), "attention")
     for t in range(4):
         for m in range(6):
             s = scores[t, subsets[m]]

@@ -14,7 +14,7 @@ from scipy import stats
 from tdabench import cli, runner
 from tdabench.data import DataError
 from tdabench.groundtruth import BankMismatch, ensure_bank
-from tdabench.methods.airrep import authors_text
+from tdabench.methods.airrep.model import authors_text
 from tdabench.registry import get_task
 from tdabench.spec import override
 from tdabench.tasks import paper
@@ -269,7 +269,7 @@ def test_the_paper_preset_carries_the_paper_recipe():
 @pytest.mark.parametrize("name", ["flan", "safe"])
 def test_tdabench_run_prints_the_authors_lds(published, tmp_path, capsys, name):
     root, checkpoint = published
-    # on a CPU fp32 is the default; on a GPU (default bf16) ask for fp32, which the transcription uses
+    # on a CPU "auto" is fp32; on a GPU (where auto is bf16) ask for fp32, which the transcription uses
     fp32 = ["--config", "dtype=fp32"] if torch.cuda.is_available() else []
     # the default text=model is the whole text here: published ground truth was made by the authors'
     # LM on the records as they formatted them, not by a target LM that tdabench cuts
@@ -285,7 +285,10 @@ def test_tdabench_run_prints_the_authors_lds(published, tmp_path, capsys, name):
     assert m["lds_all_subsets"]["mean"] == pytest.approx(expected, abs=1e-9)
     assert f"{expected:+.6f}" in out and "LDS (paper, all 100 subsets" in out and "LDS test part" in out
     assert abs(expected) > 1e-3  # not a degenerate zero
-    assert record["config"]["dtype"] == "fp32" and record["bank"]["n_subsets"] == 100
+    # it encoded in fp32: asked for (on a GPU), or "auto" resolved on the CPU, as the record states
+    precision = (record["resolved"] or {}).get("dtype", record["config"]["dtype"])
+    assert precision == "fp32" and record["bank"]["n_subsets"] == 100
+    assert record["config"]["dtype"] == ("fp32" if torch.cuda.is_available() else "auto")
     # the test-part figure stays beside it, made with the pooling AirRep trains with
     assert m["lds"]["n_subsets"] == 80 and m["lds"]["mean"] != m["lds_all_subsets"]["mean"]
 

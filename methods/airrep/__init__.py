@@ -80,6 +80,7 @@ from tdabench.typed import param
 
 class AirRep(Method):
     FAMILY = "representation"
+    VERSION = 1  # bump when a change may move this adapter's numbers
     @dataclass
     class Config:
         checkpoint: str = param("", 'a trained AirRep (directory or hub id); "" = this task\'s own')

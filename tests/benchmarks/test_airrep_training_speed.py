@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from tdabench import lm
-from tdabench.method import FitContext, make_config
-from tdabench.methods import airrep
+from tdabench.method import FitContext, make_config, text_view
+from tdabench.methods.airrep import AirRep, training
 from tdabench.runner import load_task
 
 REGIMES = ("none", "top:2", "all")
@@ -38,26 +38,26 @@ def task(perf):
     return spec, data
 
 
-def random_split(n_pool: int, n_dev: int, n_subsets: int) -> airrep.Split:
+def random_split(n_pool: int, n_dev: int, n_subsets: int) -> training.Split:
     rng = np.random.default_rng(0)
     dev = np.sort(rng.choice(n_pool, n_dev, replace=False))
     rest = np.setdiff1d(np.arange(n_pool), dev)
     membership = np.zeros((n_subsets, n_pool), dtype=bool)
     for row in membership:
         row[rng.choice(rest, max(1, round(0.1 * len(rest))), replace=False)] = True
-    return airrep.Split(dev, membership, rng.normal(size=(n_dev, n_subsets)))
+    return training.Split(dev, membership, rng.normal(size=(n_dev, n_subsets)))
 
 
 @pytest.mark.parametrize("regime", REGIMES)
 def test_seconds_per_step(benchmark, perf, timed, task, tmp_path, regime):
     spec, data = task
     sizes = {"subsets_per_step": "32"} if perf.full else {"subsets_per_step": "4", "batch_size": "16"}
-    method = airrep.AirRep(make_config(airrep.AirRep, {"train_encoder": regime, **sizes}))
-    method._view = airrep.text_view(method.config.text, FitContext(spec, data, tmp_path))
+    method = AirRep(make_config(AirRep, {"train_encoder": regime, **sizes}))
+    method._view = text_view(method.config.text, FitContext(spec, data, tmp_path))
     texts = method._texts(data.pool)
     split = random_split(len(texts), 100 if perf.full else 8, 100 if perf.full else 6)
     start = time.perf_counter()
-    trainer = airrep.make_trainer(method, texts, [split])
+    trainer = training.make_trainer(method, texts, [split])
     setup_s = time.perf_counter() - start
     loss, step_s = timed(benchmark, lambda: trainer.step(0, split), rounds=3 if perf.full else 1)
     assert np.isfinite(loss) and loss > 0
@@ -68,11 +68,12 @@ def test_seconds_per_step(benchmark, perf, timed, task, tmp_path, regime):
              s_per_step=step_s, setup_s=setup_s, n_pool=len(texts))
 
 
-def test_seconds_per_training_fine_tune(benchmark, perf, timed, task):
+def test_seconds_per_training_fine_tune(benchmark, perf, timed, task, tmp_path):
     spec, data = task
     n = 8 if perf.full else 2
-    tb = airrep.TrainingBankSpec(n_splits=1, n_dev=100 if perf.full else 8, n_subsets=n)
-    bank, wall = timed(benchmark, lambda: airrep.build_training_bank(spec, data, tb), rounds=1)
+    tb = training.TrainingBankSpec(n_splits=1, n_dev=100 if perf.full else 8, n_subsets=n)
+    context = FitContext(spec, data, tmp_path)
+    bank, wall = timed(benchmark, lambda: training.build_training_bank(context, tb), rounds=1)
     assert bank[0][1].complete
     perf.add("airrep_training", "fine-tune",
              f"AirRep training bank: {wall / n:.2f} s per fine-tune ({n} on one worker, its start "

@@ -94,7 +94,7 @@ def test_method_fit_and_score(benchmark, perf, task, per_target, timed, name, tm
     adapter = _adapter(name, tmp_path / name)
     context = FitContext(spec=spec, data=data, workdir=tmp_path / name)
     try:
-        if hasattr(adapter, "train"):
+        if adapter.trains():
             adapter.train(context)  # airrep with a checkpoint: nothing to train
         _, fit = measure(lambda: adapter.fit(data.pool, context))
     except Exception as err:

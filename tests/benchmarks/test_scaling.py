@@ -103,7 +103,7 @@ def _fit_and_score(name: str, config: dict[str, str] | None, context: FitContext
     cls = get_method(name)
     adapter = cls(make_config(cls, config))
     context.workdir.mkdir(parents=True)
-    if hasattr(adapter, "train"):
+    if adapter.trains():
         adapter.train(context)  # airrep with a checkpoint: nothing to train
     data = context.data
     _, fit = measure(lambda: adapter.fit(data.pool, context))
