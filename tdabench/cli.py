@@ -252,27 +252,38 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from tdabench.reporting import leaderboard
+    from tdabench.reporting.compare import pick
 
-    selection = leaderboard.load(args.results or _default_roots(), [args.task], args.spec)
+    task = _task_with_preset(args.task)
+    selection = leaderboard.load(args.results or _default_roots(), [task], args.spec)
+    presets = sorted({r.preset for r in selection.records})
+    if len(presets) > 1:
+        raise UserError(f"records of {task} at several presets ({', '.join(presets)}); name one: "
+                        f"--task {task}/{presets[0]}")
     records = {}
     for name in (args.a, args.b):
-        found = [r for r in selection.records if selection.labels.get(r.path, r.method) == name
-                 or r.method == name]
-        if len(found) != 1:
-            have = sorted({selection.labels.get(r.path, r.method) for r in selection.records})
-            raise UserError(f"{len(found)} records match {name!r} for {args.task}; "
-                            f"choose one of: {', '.join(have)}")
-        records[name] = found[0].path
+        entry, note = pick(selection, name, task)
+        if note:
+            print(f"tdabench: {note}", file=sys.stderr)
+        records[name] = entry.path
     from tdabench.reporting.compare import compare
 
     out = compare(records[args.a], records[args.b], args.n_boot)
-    print(f"{args.a} - {args.b} on {args.task}: LDS {out['lds_a']:+.4f} - {out['lds_b']:+.4f} "
+    print(f"{args.a} - {args.b} on {task}: LDS {out['lds_a']:+.4f} - {out['lds_b']:+.4f} "
           f"= {out['lds_a'] - out['lds_b']:+.4f} (paired bootstrap)")
     for key in ("over_targets", "over_subsets"):
         if key in out:
             t = out[key]
             print(f"  {key.replace('_', ' '):<13} 95% CI [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]  "
                   f"p = {t['p_value']:.4f}")
+
+
+def _task_with_preset(task: str) -> str:
+    """``task`` as ``task/preset``: a bare registered task name takes the task's default preset
+    (tiny, or its only one), as ``tdabench run`` does; anything else is kept as given."""
+    if "/" in task or task not in registry.task_names():
+        return task
+    return f"{task}/{registry.get_task(task).default_preset()}"
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -691,3 +691,36 @@ def test_point_labels_do_not_overlap_and_sit_nearest_their_point():
         middle = np.array([(box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2])
         assert np.hypot(*(centres - middle).T).argmin() == i, labels[i]
         assert inside.contains(box.x0, box.y0) and inside.contains(box.x1, box.y1), labels[i]
+
+
+def test_compare_takes_a_bare_task_at_its_default_preset_and_a_method_at_its_best_config(tmp_path, capsys):
+    """``tdabench compare trak ekfac --task chatterbot`` (the README's example): a registered task
+    without a preset is its default preset (tiny), as for ``run``; a method with several configs
+    there is its best record, and the command says which it took."""
+    root = tmp_path / "results"
+    for preset, lds in (("tiny", (0.30, 0.20)), ("small", (0.70, 0.60))):
+        make_record(root, task="chatterbot", preset=preset, method="trak", lds=lds[0])
+        make_record(root, task="chatterbot", preset=preset, method="ekfac", lds=lds[1])
+    make_record(root, task="chatterbot", preset="tiny", method="ekfac", config={"x": 2}, lds=0.25)
+    assert cli.main(["compare", "trak", "ekfac", "--task", "chatterbot", "--results", str(root)]) == 0
+    out, err = capsys.readouterr()
+    assert "LDS +0.3000 - +0.2500" in out  # tiny's trak against tiny's best ekfac config
+    note = re.fullmatch(r"tdabench: 2 records of 'ekfac' for chatterbot/tiny; taking the best, "
+                        r"'(ekfac \(config \w+\))' \(LDS \+0\.2500\); name another by its label: "
+                        r"'(ekfac \(config \w+\))'", err.strip())
+    assert note, err
+    assert cli.main(["compare", "trak", note.group(2), "--task", "chatterbot", "--results", str(root)]) == 0
+    assert "LDS +0.3000 - +0.2000" in capsys.readouterr().out  # the other config, by its label
+    assert cli.main(["compare", "trak", "nope", "--task", "chatterbot/small", "--results", str(root)]) == 2
+    assert "choose one of: ekfac, trak" in capsys.readouterr().err
+
+
+def test_compare_refuses_an_unregistered_task_at_several_presets_in_one_line(tmp_path, capsys):
+    root = tmp_path / "results"
+    for preset in ("tiny", "small"):
+        make_record(root, task="toy", preset=preset, method="m1")
+        make_record(root, task="toy", preset=preset, method="m2")
+    assert cli.main(["compare", "m1", "m2", "--task", "toy", "--results", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("tdabench: error: records of toy at several presets (small, tiny); "
+                       "name one: --task toy/small")

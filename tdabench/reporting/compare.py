@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from tdabench import metrics, record
-from tdabench.errors import ConfigError
+from tdabench.errors import ConfigError, UserError
+from tdabench.record import Entry
 
 
 def compare(record_a: Path, record_b: Path, n_boot: int = 2000) -> dict[str, Any]:
@@ -31,3 +32,23 @@ def compare(record_a: Path, record_b: Path, n_boot: int = 2000) -> dict[str, Any
             out["over_subsets"] = metrics.paired_bootstrap_subsets(
                 fa["group_scores"], fb["group_scores"], fa["labels"], a.correlation, n_boot // 2)
     return out
+
+
+def pick(selection: Any, name: str, task: str) -> tuple[Entry, str | None]:
+    """The record a user means by ``name`` among a leaderboard ``selection`` of one task and
+    preset: the row labelled ``name``, else the records of method ``name``; where several match
+    (configs or seeds), the one with the highest LDS, with a note saying which was taken and how
+    to name another. UserError listing the labels when none matches."""
+    labels = selection.labels
+    found = [r for r in selection.records if labels.get(r.path, r.method) == name]
+    found = found or [r for r in selection.records if r.method == name]
+    if not found:
+        have = sorted({labels.get(r.path, r.method) for r in selection.records})
+        raise UserError(f"no record of {name!r} for {task}; choose one of: {', '.join(have)}")
+    best = max(found, key=lambda r: r.record.metrics.lds.mean)
+    if len(found) == 1:
+        return best, None
+    others = ", ".join(repr(labels.get(r.path, r.method)) for r in found if r is not best)
+    return best, (f"{len(found)} records of {name!r} for {task}; taking the best, "
+                  f"{labels.get(best.path, best.method)!r} (LDS {best.record.metrics.lds.mean:+.4f}); "
+                  f"name another by its label: {others}")
