@@ -11,6 +11,7 @@ wastes compute without being wrong is returned as a warning.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -145,4 +146,18 @@ def minimums(spec: TaskSpec, evaluates: bool = False) -> list[str]:
                 f"--set groundtruth.n_subsets={need} or more (the presets use 100)")
     if gt.source != "finetune" or not spec.data.n_pool:
         return []
+    check_bank_memory(spec)
     return pool_minimums(spec, spec.data.n_pool)
+
+
+def check_bank_memory(spec: TaskSpec) -> None:
+    """Refuse a bank whose arrays would not fit in this machine's memory: its (M, N) bool
+    membership and (M, R, T) float64 losses (numpy failed with a MemoryError after the checks)."""
+    gt, data = spec.groundtruth, spec.data
+    need = gt.n_subsets * data.n_pool + gt.n_subsets * gt.n_seeds * data.n_targets * 8
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > have:
+        raise ConfigError(f"groundtruth.n_subsets={gt.n_subsets} makes a bank of {need / 2**30:.1f} GiB "
+                          f"in memory ({gt.n_subsets} subsets x {data.n_pool} pool examples, "
+                          f"{gt.n_seeds} seed(s) x {data.n_targets} targets), more than this machine's "
+                          f"{have / 2**30:.1f} GiB: use fewer subsets (the presets use 100)")

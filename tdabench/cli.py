@@ -8,6 +8,7 @@ scipy) are imported only when a command runs, so ``--help`` is fast.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -61,6 +62,26 @@ def _compute(args: argparse.Namespace):
     return Compute(args.workers, args.executor, args.address, _device(args))
 
 
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
+def _finite_nonnegative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
 def _validate(args: argparse.Namespace, evaluates: bool = False, trains: bool = False):
     """Check and resolve the command's task, preset, spec overrides, method, config and results
     directory before any compute (:func:`tdabench.checks.validate`), once; fills in
@@ -73,6 +94,16 @@ def _validate(args: argparse.Namespace, evaluates: bool = False, trains: bool = 
         _method_config(args) if method else None, getattr(args, "results_dir", None), evaluates,
         trains, {k: v.split(",") for k, v in _assignments(getattr(args, "grid", [])).items()})
     args.preset = checked.preset
+    cores = os.cpu_count() or 1
+    workers = getattr(args, "workers", 1)
+    if workers > cores:
+        checked.warnings.append(f"--workers {workers} is more than this machine's {cores} cores: "
+                                f"each worker runs one torch thread, so more than {cores} only "
+                                f"share the cores (use --workers {cores})")
+    bank = getattr(args, "bank", None)
+    if bank is not None and Path(bank).exists() and not Path(bank).is_dir():
+        raise UserError(f"--bank {bank} is a file; a bank is a directory: name a new or existing "
+                        "bank directory")
     for warning in checked.warnings:
         print(f"tdabench: warning: {warning}", file=sys.stderr)
     return checked
@@ -101,7 +132,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
 def _add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", required=True, help="method name (see `tdabench list`)")
     _add_task_args(p)
-    p.add_argument("--seed", type=int, default=0, help="the method's seed (default: 0)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="the method's seed (default: 0)")
     p.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
                    help="set a method config field, e.g. --config similarity=cosine")
     p.add_argument("--checkpoint", default=None, metavar="VALUE",
@@ -325,6 +356,8 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
 def cmd_plot(args: argparse.Namespace) -> None:
     from tdabench.reporting import plots
 
+    if args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out} is a file; figures go into a directory: name one")
     for path in plots.plot_all(_load_records(args), args.out):
         print(path)
 
@@ -425,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sources", nargs="+", type=Path, metavar="SRC", help="bank directories")
     p.add_argument("--into", type=Path, required=True, metavar="DST",
                    help="the merged bank (created, or completed if it exists)")
-    p.add_argument("--atol", type=float, default=None,
+    p.add_argument("--atol", type=_finite_nonnegative, default=None,
                    help="largest difference tolerated between two copies of one fine-tune's "
                         "losses (default: 1e-4)")
     p.set_defaults(func=cmd_merge_banks)

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from tdabench.errors import UserError
+
 CACHE_ENV = "TDABENCH_CACHE"
 
 
@@ -30,6 +32,9 @@ def cache_dir() -> Path:
     """Root of every cached artefact: ``$TDABENCH_CACHE``, else ``~/.cache/tdabench``."""
     root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "tdabench")
     path = Path(root)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{CACHE_ENV}={root} is a file; set it to a directory (or unset it for "
+                        "~/.cache/tdabench)")
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, Literal
@@ -83,13 +84,14 @@ def _convert(raw: Any, tp: Any) -> tuple[bool, Any]:
             return text is not None, int(text) if text is not None else None
         except ValueError:
             return False, None
-    if tp is float:
+    if tp is float:  # finite only: nan and +-inf are no setting (they made every score 0)
         if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-            return True, float(raw)
+            return math.isfinite(raw), float(raw)
         try:
-            return text is not None, float(text) if text is not None else None
+            value = float(text) if text is not None else None
         except ValueError:
             return False, None
+        return value is not None and math.isfinite(value), value
     if tp is str:
         return isinstance(raw, str), raw
     # anything else (dict, list): JSON

@@ -61,6 +61,12 @@ def _nothing_built(before: set[Path]) -> None:
      "model.trainable must be 'all' or 'top:K' (K >= 1 blocks), not 'top'"),
     (["--method", "random", "--set", "groundtruth.fraction=0.001"],
      "the pool has 800 examples, so subsets of groundtruth.fraction=0.001 hold 1"),
+    # issue 29: infinities are refused like NaN (k1=inf scored every example 0), and a bank too
+    # large for memory is refused before numpy runs out of it
+    (["--method", "bm25", "--config", "k1=inf"], "k1 must be float >= 0, not 'inf'"),
+    (["--method", "bm25", "--config", "k1=-inf"], "k1 must be float >= 0, not '-inf'"),
+    (["--method", "random", "--set", "groundtruth.n_subsets=100000000"],
+     "groundtruth.n_subsets=100000000 makes a bank of 223.5 GiB in memory (100000000 subsets x 800 pool"),
 ])
 def test_bad_run_input_is_one_line_before_any_compute(argv, message, tmp_path, capsys):
     before = set(cache_dir().rglob("*"))
@@ -363,3 +369,70 @@ def test_a_worker_process_can_import_the_bank_builder_after_the_cli():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--method", "random", "--task", "micro", "--seed", "-1"],
+     "argument --seed: expected a whole number >= 0, got '-1'"),
+    (["merge-banks", "a", "--into", "b", "--atol", "nan"],
+     "argument --atol: expected a finite number >= 0, got 'nan'"),
+    (["merge-banks", "a", "--into", "b", "--atol", "inf"],
+     "argument --atol: expected a finite number >= 0, got 'inf'"),
+])
+def test_bad_numbers_are_refused_by_the_parser_in_one_line(argv, message, capsys):
+    """Issue 29: a negative seed (a numpy traceback after validation) and a NaN or infinite
+    merge tolerance (which merged copies 5 nats apart) stop at the parser."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_files_where_directories_belong_are_one_line_errors(micro, tmp_path, capsys, monkeypatch):
+    """Issue 29: --bank FILE, plot --out FILE and TDABENCH_CACHE set to a file gave tracebacks."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    err = _error(["groundtruth", "--task", "micro", "--bank", str(a_file)], capsys)
+    assert f"--bank {a_file} is a file; a bank is a directory" in err
+    records = tmp_path / "records"
+    records.mkdir()
+    assert cli.main(["run", "--method", "random", "--task", "micro", "--results-dir", str(records),
+                     "--bank", str(tmp_path / "bank")]) == 0
+    capsys.readouterr()
+    err = _error(["plot", "--results-dir", str(records), "--out", str(a_file)], capsys)
+    assert f"--out {a_file} is a file; figures go into a directory" in err
+    monkeypatch.setenv("TDABENCH_CACHE", str(a_file))
+    err = _error(["groundtruth", "--task", "micro"], capsys)
+    assert f"TDABENCH_CACHE={a_file} is a file; set it to a directory" in err
+
+
+def test_workers_above_the_cores_warn_and_never_outnumber_the_jobs(micro, capsys, monkeypatch):
+    """Issue 29: --workers 1000 started a process per pending job without a word."""
+    args = cli.build_parser().parse_args(["groundtruth", "--task", "micro", "--workers", "1000"])
+    cli._validate(args)
+    assert f"--workers 1000 is more than this machine's {os.cpu_count()} cores" in capsys.readouterr().err
+    from tdabench.groundtruth import executors
+
+    started = []
+
+    class Pool:  # records how many processes the local executor asks for; runs nothing
+        def __init__(self, max_workers, **kwargs):
+            started.append(max_workers)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def submit(self, fn, *args):
+            from concurrent.futures import Future
+
+            future = Future()
+            future.set_result(None)
+            return future
+
+    monkeypatch.setattr(executors, "ProcessPoolExecutor", Pool)
+    executors.run_local([1, 2, 3], print, (), print, workers=1000)
+    assert started == [3]

@@ -145,6 +145,7 @@ def run_local(jobs: Sequence[Any], init: Callable[..., Any], init_args: tuple,
 
     if not jobs:
         return
+    workers = min(workers, len(jobs))  # a process per job at most: more would only start idle
     bar = Progress(len(jobs), desc)
     try:
         if workers <= 1:
