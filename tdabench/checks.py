@@ -89,6 +89,10 @@ def validate(task: str, preset: str | None = None, spec_overrides: dict[str, str
     if method is not None:
         resolved.method, resolved.method_cls = method, get_method(method)
         resolved.config = check_method(method, config, trains)
+        both = sorted(set(grid or {}) & set(config or {}))
+        if both:
+            raise ConfigError(f"{', '.join(both)}: both tuned (--grid) and set (--config); a tuned "
+                              "field takes the grid's values: drop one of the two")
         for key, values in (grid or {}).items():
             for value in values:
                 check_method(method, {**(config or {}), key: value})
@@ -128,6 +132,11 @@ def minimums(spec: TaskSpec, evaluates: bool = False) -> list[str]:
     if not re.fullmatch(r"all|top:[1-9][0-9]*", spec.model.trainable):
         raise ConfigError(f"model.trainable must be 'all' or 'top:K' (K >= 1 blocks), not "
                           f"{spec.model.trainable!r}")
+    top = spec.model.trainable.removeprefix("top:")
+    if spec.model.init == "scratch" and top.isdigit() and int(top) > spec.model.n_layers:
+        raise ConfigError(f"model.trainable=top:{top} trains more blocks than the model's "
+                          f"model.n_layers={spec.model.n_layers}: use top:1 to top:{spec.model.n_layers}, "
+                          "or all")
     if spec.model.init == "gguf":
         from tdabench.lm import PACKAGED_MODELS
 

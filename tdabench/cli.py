@@ -198,7 +198,10 @@ def _subset_slice(text: str) -> slice:
     parts = text.split(":")
     if len(parts) != 2 or not all(p.strip().isdigit() or not p.strip() for p in parts):
         raise argparse.ArgumentTypeError(f"expected a subset range A:B (e.g. 0:50), got {text!r}")
-    return slice(*(int(p) if p.strip() else None for p in parts))
+    start, stop = (int(p) if p.strip() else None for p in parts)
+    if start is not None and stop is not None and start >= stop:
+        raise argparse.ArgumentTypeError(f"the subset range {text!r} is empty: A:B needs A < B (e.g. 0:50)")
+    return slice(start, stop)
 
 
 def cmd_groundtruth(args: argparse.Namespace) -> None:

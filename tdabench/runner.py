@@ -225,7 +225,8 @@ def tune(resolved: Resolved, grid: dict[str, list[str]], seed: int = 0, compute:
 
     ``grid`` maps config fields to the values to try (every combination is run, on top of the
     resolved config). Returns the trials, best first, and the CSV file they were written to
-    (``<results>/<task>/<preset>/tuning/<method>.csv``; default results: the user's, see
+    (``<results>/<task>/<preset>/tuning/<method>-<fields>-<hash>.csv``, the hash of the grid,
+    config, seed and spec, so another experiment never overwrites it; default results: the user's, see
     :func:`record.user_results_dir`); no test-subset number is computed.
     """
     import pandas as pd
@@ -249,7 +250,11 @@ def tune(resolved: Resolved, grid: dict[str, list[str]], seed: int = 0, compute:
                        "config_hash": trial.config_hash})
     trials.sort(key=lambda trial: trial["tuning_lds"], reverse=True)
     spec = resolved.spec
-    out = Path(results_dir) / spec.task / resolved.preset / "tuning" / f"{resolved.method}.csv"
+    # one file per grid, config and seed: another experiment never overwrites this one's trials
+    experiment = stable_hash({"grid": grid, "config": resolved.config_dict, "seed": seed,
+                              "spec": spec_hash(spec)}, 8)
+    name = f"{resolved.method}-{'-'.join(fields) or 'config'}-{experiment}.csv"
+    out = Path(results_dir) / spec.task / resolved.preset / "tuning" / name
     atomic_write_bytes(out, pd.DataFrame(trials).to_csv(index=False).encode())
     return trials, out
 

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from tdabench import checks, runner
 from tdabench.device import Compute, Device
+from tdabench.errors import UserError
 from tdabench.groundtruth import build_bank, own_bank_path, sample_subsets, training_seed
 from tdabench.method import FitContext, Trained, make_config
 from tdabench.method.pooling import attention_pool, group_pool, pooled_group_scores
@@ -482,7 +483,7 @@ def test_a_hub_checkpoint_can_be_pinned_to_a_commit(monkeypatch):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     for path in ("sunweiwei/AirRep-Flan-Small@0123abc", "sunweiwei/AirRep-Flan-Small"):
-        with pytest.raises(FileNotFoundError, match="neither a directory nor reachable"):
+        with pytest.raises(UserError, match="neither a directory nor reachable"):  # one line, issue 29
             load_encoder(path)
     assert asked == [("sunweiwei/AirRep-Flan-Small", "0123abc"), ("sunweiwei/AirRep-Flan-Small", None)]
 

@@ -436,3 +436,33 @@ def test_workers_above_the_cores_warn_and_never_outnumber_the_jobs(micro, capsys
     monkeypatch.setattr(executors, "ProcessPoolExecutor", Pool)
     executors.run_local([1, 2, 3], print, (), print, workers=1000)
     assert started == [3]
+
+
+
+def test_impossible_settings_are_refused_before_any_compute(micro, tmp_path, capsys):
+    """Issue 29: top:K beyond the model's blocks built another bank; a field both tuned and set
+    dropped the --config value silently; an empty --subsets range printed a slice object."""
+    before = set(cache_dir().rglob("*"))
+    err = _error(["run", "--method", "random", "--task", "micro", "--set", "model.trainable=top:99",
+                  "--results-dir", str(tmp_path)], capsys)
+    assert "model.trainable=top:99 trains more blocks than the model's model.n_layers=1" in err
+    err = _error(["tune", "--method", "tfidf", "--task", "micro", "--grid", "ngram_max=1,2",
+                  "--config", "ngram_max=3", "--results-dir", str(tmp_path)], capsys)
+    assert "ngram_max: both tuned (--grid) and set (--config)" in err
+    _nothing_built(before)
+    with pytest.raises(SystemExit):
+        cli.main(["groundtruth", "--task", "micro", "--subsets", "50:10"])
+    assert "the subset range '50:10' is empty: A:B needs A < B" in capsys.readouterr().err
+
+
+
+def test_a_missing_airrep_checkpoint_is_one_line_before_any_compute(micro, tmp_path, capsys):
+    """Issue 29: --checkpoint /nonexistent printed 45 lines of traceback after the bank."""
+    before = set(cache_dir().rglob("*"))
+    err = _error(["run", "--method", "airrep", "--task", "micro", "--checkpoint", str(tmp_path / "none"),
+                  "--results-dir", str(tmp_path)], capsys)
+    assert f"checkpoint {tmp_path / 'none'}: no such directory" in err
+    err = _error(["run", "--method", "airrep", "--task", "micro", "--checkpoint", str(tmp_path),
+                  "--results-dir", str(tmp_path)], capsys)
+    assert f"checkpoint {tmp_path} holds no config.json" in err
+    _nothing_built(before)

@@ -142,8 +142,15 @@ def test_tune_sees_only_the_tuning_subsets_and_run_only_the_test_subsets(micro, 
         assert np.array_equal(membership, bank.membership[tuning])
     out = capsys.readouterr().out
     assert "tuning subsets" in out and "best: tdabench run --method seen" in out
-    trials = (tmp_path / "micro" / "micro" / "tuning" / "seen.csv").read_text().splitlines()
+    (csv,) = (tmp_path / "micro" / "micro" / "tuning").glob("seen-scale-*.csv")
+    trials = csv.read_text().splitlines()
     assert trials[0].startswith("scale,tuning_lds") and len(trials) == 3
+    # another experiment (issue 29: every tune overwrote tuning/METHOD.csv) gets a file of its own
+    assert cli.main(["tune", "--method", "seen", "--task", "micro", "--preset", "micro",
+                     "--grid", "scale=1,2", "--results-dir", str(tmp_path), "--workers", "1"]) == 0
+    assert len(list((tmp_path / "micro" / "micro" / "tuning").glob("seen-scale-*.csv"))) == 2
+    assert csv.read_text().splitlines() == trials
+    capsys.readouterr()
     # scale=-1 flips every score: the two trials' LDS are opposite
     lds = sorted(float(line.split(",")[1]) for line in trials[1:])
     assert lds[0] == pytest.approx(-lds[1])

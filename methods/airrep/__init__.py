@@ -124,6 +124,14 @@ class AirRep(Method):
 
     def check_config(self) -> None:
         trained_layers(self.config.train_encoder)  # K <= the encoder's depth is checked once it is loaded
+        checkpoint = self.config.checkpoint
+        folder = Path(checkpoint).expanduser()
+        if checkpoint and folder.exists() and not (folder / "config.json").is_file():
+            raise ValueError(f"checkpoint {checkpoint} holds no config.json: name a directory with an "
+                             "AirRep checkpoint (or a hub id)")
+        if checkpoint and not folder.exists() and checkpoint.startswith(("/", ".", "~")):
+            raise ValueError(f"checkpoint {checkpoint}: no such directory; name an AirRep checkpoint's "
+                             "directory or a hub id (e.g. sunweiwei/AirRep-Flan-Small)")
 
     # --- encoding ----------------------------------------------------------------------------
 

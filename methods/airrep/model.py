@@ -61,9 +61,9 @@ def load_encoder(path: str) -> tuple[AirRepEncoder, object]:
             repo, _, revision = path.partition("@")
             folder = Path(snapshot_download(repo, revision=revision or None))
         except Exception as err:
-            raise FileNotFoundError(
+            raise ConfigError(
                 f"AirRep checkpoint {path!r} is neither a directory nor reachable on the Hugging Face "
-                f"hub ({type(err).__name__}); pass a local directory") from err
+                f"hub ({type(err).__name__}); pass a local directory") from None
     config = json.loads((folder / "config.json").read_text())
     if config.get("model_type") != "airrep":
 
