@@ -314,7 +314,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def _task_with_preset(task: str) -> str:
     """``task`` as ``task/preset``: a bare registered task name takes the task's default preset
-    (tiny, or its only one), as ``tdabench run`` does; anything else is kept as given."""
+    (tiny, or its only one), as ``tdabench run`` does; ``jsonl:PATH`` is the name its records
+    carry; anything else is kept as given."""
+    if task.startswith("jsonl:"):  # records name the task by its file's stem, as the run did
+        task = registry.get_task(task).name
     if "/" in task or task not in registry.task_names():
         return task
     return f"{task}/{registry.get_task(task).default_preset()}"

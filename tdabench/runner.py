@@ -290,9 +290,13 @@ def summary(rec: record.Record | dict[str, Any]) -> str:
         clo, chi = ceiling.ceiling_ci95
         lines.append(f"  noise ceiling {ceiling.ceiling:.4f} [{clo:.4f}, {chi:.4f}] "
                      f"(split-half r {ceiling.split_half_r:.4f})")
+    elif r.bank.n_seeds < 2:
+        lines.append("  noise ceiling not measured: one training seed per subset "
+                     "(--set groundtruth.n_seeds=2 measures it)")
     for k in RECALL_KS:
         recall = r.metrics.recall[k]
-        lines.append(f"  recall@{k:<3} {recall.value:.3f}    (random ranking: {recall.chance:.3f})")
+        lines.append(f"  recall@{k:<3} {recall.value:.3f}    (random ranking: {recall.chance:.3f})"
+                     + ("; one source only: recall says nothing" if recall.chance >= 1 else ""))
     lines += [_phase_line(phase, c.phases[phase]) for phase in ("train", "fit", "score") if phase in c.phases]
     where = c.device or {}
     if where.get("gpu"):

@@ -78,6 +78,8 @@ def split_records(records: list[tuple[Example, str | None]], seed: int) -> TaskD
 def jsonl_task(path: str) -> Task:
     """A task over a user's JSONL file, with the ``tiny`` preset."""
     file = Path(path).expanduser()
+    if file.is_dir():
+        raise DataError(f"{file} is a directory; --task jsonl:PATH takes a .jsonl file")
     if not file.is_file():
         raise DataError(f"no such data file: {file} (expected --task jsonl:PATH to a .jsonl file)")
     records = read_records(file)

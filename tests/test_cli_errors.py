@@ -484,3 +484,26 @@ def test_settings_only_the_data_or_the_hub_can_refuse_are_one_line(micro, tmp_pa
     err = _error([*base, "--method", "embedding", "--config", "model=no/such"], capsys)
     assert "model 'no/such' is neither a sentence-transformers model directory nor reachable" in err
     assert list(tmp_path.glob("micro/**/*.json")) == []  # no record of a failed run
+
+
+def test_messages_say_what_happened(micro, tmp_path, capsys):
+    """Issue 29, item 5: a missing records directory, a directory given as data, a run without
+    a noise ceiling, a one-source task's recall, and compare given the run's jsonl:PATH."""
+    err = _error(["leaderboard", "--results-dir", str(tmp_path / "none")], capsys)
+    assert f"no such directory: {tmp_path / 'none'}" in err
+    err = _error(["groundtruth", "--task", f"jsonl:{tmp_path}"], capsys)
+    assert f"{tmp_path} is a directory; --task jsonl:PATH takes a .jsonl file" in err
+    from tdabench import runner
+
+    rec, _ = runner.run("random", "micro", "micro", spec_overrides={"groundtruth.n_seeds": "1"},
+                        results_dir=tmp_path / "records")
+    text = runner.summary(rec)
+    assert "noise ceiling not measured: one training seed per subset" in text
+    assert "one source only" not in text
+    rec["metrics"]["recall@1"]["chance"] = rec["metrics"]["recall@1"]["value"] = 1.0
+    assert "recall@1   1.000    (random ranking: 1.000); one source only: recall says nothing" in \
+        runner.summary(rec)
+    data = tmp_path / "defs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"what is {i}?", "response": f"{i} is a number"}) + "\n"
+                            for i in range(40)))
+    assert cli._task_with_preset(f"jsonl:{data}") == "jsonl-defs"  # what its records are named

@@ -83,12 +83,9 @@ class Selection:
         return [r for recs in self.groups.values() for r in recs]
 
     def warnings(self) -> list[str]:
-        # other JSON files in a results tree (configs, benchmark figures) get one line, not one each
-        foreign = [path for path, reason in self.skipped if reason.startswith("not a tdabench result")]
-        out = [f"skipped {path}: {reason}" for path, reason in self.skipped if path not in foreign]
-        if foreign:
-            names = ", ".join(str(p) for p in foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            out.append(f"skipped {len(foreign)} JSON file(s) that are not result records ({names})")
+        # other JSON files in a results tree (configs, benchmark figures) are not records: no word
+        out = [f"skipped {path}: {reason}" for path, reason in self.skipped
+               if not reason.startswith("not a tdabench result")]
         for (task, preset), others in self.stale.items():
             shown = self.spec_hashes[(task, preset)]
             for spec, n, newest in others:
@@ -157,6 +154,10 @@ def load(roots: Iterable[Path | str], tasks: Sequence[str] | None = None,
     """:func:`read_records` then :func:`select`; refuses when no record is found at all."""
     roots = list(roots)
     records, skipped = read_records(roots)
+    missing = [str(root) for root in roots if not Path(root).exists()]
+    if missing and len(missing) == len(roots):
+        raise ConfigError(f"no such directory: {', '.join(missing)}; name a directory of result "
+                          "records with --results-dir")
     if not records:
         raise ConfigError(f"no tdabench result records under {', '.join(map(str, roots))}"
                          + (f" ({len(skipped)} file(s) skipped)" if skipped else ""))
