@@ -233,7 +233,7 @@ def make_task(benchmark: str) -> Task:
                             "truth as published; needs the hub or a local copy)",
                 presets={"paper": spec}, load=load, published_groundtruth=published,
                 labels="source task or category of each record, else the benchmark",
-                needs_hub=True)
+                needs_hub=True, data_options=("path", "revision"))
 
 
 FLAN = make_task("flan")

@@ -86,6 +86,7 @@ def validate(task: str, preset: str | None = None, spec_overrides: dict[str, str
     t = get_task(task)
     preset = t.default_preset() if preset is None else preset
     resolved = Resolved(t, preset, override(t.spec(preset), spec_overrides or {}))
+    t.check_options(preset, resolved.spec.data.options)
     if method is not None:
         resolved.method, resolved.method_cls = method, get_method(method)
         resolved.config = check_method(method, config, trains)

@@ -57,7 +57,9 @@ class Task:
 
     ``labels`` describes the source labels (e.g. ``"topic (21)"``);
     ``published_groundtruth(spec, data) -> PublishedGroundTruth`` serves presets whose
-    ``groundtruth.source`` is ``"published"``; ``needs_hub`` says the data comes from the hub.
+    ``groundtruth.source`` is ``"published"``; ``needs_hub`` says the data comes from the hub;
+    ``data_options``: the ``data.options`` keys the task reads besides those its presets set
+    (any other key is refused before anything is built).
     """
 
     name: str
@@ -67,6 +69,15 @@ class Task:
     labels: str = ""
     published_groundtruth: Callable[[TaskSpec, TaskData], Any] | None = None
     needs_hub: bool = False
+    data_options: tuple[str, ...] = ()
+
+    def check_options(self, preset: str, options: dict[str, Any]) -> None:
+        """Refuse ``data.options`` keys that neither the preset sets nor the task reads."""
+        known = set(self.presets[preset].data.options) | set(self.data_options)
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise UserError(f"unknown data option(s) {unknown} for task {self.name!r}: it reads "
+                            f"{sorted(known) or 'none'} (an unknown key would only rename the bank)")
 
     def default_preset(self) -> str:
         """``tiny`` where the task has it, else its only preset (UnknownName if it has several)."""

@@ -507,3 +507,15 @@ def test_messages_say_what_happened(micro, tmp_path, capsys):
     data.write_text("".join(json.dumps({"prompt": f"what is {i}?", "response": f"{i} is a number"}) + "\n"
                             for i in range(40)))
     assert cli._task_with_preset(f"jsonl:{data}") == "jsonl-defs"  # what its records are named
+
+
+def test_an_unknown_data_option_is_refused_before_a_bank_is_built(micro, tmp_path, capsys):
+    """Issue 29: --set data.options.foo=1 rebuilt a bit-identical bank under a new spec."""
+    before = set(cache_dir().rglob("*"))
+    err = _error(["groundtruth", "--task", "chatterbot", "--set", "data.options.foo=1"], capsys)
+    assert "unknown data option(s) ['foo'] for task 'chatterbot': it reads none" in err
+    err = _error(["groundtruth", "--task", "evalschat", "--set", "data.options.max_warmpu=10"], capsys)
+    assert "unknown data option(s) ['max_warmpu'] for task 'evalschat': it reads [" in err
+    assert "'max_warmup'" in err
+    _nothing_built(before)
+    checks.validate("flan", None, {"data.options.path": str(tmp_path)})  # the paper tier reads path
