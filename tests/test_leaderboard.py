@@ -724,3 +724,18 @@ def test_compare_refuses_an_unregistered_task_at_several_presets_in_one_line(tmp
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("tdabench: error: records of toy at several presets (small, tiny); "
                        "name one: --task toy/small")
+
+
+def test_compare_names_the_spec_it_took_when_a_method_is_missing_there(tmp_path, capsys):
+    """Issue 29: after a --set experiment the newest spec is shown, and compare answered
+    "0 records match" without naming the spec it picked."""
+    root = tmp_path / "results"
+    make_record(root, task="toy", spec=SPEC_A, method="m1", created="2026-01-01T00:00:00+00:00")
+    make_record(root, task="toy", spec=SPEC_A, method="m2", created="2026-01-01T00:00:00+00:00")
+    make_record(root, task="toy", spec=SPEC_B, method="m1", created="2026-02-01T00:00:00+00:00")
+    assert cli.main(["compare", "m1", "m2", "--task", "toy/tiny", "--results", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert f"no record of 'm2' for toy/tiny (shown: toy/tiny spec {SPEC_B}; other specs: {SPEC_A}, " \
+           "pick one with --spec)" in err
+    assert cli.main(["compare", "m1", "m2", "--task", "toy/tiny", "--results", str(root),
+                     "--spec", SPEC_A[:6]]) == 0

@@ -44,7 +44,10 @@ def pick(selection: Any, name: str, task: str) -> tuple[Entry, str | None]:
     found = found or [r for r in selection.records if r.method == name]
     if not found:
         have = sorted({labels.get(r.path, r.method) for r in selection.records})
-        raise UserError(f"no record of {name!r} for {task}; choose one of: {', '.join(have)}")
+        specs = ", ".join(f"{k[0]}/{k[1]} spec {h.split('/')[0]}" for k, h in selection.spec_hashes.items())
+        others = sorted({h.split('/')[0] for stale in selection.stale.values() for h, _, _ in stale})
+        where = f" (shown: {specs}; other specs: {', '.join(others)}, pick one with --spec)" if others else ""
+        raise UserError(f"no record of {name!r} for {task}{where}; choose one of: {', '.join(have)}")
     best = max(found, key=lambda r: r.record.metrics.lds.mean)
     if len(found) == 1:
         return best, None
