@@ -171,6 +171,10 @@ def test_files_that_are_not_records_are_reported_not_fatal(tmp_path, capsys):
     assert code == 0 and "skipped" in err and "broken.json" in err
     assert pd.read_csv(io.StringIO(out))["lds"].tolist() == [0.25]
     assert cli.main(["leaderboard", "--results", str(tmp_path / "missing")]) == 2
+    assert f"no such directory: {tmp_path / 'missing'}" in capsys.readouterr().err  # issue 29
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["leaderboard", "--results", str(empty)]) == 2
     assert "no tdabench result records" in capsys.readouterr().err
 
 
