@@ -62,6 +62,14 @@ def _compute(args: argparse.Namespace):
     return Compute(args.workers, args.executor, args.address, _device(args))
 
 
+def _path(text: str) -> Path:
+    """A path argument; an empty one is refused (``Path("")`` is the working directory, where
+    ``--results-dir ""`` wrote records without a word)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
+
+
 def _nonnegative_int(text: str) -> int:
     try:
         value = int(text)
@@ -118,7 +126,7 @@ def _add_task_args(p: argparse.ArgumentParser) -> None:
                    help="override a spec field, e.g. --set groundtruth.n_subsets=64")
     p.add_argument("--workers", type=_positive_int, default=min(2, os.cpu_count() or 1),
                    help="ground-truth worker processes, one torch thread each (default: %(default)s)")
-    p.add_argument("--bank", type=Path, default=None,
+    p.add_argument("--bank", type=_path, default=None,
                    help="ground-truth bank directory (default: under $TDABENCH_CACHE)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="where fine-tunes run (ground truth, a method's own banks): local worker "
@@ -372,9 +380,9 @@ def _add_results_arg(p: argparse.ArgumentParser, help_: str, many: bool = True) 
     ``many=False`` (a command with positionals): one DIR per flag, repeatable, so that
     ``--results-dir results A B`` leaves A and B to the positionals."""
     nargs = {"nargs": "+", "action": "extend"} if many else {"action": "append"}
-    p.add_argument("--results-dir", dest="results", type=Path, default=[], metavar="DIR",
+    p.add_argument("--results-dir", dest="results", type=_path, default=[], metavar="DIR",
                    help=help_, **nargs)
-    p.add_argument("--results", dest="results", type=Path, default=[], help=argparse.SUPPRESS,
+    p.add_argument("--results", dest="results", type=_path, default=[], help=argparse.SUPPRESS,
                    **nargs)
 
 
@@ -461,8 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("merge-banks", help="join ground-truth banks built in parts into one")
-    p.add_argument("sources", nargs="+", type=Path, metavar="SRC", help="bank directories")
-    p.add_argument("--into", type=Path, required=True, metavar="DST",
+    p.add_argument("sources", nargs="+", type=_path, metavar="SRC", help="bank directories")
+    p.add_argument("--into", type=_path, required=True, metavar="DST",
                    help="the merged bank (created, or completed if it exists)")
     p.add_argument("--atol", type=_finite_nonnegative, default=None,
                    help="largest difference tolerated between two copies of one fine-tune's "
@@ -475,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run one method on one task and write its result record")
     _add_method_args(p)
-    p.add_argument("--results-dir", type=Path, default=None,
+    p.add_argument("--results-dir", type=_path, default=None,
                    help="where result records go (default: $TDABENCH_RESULTS, else "
                         "$TDABENCH_CACHE/results; the reference set ./results is written only by "
                         "`tdabench reproduce` or when named here)")
@@ -490,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_args(p)
     p.add_argument("--grid", action="append", default=[], required=True, metavar="FIELD=V1,V2",
                    help="config values to try, e.g. --grid similarity=dot,cosine (repeatable)")
-    p.add_argument("--results-dir", type=Path, default=None,
+    p.add_argument("--results-dir", type=_path, default=None,
                    help="the trials go to RESULTS_DIR/TASK/PRESET/tuning/METHOD.csv (default: "
                         "the user results, as for run)")
     _add_correlation_arg(p)
@@ -511,9 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny")
     p.add_argument("--task", nargs="+", action="extend", default=[], help="only these tasks")
     p.add_argument("--method", nargs="+", action="extend", default=[], help="only these methods")
-    p.add_argument("--configs", type=Path, default=Path("results/configs.json"),
+    p.add_argument("--configs", type=_path, default=Path("results/configs.json"),
                    help="method config overrides, JSON {method: {field: value}} (default: %(default)s)")
-    p.add_argument("--results-dir", type=Path, default=Path("results"),
+    p.add_argument("--results-dir", type=_path, default=Path("results"),
                    help="where the reference records go (default: %(default)s)")
     p.add_argument("--workers", type=_positive_int, default=min(2, os.cpu_count() or 1))
     _add_device_args(p)
@@ -531,12 +539,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_records_args(p)
     p.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown",
                    help="output format (default: markdown)")
-    p.add_argument("--out", type=Path, default=None, help="write to this file (default: stdout)")
+    p.add_argument("--out", type=_path, default=None, help="write to this file (default: stdout)")
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("plot", help="figures from result records: LDS, LDS vs time, per-target LDS")
     _add_records_args(p)
-    p.add_argument("--out", type=Path, default=Path("figures"),
+    p.add_argument("--out", type=_path, default=Path("figures"),
                    help="directory for the PNG and PDF files (default: ./figures)")
     p.set_defaults(func=cmd_plot)
     return parser

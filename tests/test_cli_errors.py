@@ -383,10 +383,14 @@ def test_a_worker_process_can_import_the_bank_builder_after_the_cli():
      "argument --atol: expected a finite number >= 0, got 'nan'"),
     (["merge-banks", "a", "--into", "b", "--atol", "inf"],
      "argument --atol: expected a finite number >= 0, got 'inf'"),
+    (["run", "--method", "random", "--task", "micro", "--results-dir", ""],
+     "argument --results-dir: expected a path, got an empty string"),
+    (["reproduce", "--results-dir", " "], "argument --results-dir: expected a path, got an empty string"),
 ])
 def test_bad_numbers_are_refused_by_the_parser_in_one_line(argv, message, capsys):
-    """Issue 29: a negative seed (a numpy traceback after validation) and a NaN or infinite
-    merge tolerance (which merged copies 5 nats apart) stop at the parser."""
+    """Issue 29: a negative seed (a numpy traceback after validation), a NaN or infinite merge
+    tolerance (which merged copies 5 nats apart) and an empty --results-dir (records written
+    into the working directory) stop at the parser."""
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv)
     assert exit_.value.code == 2
