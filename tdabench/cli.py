@@ -294,7 +294,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from tdabench.reporting import leaderboard
-    from tdabench.reporting.compare import pick
+    from tdabench.reporting.compare import compare, pick_pair
 
     task = _task_with_preset(args.task)
     selection = leaderboard.load(args.results or _default_roots(), [task], args.spec)
@@ -302,15 +302,10 @@ def cmd_compare(args: argparse.Namespace) -> None:
     if len(presets) > 1:
         raise UserError(f"records of {task} at several presets ({', '.join(presets)}); name one: "
                         f"--task {task}/{presets[0]}")
-    records = {}
-    for name in (args.a, args.b):
-        entry, note = pick(selection, name, task)
-        if note:
-            print(f"tdabench: {note}", file=sys.stderr)
-        records[name] = entry.path
-    from tdabench.reporting.compare import compare
-
-    out = compare(records[args.a], records[args.b], args.n_boot)
+    entry_a, entry_b, notes = pick_pair(selection, args.a, args.b)
+    for note in notes:
+        print(f"tdabench: {note}", file=sys.stderr)
+    out = compare(entry_a.path, entry_b.path, args.n_boot)
     print(f"{args.a} - {args.b} on {task}: LDS {out['lds_a']:+.4f} - {out['lds_b']:+.4f} "
           f"= {out['lds_a'] - out['lds_b']:+.4f} (paired bootstrap)")
     for key in ("over_targets", "over_subsets"):

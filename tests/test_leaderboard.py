@@ -36,11 +36,13 @@ def make_record(root: Path, *, task: str = "toy", preset: str = "tiny", spec: st
                 info: type | None = None, reference: bool = False, family: str | None = None,
                 host: str = "hostA",
                 commit: str | None = "0123456789abcdef", name: str | None = None,
-                per_target_lds: list[float] | None = None, data: dict | None = None) -> Path:
+                per_target_lds: list[float] | None = None, data: dict | None = None,
+                spec_fields: dict | None = None, protocol_version: int = PROTOCOL_VERSION,
+                correlation: str = "spearman") -> Path:
     """Write a small but complete synthetic schema-3 record; returns its path. ``info``: a
     method class whose Config the record stores as its defaults (None: no method info);
     ``per_target_lds``: the per-target LDS (default: 20 values around ``lds``); ``data``: the
-    spec's data section (default: none)."""
+    spec's data section (default: none); ``spec_fields``: more sections of the spec."""
     config = {"x": 1} if config is None else config
     config_hash = config_hash or f"{zlib.crc32(json.dumps(config, sort_keys=True).encode()):08x}"
     rng = np.random.default_rng(zlib.crc32(f"{method} {config_hash} {seed} {spec}".encode()))
@@ -59,12 +61,13 @@ def make_record(root: Path, *, task: str = "toy", preset: str = "tiny", spec: st
     lo, hi = ci or (lds - 0.05, lds + 0.05)
     rec = {
         "schema": 3, "task": task, "preset": preset, "spec_hash": spec,
-        "spec": {"task": task, **({"data": data} if data is not None else {})},
+        "spec": {"task": task, **({"data": data} if data is not None else {}), **(spec_fields or {})},
         "bank": {"path": "/bank", "n_subsets": 12, "n_test_subsets": 10, "n_seeds": 1, "fraction": 0.1,
                  "source": "finetune", "subset_sizes": [8], "n_pool": 80, "n_targets": 20},
         "method": method, "config": config, "config_hash": config_hash, "seed": seed,
-        "method_info": method_info, "protocol": {"correlation": "spearman over subsets"},
-        "protocol_version": PROTOCOL_VERSION, "protocol_hash": protocol_hash(),
+        "method_info": method_info, "protocol": {"correlation": f"{correlation} over subsets"},
+        "protocol_version": protocol_version,
+        "protocol_hash": protocol_hash(correlation, protocol_version),
         "metrics": {"lds": {"mean": lds, "ci95": [lo, hi], "n_targets": 20, "n_subsets": 10},
                     "recall@1": {"value": r1, "chance": 0.05},
                     "recall@10": {"value": r10, "chance": 0.3}},
@@ -92,21 +95,35 @@ class LbToy(Method):
     Config = LbToyConfig
 
 
-def test_records_of_two_specs_are_never_mixed_and_the_stale_one_is_reported(tmp_path):
-    make_record(tmp_path, spec=SPEC_A, method="m1", lds=0.5, created="2026-01-01T00:00:00+00:00")
-    make_record(tmp_path, spec=SPEC_A, method="m2", lds=0.4, created="2026-01-01T01:00:00+00:00")
-    make_record(tmp_path, spec=SPEC_B, method="m1", lds=0.2, created="2026-01-02T00:00:00+00:00")
+def test_records_of_several_specs_are_shown_side_by_side_labelled_by_what_they_changed(tmp_path):
+    """Issue 29: one `--set` experiment made the default spec's records "stale" and hid them."""
+    default = {"groundtruth": {"n_subsets": 100, "n_seeds": 2, "fraction": 0.1}}
+    changed = {"groundtruth": {"n_subsets": 15, "n_seeds": 1, "fraction": 0.1}}
+    make_record(tmp_path, spec=SPEC_A, method="m1", lds=0.5, created="2026-01-01T00:00:00+00:00",
+                spec_fields=default)
+    make_record(tmp_path, spec=SPEC_A, method="m2", lds=0.4, created="2026-01-01T01:00:00+00:00",
+                spec_fields=default)
+    make_record(tmp_path, spec=SPEC_B, method="m1", lds=0.2, created="2026-01-02T00:00:00+00:00",
+                spec_fields=changed)
     make_record(tmp_path, task="other", spec=SPEC_A, method="m1", lds=0.3)
 
     sel = leaderboard.load([tmp_path])
+    variant = "groundtruth.n_seeds=1, groundtruth.n_subsets=15"
+    assert list(sel.groups) == [("other", "tiny", ""), ("toy", "tiny", ""), ("toy", "tiny", variant)]
+    assert sel.bank_keys[("toy", "tiny", "")] == f"{SPEC_A}/{protocol_hash()}"  # most methods: main
+    assert sel.bank_keys[("toy", "tiny", variant)] == f"{SPEC_B}/{protocol_hash()}"
+    assert not sel.stale and sel.warnings() == []
     df = leaderboard.table(sel)
     toy = df[df["task"] == "toy"]
-    assert set(toy["spec_hash"]) == {SPEC_B}  # the newest spec, alone
-    assert toy["lds"].tolist() == [0.2]
-    assert sel.spec_hashes[("other", "tiny")] == f"{SPEC_A}/{protocol_hash()}"  # spec/protocol
-    assert ("other", "tiny") not in sel.stale
-    assert [(h, n) for h, n, _ in sel.stale[("toy", "tiny")]] == [(f"{SPEC_A}/{protocol_hash()}", 2)]
-    assert any("stale spec " + SPEC_A in w and "--spec" in w for w in sel.warnings())
+    assert toy[["variant", "spec_hash", "lds"]].values.tolist() == [
+        ["", SPEC_A, 0.5], ["", SPEC_A, 0.4], [variant, SPEC_B, 0.2]]
+    assert toy["best"].tolist() == ["lds", "", ""]  # ranked within its own spec, never across
+    md = leaderboard.render(df, "markdown", sel)
+    assert f"## toy/tiny ({variant})" in md and "## toy/tiny\n" in md
+    assert md.count("no noise ceiling (it needs two training seeds per subset") == 3  # a word why
+    assert f"| method | other/tiny | toy/tiny | toy/tiny ({variant}) |" in md
+    assert set(leaderboard.table(leaderboard.load([tmp_path], tasks=["toy"], specs=[SPEC_B[:6]]))[
+        "spec_hash"]) == {SPEC_B}
 
     old = leaderboard.table(leaderboard.load([tmp_path], tasks=["toy"], specs=[SPEC_A[:6]]))
     assert set(old["spec_hash"]) == {SPEC_A} and sorted(old["lds"]) == [0.4, 0.5]
@@ -115,6 +132,34 @@ def test_records_of_two_specs_are_never_mixed_and_the_stale_one_is_reported(tmp_
         leaderboard.load([tmp_path], tasks=["nope"])
     with pytest.raises(ValueError, match="spec hash"):
         leaderboard.load([tmp_path], specs=["ffff"])
+
+
+def test_only_an_older_protocol_version_is_left_out_and_a_correlation_is_a_variant(tmp_path):
+    make_record(tmp_path, spec=SPEC_A, method="m1", lds=0.5)
+    make_record(tmp_path, spec=SPEC_A, method="m2", lds=0.5, name="kendall.json", correlation="kendall")
+    make_record(tmp_path, spec=SPEC_B, method="m1", lds=0.1, name="old.json",
+                protocol_version=PROTOCOL_VERSION - 1, created="2027-01-01T00:00:00+00:00")
+    sel = leaderboard.load([tmp_path])
+    assert list(sel.groups) == [("toy", "tiny", ""), ("toy", "tiny", "correlation=kendall")]
+    (warning,) = sel.warnings()
+    assert warning.startswith(f"toy/tiny: 1 record(s) of spec {SPEC_B} made under protocol version "
+                              f"{PROTOCOL_VERSION - 1} ") and "rerun them" in warning
+
+
+def test_the_installed_tasks_default_spec_is_the_main_one(tmp_path):
+    """Another spec with more methods and newer records is shown beside the default, and the
+    default is the block without a label."""
+    from tdabench import registry
+    from tdabench.spec import spec_hash
+
+    default = spec_hash(registry.get_task("chatterbot").spec("tiny"))
+    make_record(tmp_path, task="chatterbot", spec=default, method="m1")
+    for method in ("m1", "m2", "m3"):
+        make_record(tmp_path, task="chatterbot", spec=SPEC_B, method=method,
+                    created="2026-02-01T00:00:00+00:00", spec_fields={"model": {"n_layers": 4}})
+    sel = leaderboard.load([tmp_path])
+    assert sel.bank_keys[("chatterbot", "tiny", "")].startswith(default)
+    assert sel.bank_keys[("chatterbot", "tiny", "model.n_layers=4")].startswith(SPEC_B)
 
 
 def test_duplicates_keep_the_newest_record_and_are_reported(tmp_path):
@@ -637,8 +682,8 @@ def test_speed_claim_compares_with_the_fastest_gradient_method(tmp_path):
     df = leaderboard.table(sel)
     claims = tiers.speed_claims(df)
     # bm25 is no gradient method; embedding learns nothing (no train phase)
-    assert set(claims) == {("toy", "tiny"), ("toy", "small")}
-    tiny, small = claims[("toy", "tiny")], claims[("toy", "small")]
+    assert set(claims) == {("toy", "tiny", ""), ("toy", "small", "")}
+    tiny, small = claims[("toy", "tiny", "")], claims[("toy", "small", "")]
     assert tiny.baseline == "logra" and tiny.speedup == pytest.approx(4.71 / 30.6)
     assert small.baseline == "ekfac" and small.speedup == pytest.approx(250)
     text = leaderboard.render(df, "markdown", sel)
@@ -730,16 +775,27 @@ def test_compare_refuses_an_unregistered_task_at_several_presets_in_one_line(tmp
                        "name one: --task toy/small")
 
 
-def test_compare_names_the_spec_it_took_when_a_method_is_missing_there(tmp_path, capsys):
-    """Issue 29: after a --set experiment the newest spec is shown, and compare answered
-    "0 records match" without naming the spec it picked."""
+def test_compare_takes_the_main_spec_else_the_one_with_both_and_says_which(tmp_path, capsys):
+    """Issue 29: after a --set experiment compare answered "0 records match" without naming the
+    spec it picked."""
     root = tmp_path / "results"
-    make_record(root, task="toy", spec=SPEC_A, method="m1", created="2026-01-01T00:00:00+00:00")
-    make_record(root, task="toy", spec=SPEC_A, method="m2", created="2026-01-01T00:00:00+00:00")
-    make_record(root, task="toy", spec=SPEC_B, method="m1", created="2026-02-01T00:00:00+00:00")
-    assert cli.main(["compare", "m1", "m2", "--task", "toy/tiny", "--results", str(root)]) == 2
-    err = capsys.readouterr().err
-    assert f"no record of 'm2' for toy/tiny (shown: toy/tiny spec {SPEC_B}; other specs: {SPEC_A}, " \
-           "pick one with --spec)" in err
-    assert cli.main(["compare", "m1", "m2", "--task", "toy/tiny", "--results", str(root),
-                     "--spec", SPEC_A[:6]]) == 0
+    for method in ("m1", "m3", "m4"):
+        make_record(root, spec=SPEC_A, method=method, spec_fields={"model": {"n_layers": 2}})
+    for method in ("m1", "m2"):
+        make_record(root, spec=SPEC_B, method=method, created="2026-02-01T00:00:00+00:00",
+                    spec_fields={"model": {"n_layers": 4}})
+    args = ["--task", "toy/tiny", "--results", str(root)]
+    assert cli.main(["compare", "m1", "m3", *args]) == 0
+    assert capsys.readouterr().err == ""  # the main spec, and no other has both
+    assert cli.main(["compare", "m1", "m2", *args]) == 0
+    assert capsys.readouterr().err == "tdabench: compared on toy/tiny (model.n_layers=4)\n"
+    assert cli.main(["compare", "m2", "m3", *args]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"tdabench: error: no record of 'm2' for toy/tiny (spec {SPEC_A}); choose one of: m1, m3, m4; "
+        f"no record of 'm3' for toy/tiny (model.n_layers=4) (spec {SPEC_B}); choose one of: m1, m2 "
+        "(no spec has both; pick one with --spec)")
+    make_record(root, spec=SPEC_B, method="m3", created="2026-02-01T00:00:00+00:00",
+                spec_fields={"model": {"n_layers": 4}})
+    assert cli.main(["compare", "m1", "m3", *args]) == 0  # as many methods, newer: B is main now
+    assert capsys.readouterr().err == ("tdabench: compared on toy/tiny; both also have records on "
+                                       f"toy/tiny (model.n_layers=2) (--spec {SPEC_A})\n")

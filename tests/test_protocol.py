@@ -172,8 +172,9 @@ def test_compare_and_protocols_that_never_mix(micro, tmp_path, capsys):
     record, path = runner.run("random", "micro", "micro", results_dir=tmp_path, correlation="kendall")
     assert path.name.endswith("-kendall.json") and record["protocol"]["correlation"].startswith("kendall")
     sel = leaderboard.load([tmp_path])
-    assert len({r.record.protocol_hash for r in sel.records}) == 1  # one protocol shown...
-    assert any("stale spec" in w for w in sel.warnings())  # ...and the other reported
+    for recs in sel.groups.values():  # each protocol in a block of its own, side by side
+        assert len({r.record.protocol_hash for r in recs}) == 1
+    assert [key[2] for key in sel.groups] == ["", "correlation=kendall"]
     spearman = json.loads(path.with_name(path.name.replace("-kendall", "")).read_text())
     with pytest.raises(ValueError, match="protocol_hash"):
         compare(path, path.with_name(path.name.replace("-kendall", "")))

@@ -10,6 +10,7 @@ import numpy as np
 from tdabench import metrics, record
 from tdabench.errors import ConfigError, UserError
 from tdabench.record import Entry
+from tdabench.reporting.leaderboard import block_title
 
 
 def compare(record_a: Path, record_b: Path, n_boot: int = 2000) -> dict[str, Any]:
@@ -34,24 +35,48 @@ def compare(record_a: Path, record_b: Path, n_boot: int = 2000) -> dict[str, Any
     return out
 
 
-def pick(selection: Any, name: str, task: str) -> tuple[Entry, str | None]:
-    """The record a user means by ``name`` among a leaderboard ``selection`` of one task and
-    preset: the row labelled ``name``, else the records of method ``name``; where several match
-    (configs or seeds), the one with the highest LDS, with a note saying which was taken and how
-    to name another. UserError listing the labels when none matches."""
-    labels = selection.labels
-    found = [r for r in selection.records if labels.get(r.path, r.method) == name]
-    found = found or [r for r in selection.records if r.method == name]
+def _pick(entries: list[Entry], labels: dict, name: str, where: str) -> tuple[Entry, str | None] | None:
+    """The record of ``entries`` a user means by ``name``: the row labelled ``name``, else the
+    records of method ``name``; where several match (configs or seeds), the one with the highest
+    LDS, with a note saying which was taken and how to name another. None when none matches."""
+    found = [r for r in entries if labels.get(r.path, r.method) == name]
+    found = found or [r for r in entries if r.method == name]
     if not found:
-        have = sorted({labels.get(r.path, r.method) for r in selection.records})
-        specs = ", ".join(f"{k[0]}/{k[1]} spec {h.split('/')[0]}" for k, h in selection.spec_hashes.items())
-        others = sorted({h.split('/')[0] for stale in selection.stale.values() for h, _, _ in stale})
-        where = f" (shown: {specs}; other specs: {', '.join(others)}, pick one with --spec)" if others else ""
-        raise UserError(f"no record of {name!r} for {task}{where}; choose one of: {', '.join(have)}")
+        return None
     best = max(found, key=lambda r: r.record.metrics.lds.mean)
     if len(found) == 1:
         return best, None
     others = ", ".join(repr(labels.get(r.path, r.method)) for r in found if r is not best)
-    return best, (f"{len(found)} records of {name!r} for {task}; taking the best, "
+    return best, (f"{len(found)} records of {name!r} for {where}; taking the best, "
                   f"{labels.get(best.path, best.method)!r} (LDS {best.record.metrics.lds.mean:+.4f}); "
                   f"name another by its label: {others}")
+
+
+def pick_pair(selection: Any, a: str, b: str) -> tuple[Entry, Entry, list[str]]:
+    """The records a user means by ``a`` and ``b`` in a leaderboard ``selection`` of one task
+    and preset (:func:`_pick` for each), from the first of its specs that has both: the main
+    one, else a variant. Returns them and notes for the user (which config, and which spec when
+    another also has both). UserError naming, per spec, the labels it has when none has both."""
+    labels = selection.labels
+    found, have = [], []
+    for (task, preset, variant), entries in selection.groups.items():
+        where = block_title(task, preset, variant)
+        picks = [_pick(entries, labels, name, where) for name in (a, b)]
+        spec = selection.bank_keys[(task, preset, variant)].split("/")[0]
+        if None in picks:
+            missing = " or ".join(repr(n) for n, p in zip((a, b), picks) if p is None)
+            names = sorted({labels.get(r.path, r.method) for r in entries})
+            have.append(f"no record of {missing} for {where}"
+                        + (f" (spec {spec})" if len(selection.groups) > 1 else "")
+                        + f"; choose one of: {', '.join(names)}")
+        else:
+            found.append((where, spec, picks, variant))
+    if not found:
+        raise UserError("; ".join(have) + ("" if len(have) == 1 else
+                                           " (no spec has both; pick one with --spec)"))
+    (where, _, ((entry_a, note_a), (entry_b, note_b)), variant), *others = found
+    notes = [n for n in (note_a, note_b) if n]
+    if others or variant:  # not the main spec, or not the only spec with both
+        also = ", ".join(f"{w} (--spec {s})" for w, s, _, _ in others)
+        notes.append(f"compared on {where}" + (f"; both also have records on {also}" if also else ""))
+    return entry_a, entry_b, notes

@@ -7,11 +7,15 @@ needs comes from its record (never from the installed methods): reference method
 datamodel) are shown after the ranked rows and never marked best, a phase loaded from a cache
 shows "cached" and is never ranked, and each table says where its rows were made.
 
-Records are grouped by (task, preset, spec hash, protocol hash): records made on different specs of a task (a
-changed ground truth, model or data) are never compared. For each (task, preset) the spec hash
-with the most recent record is shown and the others are reported as stale, unless ``--spec``
-picks one. Within a group, several records of one (method, config hash, seed) are duplicates:
-the newest is kept and the others are reported.
+Records are grouped by (task, preset, spec hash, protocol hash): records made on different specs
+of a task (a changed ground truth, model or data, e.g. by ``--set``) or under another correlation
+are never ranked together. Each (task, preset) has a main spec and protocol (the installed
+task's default spec where records of it exist, else the one with the most methods); every other
+one is shown beside it as a block of its own, labelled by what it changed
+(``chatterbot/tiny (groundtruth.n_subsets=15)``). Only records made under an older protocol
+version are left out, and reported. ``--spec`` restricts the specs shown. Within a group,
+several records of one (method, config hash, seed) are duplicates: the newest is kept and the
+others are reported.
 
 :func:`table` gives one row per shown record (numbers in base units: seconds, bytes);
 :func:`render` formats it as markdown, csv or LaTeX with the best value per column marked.
@@ -42,7 +46,7 @@ MIB = 2**20
 
 # The columns of :func:`table`, in order (also the header of the csv output).
 COLUMNS = [
-    "task", "preset", "spec_hash", "protocol_hash", "label", "method", "config_hash", "seed",
+    "task", "preset", "variant", "spec_hash", "protocol_hash", "label", "method", "config_hash", "seed",
     "reference", "family", "lds", "lds_ci_low", "lds_ci_high", "lds_ci_subsets_low", "lds_ci_subsets_high",
     "noise_ceiling", "noise_ceiling_low", "noise_ceiling_high", "recall_at_1", "recall_at_1_chance",
     "recall_at_10", "recall_at_10_chance", "train_s", "train_cached", "train_original", "fit_s",
@@ -65,14 +69,27 @@ BEST = {
 
 # ----------------------------------------------------------------------------- grouping
 
+GROUP = ["task", "preset", "variant"]  # the columns that make one block of the table
+
+
+def block_title(task: str, preset: str, variant: str = "") -> str:
+    """A block's name in titles and column headers: ``task/preset``, then its variant."""
+    return f"{task}/{preset}" + (f" ({variant})" if variant else "")
+
+
 @dataclass
 class Selection:
-    """The records to show, grouped by (task, preset), and what was left out and why."""
+    """The records to show, grouped by (task, preset, variant), and what was left out and why.
 
-    groups: dict[tuple[str, str], list[Entry]]
-    spec_hashes: dict[tuple[str, str], str]
-    # (task, preset) -> the other spec hashes seen, with their record counts and newest time
-    stale: dict[tuple[str, str], list[tuple[str, int, dt.datetime]]] = field(default_factory=dict)
+    A *variant* is one spec and protocol of a (task, preset) other than its main one, named by
+    what differs (``"groundtruth.n_subsets=15, groundtruth.n_seeds=1"``, ``"correlation=kendall"``);
+    the main one's variant is ``""``."""
+
+    groups: dict[tuple[str, str, str], list[Entry]]
+    bank_keys: dict[tuple[str, str, str], str]  # group -> its ``SPEC/PROTOCOL`` hashes
+    # (task, preset) -> the bank keys left out (made under an older protocol version), with
+    # their record counts, protocol version and newest time
+    stale: dict[tuple[str, str], list[tuple[str, int, int, dt.datetime]]] = field(default_factory=dict)
     duplicates: list[tuple[Entry, Entry]] = field(default_factory=list)  # (kept, dropped)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     labels: dict[Path, str] = field(default_factory=dict)  # record path -> row label
@@ -82,16 +99,21 @@ class Selection:
     def records(self) -> list[Entry]:
         return [r for recs in self.groups.values() for r in recs]
 
+    @property
+    def mains(self) -> dict[tuple[str, str], list[Entry]]:
+        """The records of each (task, preset)'s main spec and protocol."""
+        return {(task, preset): recs for (task, preset, variant), recs in self.groups.items()
+                if not variant}
+
     def warnings(self) -> list[str]:
         # other JSON files in a results tree (configs, benchmark figures) are not records: no word
         out = [f"skipped {path}: {reason}" for path, reason in self.skipped
                if not reason.startswith("not a tdabench result")]
         for (task, preset), others in self.stale.items():
-            shown = self.spec_hashes[(task, preset)]
-            for spec, n, newest in others:
-                out.append(f"{task}/{preset}: stale spec {spec} ({n} record(s), newest "
-                           f"{newest.isoformat()}) not shown; showing spec {shown} "
-                           f"(pick another with --spec {spec})")
+            for key, n, version, newest in others:
+                out.append(f"{task}/{preset}: {n} record(s) of spec {key.split('/')[0]} made under "
+                           f"protocol version {version} (newest {newest.isoformat()}) not shown: the "
+                           f"protocol has changed since; rerun them (tdabench reproduce)")
         for kept, dropped in self.duplicates:
             out.append(f"{kept.task}/{kept.preset} spec {kept.bank_key}: duplicate "
                        f"{kept.method} config {kept.config_hash} seed {kept.seed}: kept {kept.path} "
@@ -104,12 +126,63 @@ def _matches(record: Entry, tasks: Sequence[str]) -> bool:
     return any(t in (record.task, f"{record.task}/{record.preset}") for t in tasks)
 
 
+def _flatten(spec: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested spec as dotted keys, the way ``--set`` names them (``groundtruth.n_subsets``)."""
+    out: dict[str, Any] = {}
+    for key, value in spec.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _variant(entry: Entry, main: Entry) -> str:
+    """What ``entry``'s spec and protocol set to another value than ``main``'s, as
+    ``key=value`` in ``--set`` spelling, then the correlation where it differs."""
+    mine, theirs = _flatten(entry.record.spec), _flatten(main.record.spec)
+    diff = [f"{k}={_format_value(mine.get(k))}" for k in sorted(set(mine) | set(theirs))
+            if mine.get(k) != theirs.get(k)]
+    if entry.record.correlation != main.record.correlation:
+        diff.append(f"correlation={entry.record.correlation}")
+    return ", ".join(diff)
+
+
+def _default_spec_hash(task: str, preset: str) -> str | None:
+    """The spec hash ``tdabench run`` uses for ``task`` at ``preset`` without ``--set``, where the
+    task is installed and has that preset (used only to choose which spec is the main one)."""
+    from tdabench import registry
+    from tdabench.spec import spec_hash
+
+    if task not in registry.task_names():
+        return None
+    registered = registry.get_task(task)
+    return spec_hash(registered.spec(preset)) if preset in registered.presets else None
+
+
+def _main_key(task: str, preset: str, banks: dict[str, list[Entry]]) -> str:
+    """The main bank key of a (task, preset): the installed task's default spec under the
+    default (Spearman) protocol where records of it exist, else the one with the most methods
+    (ties: the newest record)."""
+    default = _default_spec_hash(task, preset)
+
+    def weight(key: str) -> tuple:
+        recs = banks[key]
+        spec = key.split("/")[0]
+        return (spec == default, recs[0].record.correlation == "spearman" if spec == default else 0,
+                len({r.method for r in recs}), max(r.order for r in recs))
+
+    return max(banks, key=weight)
+
+
 def select(records: Sequence[Entry], tasks: Sequence[str] | None = None,
            specs: Sequence[str] | None = None,
            skipped: Sequence[tuple[Path, str]] = ()) -> Selection:
-    """Group ``records`` by (task, preset, spec hash) and pick one spec hash per (task, preset):
-    one of ``specs`` (hashes or their prefixes) where given, else the hash of the newest record.
-    ``tasks`` (``task`` or ``task/preset``) restricts the tasks shown."""
+    """Group ``records`` by (task, preset) and, within, by spec and protocol: the main one
+    (:func:`_main_key`) and every other one beside it as a variant labelled by what differs.
+    Records made under an older protocol version than the newest of their (task, preset) are
+    left out and reported. ``tasks`` (``task`` or ``task/preset``) and ``specs`` (spec hashes or
+    their prefixes) restrict what is shown."""
     if tasks:
         kept = [r for r in records if _matches(r, tasks)]
         if not kept:
@@ -117,36 +190,49 @@ def select(records: Sequence[Entry], tasks: Sequence[str] | None = None,
             raise ConfigError(f"no records for task(s) {', '.join(tasks)}; records exist for: "
                              f"{', '.join(have) or 'none'}")
         records = kept
-    by_spec: dict[tuple[str, str], dict[str, list[Entry]]] = defaultdict(lambda: defaultdict(list))
-    for r in records:
-        by_spec[(r.task, r.preset)][r.bank_key].append(r)
     for spec in specs or ():
-        if not any(h.startswith(spec) for hashes in by_spec.values() for h in hashes):
-            raise ConfigError(f"no records with spec hash {spec!r} (for the tasks selected)")
+        if not any(r.spec_hash.startswith(spec) for r in records):
+            have = sorted({f"{r.task}/{r.preset} {r.spec_hash}" for r in records})
+            raise ConfigError(f"no records with spec hash {spec!r} (for the tasks selected); "
+                             f"specs: {', '.join(have)}")
+    if specs:
+        records = [r for r in records if any(r.spec_hash.startswith(s) for s in specs)]
+    by_task: dict[tuple[str, str], dict[str, list[Entry]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        by_task[(r.task, r.preset)][r.bank_key].append(r)
 
-    sel = Selection(groups={}, spec_hashes={}, skipped=list(skipped))
-    for key in sorted(by_spec):
-        hashes = by_spec[key]
-        chosen = [h for h in hashes if any(h.startswith(s) for s in specs or ())]
-        if len(chosen) > 1:
-            raise ConfigError(f"--spec matches several spec hashes of {key[0]}/{key[1]}: "
-                             f"{', '.join(sorted(chosen))}")
-        shown = chosen[0] if chosen else max(hashes, key=lambda h: max(r.order for r in hashes[h]))
-        sel.spec_hashes[key] = shown
-        others = sorted(((h, len(rs), max(r.created for r in rs)) for h, rs in hashes.items()
-                         if h != shown), key=lambda item: item[2], reverse=True)
-        if others:
-            sel.stale[key] = others
-        newest: dict[tuple[str, str, int], Entry] = {}
-        for r in sorted(hashes[shown], key=lambda r: r.order, reverse=True):
-            ident = (r.method, r.config_hash, r.seed)
-            if ident in newest:
-                sel.duplicates.append((newest[ident], r))
-            else:
-                newest[ident] = r
-        sel.groups[key] = list(newest.values())
+    sel = Selection(groups={}, bank_keys={}, skipped=list(skipped))
+    for (task, preset) in sorted(by_task):
+        banks = by_task[(task, preset)]
+        version = max(r.record.protocol_version for recs in banks.values() for r in recs)
+        old = {k: rs for k, rs in banks.items() if rs[0].record.protocol_version < version}
+        if old:
+            sel.stale[(task, preset)] = sorted(
+                ((k, len(rs), rs[0].record.protocol_version, max(r.created for r in rs))
+                 for k, rs in old.items()), key=lambda item: item[3], reverse=True)
+        current = {k: rs for k, rs in banks.items() if k not in old}
+        main = _main_key(task, preset, current)
+        newest_first = sorted(current, key=lambda k: max(r.order for r in current[k]), reverse=True)
+        for key in [main] + [k for k in newest_first if k != main]:
+            variant = "" if key == main else _variant(current[key][0], current[main][0])
+            if key != main and (not variant or (task, preset, variant) in sel.groups):
+                variant = ", ".join(filter(None, [variant, f"spec {key.split('/')[0][:8]}"]))
+            sel.bank_keys[(task, preset, variant)] = key
+            sel.groups[(task, preset, variant)] = _newest_per_run(current[key], sel.duplicates)
     sel.labels, sel.hidden_configs = _labels(sel.groups)
     return sel
+
+
+def _newest_per_run(records: list[Entry], duplicates: list[tuple[Entry, Entry]]) -> list[Entry]:
+    """The newest record of each (method, config hash, seed); the others go to ``duplicates``."""
+    newest: dict[tuple[str, str, int], Entry] = {}
+    for r in sorted(records, key=lambda r: r.order, reverse=True):
+        ident = (r.method, r.config_hash, r.seed)
+        if ident in newest:
+            duplicates.append((newest[ident], r))
+        else:
+            newest[ident] = r
+    return list(newest.values())
 
 
 def load(roots: Iterable[Path | str], tasks: Sequence[str] | None = None,
@@ -189,7 +275,7 @@ def _format_value(value: Any) -> str:
     return json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
-def _labels(groups: dict[tuple[str, str], list[Entry]]) -> tuple[dict[Path, str], dict[Path, str]]:
+def _labels(groups: dict[tuple[str, str, str], list[Entry]]) -> tuple[dict[Path, str], dict[Path, str]]:
     """Row label of every record: the method name, with its non-default config fields when the
     method appears with several configs among the records shown (the same config gets the same
     label in every group), and the seed when one config was run with several seeds in a group.
@@ -248,8 +334,9 @@ def original_seconds(original: dict[str, Any] | None) -> str:
                      if k.endswith("_s") and isinstance(v, (int, float)))
 
 
-def row(entry: Entry, label: str | None = None) -> dict[str, Any]:
-    """The leaderboard row of one record (base units: seconds and bytes)."""
+def row(entry: Entry, label: str | None = None, variant: str = "") -> dict[str, Any]:
+    """The leaderboard row of one record (base units: seconds and bytes) in the block of
+    ``variant`` (:class:`Selection`)."""
     r = entry.record
     lds, c = r.metrics.lds, r.cost
     train = c.phases.get("train")
@@ -258,7 +345,8 @@ def row(entry: Entry, label: str | None = None) -> dict[str, Any]:
     ceiling_ci = ceiling.ceiling_ci95 if ceiling else [math.nan, math.nan]
     cuda = [p.cuda_peak_bytes for p in c.phases.values() if p.cuda_peak_bytes is not None]
     return {
-        "task": r.task, "preset": r.preset, "spec_hash": r.spec_hash, "protocol_hash": r.protocol_hash,
+        "task": r.task, "preset": r.preset, "variant": variant, "spec_hash": r.spec_hash,
+        "protocol_hash": r.protocol_hash,
         "label": label or r.method, "method": r.method, "config_hash": r.config_hash, "seed": r.seed,
         "reference": bool(r.method_info and r.method_info.reference),
         "family": r.method_info.family if r.method_info else None,
@@ -283,11 +371,11 @@ def row(entry: Entry, label: str | None = None) -> dict[str, Any]:
 
 def best_flags(df: pd.DataFrame) -> pd.DataFrame:
     """True where a row holds the best value of a :data:`BEST` column among the ranked rows of
-    its (task, preset); ties are all marked. Reference rows and cached phases are never ranked.
+    its block (task, preset, variant); ties are all marked. Reference rows and cached phases are never ranked.
     A column is marked only where at least two rows have a value and they are not all equal."""
     flags = pd.DataFrame(False, index=df.index, columns=list(BEST))
     ranked = df[~df["reference"].astype(bool)]
-    for _, group in ranked.groupby(["task", "preset"], sort=False):
+    for _, group in ranked.groupby(GROUP, sort=False):
         for col, how in BEST.items():
             values = group[col].astype(float)
             if col == "train_s":
@@ -302,13 +390,14 @@ def best_flags(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def table(selection: Selection) -> pd.DataFrame:
-    """One row per shown record, sorted by task, preset (tiers cheap first), ranked before
-    reference rows, and LDS (best first); ``best`` lists (``;``-separated) the columns in which
-    the row is best within its task."""
-    rows = [row(r, selection.labels.get(r.path)) for r in selection.records]
+    """One row per shown record, sorted by task, preset (tiers cheap first), variant (the main
+    spec first), ranked before reference rows, and LDS (best first); ``best`` lists
+    (``;``-separated) the columns in which the row is best within its block."""
+    rows = [row(r, selection.labels.get(r.path), variant)
+            for (_, _, variant), recs in selection.groups.items() for r in recs]
     df = pd.DataFrame(rows, columns=COLUMNS[:-1])
-    df = df.sort_values(["task", "preset", "reference", "lds", "label"],
-                        ascending=[True, True, True, False, True], kind="stable",
+    df = df.sort_values(["task", "preset", "variant", "reference", "lds", "label"],
+                        ascending=[True, True, True, True, False, True], kind="stable",
                         key=lambda col: col.map(tiers.tier_rank) if col.name == "preset" else col)
     df = df.reset_index(drop=True)
     flags = best_flags(df)
@@ -317,15 +406,21 @@ def table(selection: Selection) -> pd.DataFrame:
 
 
 def lds_matrix(df: pd.DataFrame) -> pd.DataFrame:
-    """LDS as methods (row labels) x tasks (``task/preset``), rows by mean LDS over the tasks
-    each was run on, reference methods after the ranked ones; a task's tiers side by side,
-    cheap first (:data:`tdabench.reporting.tiers.TIERS`)."""
-    wide = df.assign(column=df["task"] + "/" + df["preset"]).pivot_table(
-        index="label", columns="column", values="lds", aggfunc="first")
-    wide = wide[sorted(wide.columns, key=tiers.column_order)]
+    """LDS as methods (row labels) x blocks (:func:`block_title`), rows by mean LDS over the
+    blocks each was run in, reference methods after the ranked ones; a task's tiers side by
+    side, cheap first (:data:`tdabench.reporting.tiers.TIERS`), each followed by its variants."""
+    wide = _with_column(df).pivot_table(index="label", columns="column", values="lds", aggfunc="first")
+    order = {title: (task, tiers.tier_rank(preset), variant)
+             for task, preset, variant, title in _with_column(df)[[*GROUP, "column"]].itertuples(index=False)}
+    wide = wide[sorted(wide.columns, key=order.__getitem__)]
     reference = df.groupby("label")["reference"].any().reindex(wide.index)
     order = pd.DataFrame({"reference": reference, "mean": -wide.mean(axis=1)})
     return wide.loc[order.sort_values(["reference", "mean"], kind="stable").index]
+
+
+def _with_column(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``column`` of each row's :func:`block_title`."""
+    return df.assign(column=[block_title(*key) for key in df[GROUP].itertuples(index=False)])
 
 
 def shown_label(label: str, reference: bool) -> str:
@@ -382,7 +477,7 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
     flags = best_flags(df)
     speed = tiers.speed_claims(df)
     blocks = []
-    for (task, preset), g in df.groupby(["task", "preset"], sort=False):
+    for (task, preset, variant), g in df.groupby(GROUP, sort=False):
         # (header, column in df or None, formatter)
         cols: list[tuple[str, str | None, Any]] = [
             ("method", None, None),
@@ -434,10 +529,12 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
         if not math.isnan(first["noise_ceiling"]):
             note += (f"; noise ceiling (highest LDS the ground truth allows) {first['noise_ceiling']:.3f} "
                      f"[{first['noise_ceiling_low']:.3f}, {first['noise_ceiling_high']:.3f}]")
+        else:
+            note += "; no noise ceiling (it needs two training seeds per subset, groundtruth.n_seeds >= 2)"
         note += "; " + _provenance(g)
-        claim = speed.get((task, preset))
-        blocks.append(_Shown(f"{task}/{preset}", note, [c[0] for c in cols], rows, bold, footnotes,
-                             claim.describe() if claim else None, cached))
+        claim = speed.get((task, preset, variant))
+        blocks.append(_Shown(block_title(task, preset, variant), note, [c[0] for c in cols], rows, bold,
+                             footnotes, claim.describe() if claim else None, cached))
     return blocks
 
 
@@ -478,8 +575,9 @@ def _tier_blocks(selection: Selection | None) -> list[_Shown]:
 
 def _overview(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[bool]]]:
     wide = lds_matrix(df)
+    titled = _with_column(df)
     ci = {(t, lab): (lo, hi) for t, lab, lo, hi in zip(
-        df["task"] + "/" + df["preset"], df["label"], df["lds_ci_low"], df["lds_ci_high"])}
+        titled["column"], df["label"], df["lds_ci_low"], df["lds_ci_high"])}
     reference = df.groupby("label")["reference"].any()
     ranked = wide[~reference.reindex(wide.index).to_numpy()]
     best = {c: ranked[c].max() for c in wide.columns}
@@ -497,7 +595,7 @@ def _overview(df: pd.DataFrame) -> tuple[list[str], list[list[str]], list[list[b
                                   and value == best[column]))
         rows.append(cells)
         bold.append(marks)
-    ceilings = df.assign(column=df["task"] + "/" + df["preset"]).groupby("column").first()
+    ceilings = titled.groupby("column").first()
     if ceilings["noise_ceiling"].notna().any():  # the reference every row is measured against
         cells = ["(noise ceiling)"]
         for column in wide.columns:

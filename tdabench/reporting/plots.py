@@ -85,7 +85,7 @@ def wrap_label(label: str, width: int = LABEL_WIDTH) -> str:
 
 
 def _groups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    return [(f"{task}/{preset}", g) for (task, preset), g in df.groupby(["task", "preset"], sort=False)]
+    return [(leaderboard.block_title(*key), g) for key, g in df.groupby(leaderboard.GROUP, sort=False)]
 
 
 LINE_IN = 0.115  # inches per line of a row label (7 pt text and its leading)

@@ -33,9 +33,11 @@ from tdabench.record import Entry
 
 
 class Selection(Protocol):
-    """What the agreement needs of a leaderboard selection: its records by (task, preset)."""
+    """What the agreement needs of a leaderboard selection: the records of each (task,
+    preset)'s main spec (a variant made with ``--set`` is not a tier)."""
 
-    groups: Mapping[tuple[str, str], Sequence[Entry]]
+    @property
+    def mains(self) -> Mapping[tuple[str, str], Sequence[Entry]]: ...
 
 TIERS = ("tiny", "small")  # (cheap, realistic)
 N_BOOT = 1000
@@ -110,7 +112,7 @@ def _ranked(selection: Selection, task: str, preset: str) -> dict[str, tuple[np.
     its best one (highest mean LDS), as the speed line picks it: the tiers then compare methods,
     each as well configured as its records show, not config labels that differ between tiers."""
     out: dict[str, tuple[np.ndarray, dict]] = {}
-    for entry in selection.groups.get((task, preset), []):
+    for entry in selection.mains.get((task, preset), []):
         info = entry.record.method_info
         if info is not None and info.reference:
             continue
@@ -141,8 +143,9 @@ def rank_agreement(selection: Selection, task: str, tiers: tuple[str, str] = TIE
 def rank_agreements(selection: Selection, tiers: tuple[str, str] = TIERS,
                     n_boot: int = N_BOOT, seed: int = 0) -> list[RankAgreement]:
     """:func:`rank_agreement` of every task that has records in both tiers, by task name."""
-    tasks = sorted({task for task, preset in selection.groups if preset == tiers[0]}
-                   & {task for task, preset in selection.groups if preset == tiers[1]})
+    mains = selection.mains
+    tasks = sorted({task for task, preset in mains if preset == tiers[0]}
+                   & {task for task, preset in mains if preset == tiers[1]})
     found = (rank_agreement(selection, task, tiers, n_boot, seed) for task in tasks)
     return [r for r in found if r is not None]
 
@@ -192,15 +195,15 @@ class SpeedClaim:
 
 
 def speed_claims(df: pd.DataFrame, method: str | None = None,
-                 family: str = "gradient") -> dict[tuple[str, str], SpeedClaim]:
-    """Per (task, preset) of the leaderboard table ``df`` where ``method`` and at least one
+                 family: str = "gradient") -> dict[tuple[str, str, str], SpeedClaim]:
+    """Per block (task, preset, variant) of the leaderboard table ``df`` where ``method`` and at least one
     method of ``family`` (the records' ``method_info.family``) have ranked rows: ``method``'s
     time per target (its best-LDS row where it has several configs) against the smallest time
     per target among the family's rows. ``method`` None: the learned representation methods
     (family ``representation`` with a train phase; AirRep's claim against gradient methods)."""
     out = {}
     ranked = df[~df["reference"].astype(bool) & df["score_per_target_s"].notna()]
-    for (task, preset), g in ranked.groupby(["task", "preset"], sort=False):
+    for (task, preset, variant), g in ranked.groupby(["task", "preset", "variant"], sort=False):
         learned = (g["family"] == "representation") & g["train_s"].notna()
         mine = learned if method is None else g["method"] == method
         mine, others = g[mine], g[g["family"] == family]
@@ -208,6 +211,7 @@ def speed_claims(df: pd.DataFrame, method: str | None = None,
             continue
         best = mine.loc[mine["lds"].idxmax()]
         fastest = others.loc[others["score_per_target_s"].idxmin()]
-        out[(task, preset)] = SpeedClaim(task, preset, best["label"], float(best["score_per_target_s"]),
-                                         fastest["label"], float(fastest["score_per_target_s"]))
+        out[(task, preset, variant)] = SpeedClaim(
+            task, preset, best["label"], float(best["score_per_target_s"]),
+            fastest["label"], float(fastest["score_per_target_s"]))
     return out
