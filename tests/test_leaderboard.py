@@ -372,6 +372,41 @@ def test_plots_are_written_as_png_and_pdf(tmp_path, capsys):
             assert width == round(3.3 * 200) and height > 400  # a column wide, at 200 dpi
 
 
+def test_pareto_figure_tells_configs_apart_and_names_every_point(tmp_path):
+    """Issue 29, item 6: two configs of a method shared a colour and a marker, two points at one
+    place hid each other, numbered labels crowded and captions carried whole config strings."""
+    import matplotlib
+    from matplotlib.lines import Line2D
+
+    from tdabench.reporting.plots import STYLE, config_keys, method_colors, plot_pareto
+
+    make_record(tmp_path, method="lbtoy", info=LbToy, config={"alpha": 1.0, "beta": "x", "max_len": 8},
+                config_hash="00000001", lds=0.30, per_target=1e-3)
+    make_record(tmp_path, method="lbtoy", info=LbToy, config={"alpha": 2.0, "beta": "x", "max_len": 8},
+                config_hash="00000002", lds=0.30, per_target=1e-3)  # exactly on top of the first
+    make_record(tmp_path, method="random", lds=0.0, per_target=1e-5)
+    make_record(tmp_path, method="bm25", lds=0.2, per_target=1e-4)
+    df = leaderboard.table(leaderboard.load([tmp_path]))
+    keys = {short: (marker, filled) for short, marker, filled in config_keys(df).values()}
+    assert keys == {"lbtoy 00000001": ("o", True), "lbtoy 00000002": ("s", False),
+                    "random": ("o", True), "bm25": ("o", True)}
+    with matplotlib.rc_context(STYLE):
+        fig = plot_pareto(df, method_colors(df["method"]))
+    ax = fig.axes[0]
+    drawn = [(line.get_marker(), matplotlib.colors.to_rgba(line.get_markerfacecolor()), line.get_zorder())
+             for line in ax.get_lines() if line.get_marker() in ("o", "s") and line.get_markersize() == 3.5]
+    square = next(d for d in drawn if d[0] == "s")
+    assert square[1] == (1.0, 1.0, 1.0, 1.0) and square[2] > max(z for m, _, z in drawn if m == "o")
+    names = sorted(t.get_text() for t in ax.texts)
+    assert names == ["bm25", "lbtoy 00000001", "lbtoy 00000002", "random"]  # no numbers
+    boxes = [t.get_window_extent() for t in ax.texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    table = next(leg for leg in fig.legends if leg.get_title().get_text() == "configs")
+    assert [t.get_text() for t in table.get_texts()] == ["lbtoy 00000001: the default config",
+                                                         "lbtoy 00000002: alpha=2.0"]
+    assert all(isinstance(h, Line2D) for h in table.legend_handles)
+
+
 def test_method_colours_are_one_mapping():
     from tdabench.reporting.plots import method_colors
 

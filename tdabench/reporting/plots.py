@@ -2,7 +2,9 @@
 
 * ``lds``: LDS per method with its 95% bootstrap interval;
 * ``pareto``: LDS against inference time per target (log scale) with the Pareto front (the
-  methods no other method beats on both LDS and time) as a step line;
+  methods no other method beats on both LDS and time) as a step line, every point named by its
+  short label (the method, and its config hash where it has several configs) and a table of
+  those configs under the legend;
 * ``per_target_lds``: the distribution over targets of the per-target LDS, per method;
 * ``rank_agreement`` (only where some task has records in both tiers, ``tiny`` and ``small``):
   Kendall's tau between the tiers' method rankings per task with its bootstrap interval, then
@@ -10,7 +12,8 @@
   point named by :func:`place_labels` clear of the other points and names.
 
 Each method keeps one colour in every figure (sorted method names onto a qualitative
-palette); configs of one method share its colour and are told apart by their row labels. The
+palette); configs of one method share its colour and are told apart by their row labels, and
+in the Pareto figure by their markers. The
 figures are drawn on matplotlib's Agg canvas (no pyplot, no global backend switch) and written
 as PNG (200 dpi) and PDF.
 """
@@ -156,30 +159,50 @@ def plot_per_target(df: pd.DataFrame, per_target: dict[str, Sequence[float]],
     return fig
 
 
-def _wrap_items(items: Sequence[str], width: int = 52) -> str:
-    """``items`` joined by commas on lines of at most ``width`` characters, breaking inside an
-    item only when it is longer than a line by itself."""
-    lines: list[str] = []
-    for k, item in enumerate(items):
-        item = item if k in (0, len(items) - 1) else item + ","
-        if lines and len(lines[-1]) + 1 + len(item) <= width:
-            lines[-1] += " " + item
-        else:
-            lines += textwrap.wrap(item, width)
-    return "\n".join(lines)
+# Markers of a method's configs, in config hash order: the first filled, the others hollow, so
+# that a point drawn over another at the same place leaves both visible.
+CONFIG_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+
+
+def config_keys(df: pd.DataFrame) -> dict[str, tuple[str, str, bool]]:
+    """Per row ``path`` of a leaderboard table: its short label, its marker and whether the
+    marker is filled. The short label is the method name where the method has one config in
+    ``df``, else ``method hash`` (its 8-digit config hash), with ``sN`` where a config was run
+    with several seeds; each config of a method gets its own marker (:data:`CONFIG_MARKERS`)."""
+    out = {}
+    for method, g in df.groupby("method", sort=True):
+        hashes = sorted(set(g["config_hash"]))
+        for _, r in g.iterrows():
+            k = hashes.index(r["config_hash"])
+            short = method if len(hashes) == 1 else f"{method} {r['config_hash']}"
+            if g[g["config_hash"] == r["config_hash"]]["seed"].nunique() > 1:
+                short += f" s{r['seed']}"
+            out[r["path"]] = (short, CONFIG_MARKERS[k % len(CONFIG_MARKERS)], k == 0)
+    return out
+
+
+def _config_text(label: str, method: str) -> str:
+    """A row label without its method name: the config fields that set it apart."""
+    if label == method:
+        return "the default config"
+    head, sep, rest = label.partition(" (")
+    return rest.rstrip(")") if head == method and sep else label
 
 
 def plot_pareto(df: pd.DataFrame, colors: dict[str, Any]) -> Figure:
     """LDS against inference time per target on a log axis, one panel per task; the Pareto
-    front (maximise LDS, minimise time) is a step line. Its points are numbered by time (up and
-    to the left of each, a region no point can occupy, or it would be on the front instead) and
-    named under the panel. Reference methods (a datamodel: its cost is retraining) are dashed
-    horizontal lines, off the front."""
+    front (maximise LDS, minimise time) is a step line through ringed points. Every point is in
+    its method's colour with its config's marker (:func:`config_keys`) and is named by its short
+    label, placed clear of the other points and names (:func:`place_labels`). Above the
+    panels, a table gives the config of every short label that carries a hash. Reference methods
+    (a datamodel: its cost is retraining) are dashed horizontal lines, off the front."""
     groups = _groups(df)
-    fig = Figure(figsize=(WIDTH, 2.3 * len(groups) + 0.5), layout="constrained")
+    keys = config_keys(df)
+    fig = Figure(figsize=(WIDTH, 2.5 * len(groups) + 0.5), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(groups), 1, squeeze=False)[:, 0]
     references = set(df.loc[df["reference"].astype(bool), "method"])
+    points = []
     for ax, (title, g) in zip(axes, groups):
         for _, r in g[g["method"].isin(references)].iterrows():  # no inference cost to place
             ax.axhline(r["lds"], color=colors[r["method"]], lw=0.9, ls="--", zorder=1)
@@ -189,27 +212,26 @@ def plot_pareto(df: pd.DataFrame, colors: dict[str, Any]) -> Figure:
         positive = ms[ms > 0]
         ms = np.maximum(ms, positive.min() / 2 if positive.size else 1e-3)
         lds = g["lds"].to_numpy()
-        for x, (_, r) in zip(ms, g.iterrows()):
+        for k, (x, (_, r)) in enumerate(zip(ms, g.iterrows())):
+            color = colors[r["method"]]
+            _, marker, filled = keys[r["path"]]
             ax.errorbar(x, r["lds"], yerr=[[r["lds"] - r["lds_ci_low"]], [r["lds_ci_high"] - r["lds"]]],
-                        fmt="none", ecolor=colors[r["method"]], elinewidth=0.6, alpha=0.45, zorder=2)
-            ax.plot(x, r["lds"], "o", ms=3.5, color=colors[r["method"]], zorder=4)
+                        fmt="none", ecolor=color, elinewidth=0.6, alpha=0.45, zorder=2)
+            ax.plot(x, r["lds"], marker, ms=3.5, color=color, mfc=color if filled else "white",
+                    mew=0.8, zorder=4 + (not filled) + k * 1e-3)
         ax.set_xscale("log")
         lo, hi = np.nanmin(ms), np.nanmax(ms)
         ax.set_xlim(lo / 4, hi * 3)
         front = pareto_front(ms, lds)
         ax.step(np.append(ms[front], hi * 3), np.append(lds[front], lds[front][-1]), where="post",
                 color="black", lw=0.8, zorder=3)
-        ax.plot(ms[front], lds[front], "o", ms=6, mfc="none", mec="black", mew=0.7, zorder=5)
-        labels = g["label"].to_numpy()
-        for k, i in enumerate(front, 1):
-            ax.annotate(str(k), (ms[i], lds[i]), xytext=(-2.5, 2.5), textcoords="offset points",
-                        ha="right", va="bottom", fontsize=7, fontweight="bold", zorder=6)
-        key = _wrap_items(["Pareto front:", *(f"{k} {labels[i]}" for k, i in enumerate(front, 1))])
-        ax.set_xlabel(f"time per target (ms, log scale)\n{key}", loc="left")
+        ax.plot(ms[front], lds[front], "o", ms=6.5, mfc="none", mec="black", mew=0.7, zorder=6)
+        ax.set_xlabel("time per target (ms, log scale)")
         ax.axhline(0, color="0.55", lw=0.6, ls=":", zorder=0)
         ax.set_title(title, loc="left", fontweight="bold")
         ax.set_ylabel("LDS")
         ax.grid(lw=0.3, alpha=0.5)
+        points.append((ax, [keys[p][0] for p in g["path"]], ms, lds))
     shown = sorted(set(df["method"]))
     handles = [Line2D([], [], ls="--", lw=0.9, color=colors[m], label=f"{m} (reference)") if m in references
                else Line2D([], [], ls="", marker="o", ms=3.5, color=colors[m], label=m) for m in shown]
@@ -217,6 +239,21 @@ def plot_pareto(df: pd.DataFrame, colors: dict[str, Any]) -> Figure:
                           mew=0.7, label="Pareto front"))
     fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False,
                handletextpad=0.3, columnspacing=1.0)
+    configs = df[[keys[p][0] != m for p, m in zip(df["path"], df["method"])]]
+    configs = configs.drop_duplicates(["method", "config_hash"]).sort_values(["method", "config_hash"])
+    if len(configs):  # the legend table: short label -> the config it stands for
+        rows = []
+        for _, r in configs.iterrows():
+            short, marker, filled = keys[r["path"]]
+            text = "\n".join(textwrap.wrap(f"{short.split(' s')[0]}: {_config_text(r['label'], r['method'])}",
+                                           58, subsequent_indent="   "))
+            rows.append(Line2D([], [], ls="", marker=marker, ms=3.5, color=colors[r["method"]],
+                               mfc=colors[r["method"]] if filled else "white", mew=0.8, label=text))
+        fig.legend(handles=rows, loc="outside upper center", ncols=1, frameon=False, fontsize=5.5,
+                   handletextpad=0.3, title="configs", title_fontsize=6, alignment="left")
+    fig.canvas.draw()  # lay the panels out first: labels are placed in display coordinates
+    for ax, labels, x, y in points:
+        place_labels(ax, labels, x, y, fontsize=5)
     return fig
 
 
