@@ -11,11 +11,14 @@ are scored against the paper's own ground truth without any retraining. The pres
 the paper's fine-tuning recipe, so that a user with GPUs can regenerate or extend the ground
 truth (``--set groundtruth.source=finetune --set groundtruth.n_subsets=100``).
 
-Files come from the hub at a pinned commit (``data.options.revision``, a 40-hex commit hash; a
-branch such as ``main`` moves and is refused), or from a local copy of the dataset with ``--set
-data.options.path=DIR`` (DIR/flan/train.jsonl, ...). The revision and the sha256 of every file
-read are the bank's provenance (its manifest's ``model_fingerprint``), so a changed file never
-reuses a bank.
+Files come from the hub at a commit, or from a local copy of the dataset with ``--set
+data.options.path=DIR`` (DIR/flan/train.jsonl, ...). ``data.options.revision`` names the commit;
+left empty (the default) or given as a branch or tag (``main``), it is resolved to the commit it
+points at when the command is validated (:func:`pin`, which prints ``sunweiwei/airrep-test main
+pinned to <commit>``), so the spec, its hash, the bank and the record hold the commit, never a
+name that moves; a second run with ``--set data.options.revision=<commit>`` is the same spec and
+reuses the bank. The revision and the sha256 of every file read are the bank's provenance (its
+manifest's ``model_fingerprint``), so a changed file never reuses a bank.
 
 Records become examples as the authors' ``format_item`` (``scripts/04_evaluate.py``) reads them;
 see :func:`to_example`.
@@ -23,23 +26,18 @@ see :func:`to_example`.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
 
 from tdabench import data
 from tdabench.data import DataError
-from tdabench.spec import DataSpec, Example, FinetuneRecipe, GroundTruthSpec, ModelSpec, TaskSpec
+from tdabench.hub import is_commit, resolve_commit
+from tdabench.spec import DataSpec, Example, FinetuneRecipe, GroundTruthSpec, ModelSpec, TaskSpec, override
 from tdabench.store import sha256_file
 from tdabench.task import PublishedGroundTruth, Task, TaskData
 
 REPO = "sunweiwei/airrep-test"
-# The commit of REPO that this version reads. Its full hash could not be read offline (the hub's
-# pages show a single upload, short id ffe4df8, 19 Aug 2025); until it is filled in here, reading
-# from the hub needs an explicit --set data.options.revision=<40-hex commit hash>.
-PINNED_REVISION = ""
-COMMIT = re.compile(r"[0-9a-f]{40}")
 # The AirRep paper's target-LM recipe (arXiv 2505.18513): Qwen2.5-0.5B, full fine-tune, AdamW
 # 2e-5 constant, batch 16, 2 epochs, grad clip 1.0, 512 tokens, bf16; 100 subsets, one seed each.
 PAPER_MODEL = ModelSpec(
@@ -137,19 +135,27 @@ def read_examples(path: Path, source: str) -> list[Example]:
     return out
 
 
+def pin(spec: TaskSpec) -> TaskSpec:
+    """``spec`` with ``data.options.revision`` resolved to the dataset's commit on the hub (an
+    empty revision is ``main``); unchanged where it is a commit already or a local copy is read
+    (``data.options.path``)."""
+    options = spec.data.options
+    if options.get("path") or is_commit(options.get("revision")):
+        return spec
+    commit = resolve_commit(REPO, "dataset", options.get("revision"),
+                            fix="with no hub, pass --set data.options.revision=<40-hex commit> (its files "
+                                "in the local hub cache) or a local copy: --set data.options.path=DIR")
+    return override(spec, {"data.options.revision": commit})
+
+
 def pinned_revision(options: dict) -> str:
-    """The dataset commit to read from the hub: ``options['revision']``, else
-    :data:`PINNED_REVISION`; it must be a full commit hash."""
-    revision = options.get("revision") or PINNED_REVISION
-    if not revision:
-        raise DataError(
-            f"no pinned revision of the dataset {REPO}: this version does not know its commit hash. "
-            f"Pass --set data.options.revision=<40-hex commit hash> (see "
-            f"https://huggingface.co/datasets/{REPO}/commits/main), or a local copy with "
-            "--set data.options.path=DIR")
-    if not COMMIT.fullmatch(revision):
-        raise DataError(f"data.options.revision={revision!r} is not a commit hash (40 hex digits); a "
-                        "branch or tag can move, so the ground truth would not be pinned")
+    """The dataset commit to read from the hub: ``options['revision']``, which must be a full
+    commit hash (:func:`pin` makes it one when a command is validated)."""
+    revision = options.get("revision")
+    if not is_commit(revision):
+        raise DataError(f"data.options.revision={revision!r} is not a commit hash (40 hex digits): a "
+                        "branch or tag can move, so the ground truth would not be pinned; run through "
+                        "tdabench's commands (they pin it) or give the commit")
     return revision
 
 
@@ -225,7 +231,7 @@ def make_task(benchmark: str) -> Task:
 
     spec = TaskSpec(
         task=benchmark, preset="paper",
-        data=DataSpec(n_pool=0, n_targets=0, options={"revision": PINNED_REVISION}),
+        data=DataSpec(n_pool=0, n_targets=0, options={"revision": ""}),
         model=PAPER_MODEL, finetune=PAPER_RECIPE,
         groundtruth=GroundTruthSpec(n_subsets=0, fraction=0.0, n_seeds=1, source="published"))
     return Task(name=benchmark,
@@ -233,7 +239,7 @@ def make_task(benchmark: str) -> Task:
                             "truth as published; needs the hub or a local copy)",
                 presets={"paper": spec}, load=load, published_groundtruth=published,
                 labels="source task or category of each record, else the benchmark",
-                needs_hub=True, data_options=("path", "revision"))
+                needs_hub=True, data_options=("path", "revision"), pin=pin)
 
 
 FLAN = make_task("flan")

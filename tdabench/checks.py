@@ -100,6 +100,8 @@ def validate(task: str, preset: str | None = None, spec_overrides: dict[str, str
     if results_dir is not None:
         record.check_writable(results_dir)
     resolved.warnings = minimums(resolved.spec, evaluates)
+    if t.pin is not None:  # last: it may ask the hub, after every check that needs nothing
+        resolved.spec = t.pin(resolved.spec)
     return resolved
 
 

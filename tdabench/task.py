@@ -59,7 +59,9 @@ class Task:
     ``published_groundtruth(spec, data) -> PublishedGroundTruth`` serves presets whose
     ``groundtruth.source`` is ``"published"``; ``needs_hub`` says the data comes from the hub;
     ``data_options``: the ``data.options`` keys the task reads besides those its presets set
-    (any other key is refused before anything is built).
+    (any other key is refused before anything is built); ``pin(spec) -> spec`` replaces what
+    can move in a spec (a hub branch) by what cannot (its commit), once, when the command is
+    validated, so that the spec, its hash and its bank name what was read.
     """
 
     name: str
@@ -70,6 +72,7 @@ class Task:
     published_groundtruth: Callable[[TaskSpec, TaskData], Any] | None = None
     needs_hub: bool = False
     data_options: tuple[str, ...] = ()
+    pin: Callable[[TaskSpec], TaskSpec] | None = None
 
     def check_options(self, preset: str, options: dict[str, Any]) -> None:
         """Refuse ``data.options`` keys that neither the preset sets nor the task reads."""

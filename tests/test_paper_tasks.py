@@ -258,15 +258,25 @@ def test_the_number_of_subsets_comes_from_the_file(tmp_path):
 # --- the pinned source ---------------------------------------------------------------------------
 
 
-def test_the_hub_is_read_only_at_a_pinned_commit(monkeypatch):
+def test_the_hub_is_read_only_at_a_commit_and_a_moving_name_is_pinned_first(monkeypatch, tmp_path):
+    """A branch is resolved to its commit when the command is validated (tests/test_paper_hub.py
+    runs it against a stand-in hub); a commit or a local copy asks the hub nothing."""
+    from tdabench.checks import validate
+    from tdabench.errors import UserError
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     spec = paper.FLAN.spec("paper")
-    if not paper.PINNED_REVISION:
-        with pytest.raises(DataError, match=r"no pinned revision.*data\.options\.revision=<40-hex"):
-            paper.FLAN.load(spec.data)
-    with pytest.raises(DataError, match=r"'main' is not a commit hash"):
-        paper.FLAN.load(override(spec, {"data.options.revision": "main"}).data)
+    with pytest.raises(UserError, match=r"could not resolve 'main' of the dataset sunweiwei/airrep-test"):
+        validate("flan")
+    with pytest.raises(UserError, match=r"could not resolve 'v1.0' .*data\.options\.revision=<40-hex"):
+        validate("flan", spec_overrides={"data.options.revision": "v1.0"})
     commit = "0123456789abcdef0123456789abcdef01234567"
+    assert validate("flan", spec_overrides={"data.options.revision": commit}).spec.data.options == \
+        {"revision": commit}
+    local = validate("flan", spec_overrides={"data.options.path": str(tmp_path)}).spec.data.options
+    assert local == {"revision": "", "path": str(tmp_path)}  # a local copy: no hub, nothing pinned
+    with pytest.raises(DataError, match=r"revision='' is not a commit hash"):
+        paper.FLAN.load(spec.data)  # a loader handed an unpinned spec refuses it
     message = rf"flan/train\.jsonl.*sunweiwei/airrep-test at {commit}.*a task that needs no hub"
     with pytest.raises(DataError, match=message):
         paper.FLAN.load(override(spec, {"data.options.revision": commit}).data)

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from tdabench.errors import ConfigError
+from tdabench.hub import resolve_commit
 from tdabench.method import require
 from tdabench.method.pooling import mean_pool
 from tdabench.spec import Example
@@ -45,6 +46,19 @@ class AirRepEncoder(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.projector(self.pooled(input_ids, attention_mask))
+
+
+def pin_checkpoint(path: str) -> str:
+    """``path`` where it is a local directory; a hub id (``repo`` or ``repo@revision``) with its
+    revision resolved to the commit it points at now (``repo@<commit>``, printed), so that the
+    record names the weights that were read."""
+    if Path(path).expanduser().is_dir():
+        return path
+    repo, _, revision = path.partition("@")
+    commit = resolve_commit(repo, "model", revision or None,
+                            fix=f"with no hub, pass --checkpoint DIR (a local copy) or {repo}@<40-hex "
+                                "commit> (its files in the local hub cache)")
+    return f"{repo}@{commit}"
 
 
 def load_encoder(path: str) -> tuple[AirRepEncoder, object]:
