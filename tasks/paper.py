@@ -51,6 +51,12 @@ PAPER_MODEL = ModelSpec(
 PAPER_RECIPE = FinetuneRecipe(lr=2e-5, batch_size=16, epochs=2, grad_clip=1.0)
 
 FILES = ("train.jsonl", "test.jsonl", "lds.jsonl")
+# What the authors publish as their evaluation's figure, in their words: github.com/sunnweiwei/AirRep
+# (commit f7f2ff1) scripts/README.md, stage 4, 04_evaluate.py on their flan-trained AirRep "Prints LDS
+# Spearman correlation (expected: ~0.21 for flan)"; their README evaluates AirRep-Flan-Small with that
+# script. Records carry it beside the measured figure.
+PUBLISHED_LDS = {"flan": {"airrep": "~0.21 (the authors' scripts/README.md: 04_evaluate.py on their "
+                                     "flan-trained AirRep, 'expected: ~0.21 for flan')"}}
 PROMPT_FIELDS = ("inputs", "prompt", "instruction")  # format_item's order: the first present wins
 RESPONSE_FIELDS = ("response", "targets", "output")
 SOURCE_FIELDS = ("task", "source", "_task_name", "category", "dataset")
@@ -137,15 +143,24 @@ def read_examples(path: Path, source: str) -> list[Example]:
 
 def pin(spec: TaskSpec) -> TaskSpec:
     """``spec`` with ``data.options.revision`` resolved to the dataset's commit on the hub (an
-    empty revision is ``main``); unchanged where it is a commit already or a local copy is read
-    (``data.options.path``)."""
-    options = spec.data.options
-    if options.get("path") or is_commit(options.get("revision")):
+    empty revision is ``main``), and the target LM's ``model.revision`` to the model's (it
+    fine-tunes when a method needs the target LM or the ground truth is regenerated); unchanged
+    where each is a commit already. A local copy of the data (``data.options.path``) pins
+    nothing: it reads no hub (a local model directory as ``model.name`` is read as it is)."""
+    options, model = spec.data.options, spec.model
+    if options.get("path"):
         return spec
-    commit = resolve_commit(REPO, "dataset", options.get("revision"),
-                            fix="with no hub, pass --set data.options.revision=<40-hex commit> (its files "
-                                "in the local hub cache) or a local copy: --set data.options.path=DIR")
-    return override(spec, {"data.options.revision": commit})
+    pinned = {}
+    if not is_commit(options.get("revision")):
+        pinned["data.options.revision"] = resolve_commit(
+            REPO, "dataset", options.get("revision"),
+            fix="with no hub, pass --set data.options.revision=<40-hex commit> (its files in the local hub "
+                "cache) or a local copy: --set data.options.path=DIR")
+    if not Path(model.name).expanduser().exists() and not is_commit(model.revision):
+        pinned["model.revision"] = resolve_commit(
+            model.name, "model", model.revision,
+            fix="with no hub, pass --set model.revision=<40-hex commit> (its files in the local hub cache)")
+    return override(spec, pinned) if pinned else spec
 
 
 def pinned_revision(options: dict) -> str:
@@ -239,7 +254,8 @@ def make_task(benchmark: str) -> Task:
                             "truth as published; needs the hub or a local copy)",
                 presets={"paper": spec}, load=load, published_groundtruth=published,
                 labels="source task or category of each record, else the benchmark",
-                needs_hub=True, data_options=("path", "revision"), pin=pin)
+                needs_hub=True, data_options=("path", "revision"), pin=pin,
+                published_lds=PUBLISHED_LDS.get(benchmark, {}))
 
 
 FLAN = make_task("flan")

@@ -389,13 +389,21 @@ def _add_records_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spec", nargs="+", action="extend", default=[], metavar="HASH",
                    help="show this spec hash (or a prefix) of its task instead of the newest")
 
-def _check_reproduce(args: argparse.Namespace) -> None:
-    """Check reproduce's tasks, methods, configs file and results directory before any compute."""
+def _reproduce_configs(args: argparse.Namespace) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The configs file's method overrides for ``args.preset`` (its ``_by_preset[PRESET]``
+    entries replace a method's top-level one) and how they were tuned (``_tuned``)."""
     import json
 
+    given = json.loads(args.configs.read_text()) if args.configs.exists() else {}
+    configs = {k: v for k, v in given.items() if not k.startswith("_")}
+    return {**configs, **given.get("_by_preset", {}).get(args.preset, {})}, given.get("_tuned", {})
+
+
+def _check_reproduce(args: argparse.Namespace) -> None:
+    """Check reproduce's tasks, methods, configs file and results directory before any compute."""
     from tdabench import checks, record
 
-    configs = json.loads(args.configs.read_text()) if args.configs.exists() else {}
+    configs, _ = _reproduce_configs(args)
     for method in args.method or registry.method_names():
         if method in configs or args.method:
             checks.check_method(method, configs.get(method))
@@ -405,17 +413,14 @@ def _check_reproduce(args: argparse.Namespace) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> None:
-    import json
-
     from tdabench.device import Compute
 
     _check_reproduce(args)
-    given = json.loads(args.configs.read_text()) if args.configs.exists() else {}
-    configs = {k: v for k, v in given.items() if not k.startswith("_")}
+    configs, tuned = _reproduce_configs(args)
     from tdabench.reproduce import reproduce
 
     written = reproduce(args.preset, args.task or None, args.method or None, configs,
-                        args.results_dir, Compute(args.workers, device=_device(args)), given.get("_tuned"))
+                        args.results_dir, Compute(args.workers, device=_device(args)), tuned)
     print(f"{len(written)} new record(s) under {args.results_dir}")
 
 

@@ -430,12 +430,14 @@ def load_base_model(spec: ModelSpec, warmup: Sequence[Example],
     if spec.init == "gguf":
         return _load_gguf(spec, dtype)
     if spec.init == "pretrained":
-        model = AutoModelForCausalLM.from_pretrained(spec.name, dtype=dtype, attn_implementation=ATTENTION)
-        tokenizer = AutoTokenizer.from_pretrained(spec.name)
+        model = AutoModelForCausalLM.from_pretrained(spec.name, revision=spec.revision, dtype=dtype,
+                                                     attn_implementation=ATTENTION)
+        tokenizer = AutoTokenizer.from_pretrained(spec.name, revision=spec.revision)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         files = sorted(Path(spec.name).glob("*.safetensors")) if Path(spec.name).is_dir() else []
-        fingerprint = stable_hash([sha256_file(f) for f in files]) if files else spec.name
+        named = f"{spec.name}@{spec.revision}" if spec.revision else spec.name
+        fingerprint = stable_hash([sha256_file(f) for f in files]) if files else named
         return TargetLM(model.eval(), tokenizer, spec, fingerprint, Path(spec.name))
     if spec.init != "scratch":
         raise ValueError(f"unknown model init {spec.init!r}; use 'scratch', 'pretrained' or 'gguf'")

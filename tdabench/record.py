@@ -133,6 +133,8 @@ class PaperLds:
     n_targets: int
     n_subsets: int
     group_score: str
+    # What the method's authors publish for this benchmark, as they state it (not measured here)
+    published: str | None = None
 
 
 @dataclass

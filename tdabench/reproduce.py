@@ -47,9 +47,9 @@ def check_data(tasks: list[tuple[str, Task]], preset: str) -> None:
     that a source that cannot be had stops the run at once, naming the tasks that can run."""
     missing = {}
     for name, task in tasks:
-        try:
-            task.load(task.spec(preset).data)
-        except DataError as err:
+        try:  # validated: a spec that reads the hub is pinned to its commits first
+            task.load(validate(name, preset).spec.data)
+        except (DataError, UserError) as err:
             missing[name] = str(err)
     if missing:
         rest = [name for name, _ in tasks if name not in missing]
@@ -61,16 +61,19 @@ def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: lis
               configs: dict[str, dict[str, str]] | None = None,
               results_dir: Path | str = record.REFERENCE_RESULTS, compute: Compute = CPU_COMPUTE,
               tuned: dict[str, dict[str, Any]] | None = None) -> list[Path]:
-    """Run every method on every offline task that has ``preset``, skipping records that exist
-    for the current spec and protocol and the adapter's current ``VERSION`` (so it resumes).
+    """Run every method on every offline task that has ``preset`` (on a preset that only tasks
+    reading the hub have, ``paper``: those, each once under its own name), skipping records that
+    exist for the current spec and protocol and the adapter's current ``VERSION`` (so it resumes).
     ``configs`` maps a method to its config overrides. Methods whose optional dependency is
     missing are skipped with a message; ``compute``: where every phase runs; ``tuned`` maps a
     method to how its settings were chosen (stored in its records)."""
     configs = configs or {}
     record.check_writable(results_dir)
     selected = [(name, get_task(name)) for name in tasks or task_names()]
-    selected = [(name, task) for name, task in selected
-                if preset in task.presets and not (tasks is None and task.needs_hub)]
+    selected = [(name, task) for name, task in selected if preset in task.presets]
+    if tasks is None:
+        selected = [(name, task) for name, task in selected if not task.needs_hub] or selected
+    selected = list({task.name: (task.name, task) for _, task in selected}.values())  # aliases once
     check_data(selected, preset)
     written = []
     for task_name, _ in selected:

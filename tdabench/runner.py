@@ -197,6 +197,9 @@ def run_resolved(resolved: Resolved, seed: int = 0, compute: Compute = CPU_COMPU
         measured["lds_all_subsets"] = paper_lds(
             paper_groups, labels, pooling.POOLINGS[authors][1] if authors else "as for the test part",
             correlation)
+        published = resolved.task.published_lds.get(method)
+        if published and authors:  # the authors' figure, beside the same computation's
+            measured["lds_all_subsets"]["published"] = published
         measured["headline"] = "lds_all_subsets"
         the_protocol["headline"] = ("lds_all_subsets: all published subsets, the method authors' "
                                     "evaluation aggregation (comparable with the paper)")

@@ -50,7 +50,8 @@ class ModelSpec:
     ``init="gguf"``: ``name`` is a packaged GGUF model (``tdabench.lm.PACKAGED_MODELS``).
     ``trainable``: ``"all"`` or ``"top:K"`` (the top K blocks and the final norm).
     ``system_prompt``: for chat templates, ``None`` keeps the template's default system turn;
-    a string (``""`` included) replaces it.
+    a string (``""`` included) replaces it. ``revision``: the hub commit a pretrained ``name`` is
+    read at (``None``: whatever the name resolves to; tasks that read the hub pin it).
     """
 
     init: Literal["scratch", "pretrained", "gguf"] = param("scratch", "where the model comes from")
@@ -68,6 +69,8 @@ class ModelSpec:
     warmup_lr: float = param(2e-3, "warm-up learning rate (scratch)", gt=0)
     warmup_seed: int = param(0, "warm-up seed (scratch)")
     system_prompt: str | None = param(None, "chat templates: none keeps the default system turn")
+    revision: str | None = param(None, "hub commit of a pretrained model (a task may pin it when the "
+                                       "command is checked); none: the name as it resolves")
 
 
 @dataclass(frozen=True)

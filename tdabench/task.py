@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,7 +62,9 @@ class Task:
     ``data_options``: the ``data.options`` keys the task reads besides those its presets set
     (any other key is refused before anything is built); ``pin(spec) -> spec`` replaces what
     can move in a spec (a hub branch) by what cannot (its commit), once, when the command is
-    validated, so that the spec, its hash and its bank name what was read.
+    validated, so that the spec, its hash and its bank name what was read; ``published_lds``:
+    per method, the figure its authors publish on this task's published ground truth, as they
+    state it and where (records on that ground truth carry it beside what was measured).
     """
 
     name: str
@@ -73,6 +76,7 @@ class Task:
     needs_hub: bool = False
     data_options: tuple[str, ...] = ()
     pin: Callable[[TaskSpec], TaskSpec] | None = None
+    published_lds: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def check_options(self, preset: str, options: dict[str, Any]) -> None:
         """Refuse ``data.options`` keys that neither the preset sets nor the task reads."""

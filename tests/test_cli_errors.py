@@ -344,7 +344,8 @@ def test_ctrl_c_during_worker_start_up_prints_one_line(micro, tmp_path):
 
 
 def test_a_paper_task_uses_its_only_preset_without_saying_no_preset_tiny():
-    commit = {"data.options.revision": "0123456789abcdef0123456789abcdef01234567"}  # nothing to pin
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    commit = {"data.options.revision": commit, "model.revision": commit}  # nothing to pin
     checked = checks.validate("flan", None, commit, "airrep")  # no data is loaded: no hub needed
     assert checked.preset == "paper" and checked.spec.preset == "paper"
     from tdabench.registry import get_task

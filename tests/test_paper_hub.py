@@ -20,6 +20,7 @@ from tdabench.methods.airrep import RELEASED_CHECKPOINT
 from tdabench.tasks import paper
 
 DATASET_SHA = hashlib.sha1(b"airrep-test as served").hexdigest()
+TARGET_SHA = hashlib.sha1(b"Qwen2.5-0.5B as served").hexdigest()
 MODEL_SHA = hashlib.sha1(b"AirRep-Flan-Small as served").hexdigest()
 TIMEOUT_S = 600  # a loaded 2-core machine imports torch and transformers slowly
 
@@ -37,8 +38,10 @@ def hub(tmp_path):
     checkpoint = write_checkpoint(tmp_path / "AirRep-Flan-Small")
     files = {p.relative_to(root).as_posix(): p for p in root.rglob("*.jsonl")}
     weights = {p.name: p for p in checkpoint.iterdir()}
+    target = paper.PAPER_MODEL.name  # only resolved here: AirRep never loads the target LM
     repos = [Repo(paper.REPO, "dataset", files, DATASET_SHA),
-             Repo(RELEASED_CHECKPOINT, "model", weights, MODEL_SHA)]
+             Repo(RELEASED_CHECKPOINT, "model", weights, MODEL_SHA),
+             Repo(target, "model", {"config.json": b"{}"}, TARGET_SHA)]
     with serve(repos) as running:
         yield running, root, checkpoint
 
@@ -50,9 +53,11 @@ def test_the_headline_command_pins_both_commits_and_prints_the_authors_figure(hu
     first = tdabench(["run", "--method", "airrep", "--task", "flan"], env)
     assert f"{paper.REPO} main pinned to {DATASET_SHA}" in first.stderr
     assert f"{RELEASED_CHECKPOINT} main pinned to {MODEL_SHA}" in first.stderr
+    assert f"{paper.PAPER_MODEL.name} main pinned to {TARGET_SHA}" in first.stderr
     (path,) = (tmp_path / "tdabench" / "results").rglob("airrep-*.json")
     record = json.loads(path.read_text())
     assert record["spec"]["data"]["options"]["revision"] == DATASET_SHA  # never "main" or ""
+    assert record["spec"]["model"]["revision"] == TARGET_SHA
     assert record["resolved"] == {"dtype": "bf16", "checkpoint": f"{RELEASED_CHECKPOINT}@{MODEL_SHA}"}
     manifest = Path(record["bank"]["path"]) / "manifest.json"
     assert DATASET_SHA in json.loads(manifest.read_text())["model_fingerprint"]
@@ -64,13 +69,28 @@ def test_the_headline_command_pins_both_commits_and_prints_the_authors_figure(hu
     # the printed commit, given back: the same spec, so the same bank, not imported again
     written = manifest.stat().st_mtime_ns
     second = tdabench(["run", "--method", "airrep", "--task", "flan", "--set",
-                       f"data.options.revision={DATASET_SHA}", "--checkpoint",
+                       f"data.options.revision={DATASET_SHA}", "--set", f"model.revision={TARGET_SHA}",
+                       "--checkpoint",
                        f"{RELEASED_CHECKPOINT}@{MODEL_SHA}"], env)
     assert "pinned to" not in second.stderr  # both were commits: the hub was not asked to resolve
     again = json.loads(path.read_text())  # the same record file: the same spec, config and seed
     assert again["spec_hash"] == record["spec_hash"] and again["bank"]["path"] == record["bank"]["path"]
     assert manifest.stat().st_mtime_ns == written
     assert again["metrics"]["lds_all_subsets"]["mean"] == record["metrics"]["lds_all_subsets"]["mean"]
+
+
+def test_reproduce_paper_runs_every_benchmark_once_at_one_commit(hub, tmp_path):
+    """`tdabench reproduce --preset paper` took no task (they read the hub) and would have run
+    safe twice (saferlhf is its alias)."""
+    served, _, _ = hub
+    env = {**client_env(served, tmp_path), "TDABENCH_CACHE": str(tmp_path / "tdabench")}
+    done = tdabench(["reproduce", "--preset", "paper", "--method", "random", "--results-dir",
+                     str(tmp_path / "results")], env)
+    assert done.stderr.count(f"{paper.REPO} main pinned to {DATASET_SHA}") == 1  # once for all four
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("random-*.json")]
+    assert sorted(r["task"] for r in records) == ["alpaca", "flan", "safe", "tulu"]
+    assert {r["spec"]["data"]["options"]["revision"] for r in records} == {DATASET_SHA}
+    assert all(r["metrics"]["headline"] == "lds_all_subsets" for r in records)
 
 
 def test_an_unreachable_hub_is_one_line_naming_the_way_round(tmp_path):

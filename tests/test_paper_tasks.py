@@ -271,8 +271,11 @@ def test_the_hub_is_read_only_at_a_commit_and_a_moving_name_is_pinned_first(monk
     with pytest.raises(UserError, match=r"could not resolve 'v1.0' .*data\.options\.revision=<40-hex"):
         validate("flan", spec_overrides={"data.options.revision": "v1.0"})
     commit = "0123456789abcdef0123456789abcdef01234567"
-    assert validate("flan", spec_overrides={"data.options.revision": commit}).spec.data.options == \
-        {"revision": commit}
+    qwen = r"could not resolve 'main' of the model Qwen/Qwen2\.5-0\.5B .*model\.revision="
+    with pytest.raises(UserError, match=qwen):
+        validate("flan", spec_overrides={"data.options.revision": commit})  # the target LM is pinned too
+    both = {"data.options.revision": commit, "model.revision": commit}
+    assert validate("flan", spec_overrides=both).spec.data.options == {"revision": commit}
     local = validate("flan", spec_overrides={"data.options.path": str(tmp_path)}).spec.data.options
     assert local == {"revision": "", "path": str(tmp_path)}  # a local copy: no hub, nothing pinned
     with pytest.raises(DataError, match=r"revision='' is not a commit hash"):
@@ -318,6 +321,17 @@ def test_tdabench_run_prints_the_authors_lds(published, tmp_path, capsys, name, 
     assert abs(expected) > 1e-3  # not a degenerate zero
     assert record["config"]["dtype"] == "auto" and record["resolved"] == {"dtype": "bf16"}
     assert record["bank"]["n_subsets"] == 100
+    # the leaderboard shows the paper's figure beside the test part's, and the authors' own
+    from tdabench.reporting import leaderboard
+
+    selection = leaderboard.load([tmp_path / "results"])
+    md = leaderboard.render(leaderboard.table(selection), "markdown", selection)
+    assert f"| airrep | {m['lds']['mean']:+.3f} |" in md and f"| {expected:+.3f} | [" in md
+    authors = paper.PUBLISHED_LDS.get(name, {}).get("airrep")
+    if authors:  # flan: "~0.21 (...)", in the record and under the table
+        assert m["lds_all_subsets"]["published"] == authors and f"airrep: {authors}" in md
+    else:
+        assert m["lds_all_subsets"].get("published") is None and "Published by" not in md
     # the test-part figure stays beside it, made with the pooling AirRep trains with
     assert m["lds"]["n_subsets"] == 80 and m["lds"]["mean"] != m["lds_all_subsets"]["mean"]
 

@@ -48,6 +48,7 @@ MIB = 2**20
 COLUMNS = [
     "task", "preset", "variant", "spec_hash", "protocol_hash", "label", "method", "config_hash", "seed",
     "reference", "family", "lds", "lds_ci_low", "lds_ci_high", "lds_ci_subsets_low", "lds_ci_subsets_high",
+    "paper_lds", "paper_lds_ci_low", "paper_lds_ci_high", "published",
     "noise_ceiling", "noise_ceiling_low", "noise_ceiling_high", "recall_at_1", "recall_at_1_chance",
     "recall_at_10", "recall_at_10_chance", "train_s", "train_cached", "train_original", "fit_s",
     "score_per_target_s",
@@ -56,9 +57,11 @@ COLUMNS = [
     "path", "best",
 ]
 CACHED = "Cached training, as measured when it ran (`cost.train.original`): "
+PUBLISHED = "Published by the methods' authors for this benchmark, their words, not measured here: "
 # Columns whose best value is marked within each (task, preset): higher or lower is better.
 BEST = {
-    "lds": "max", "recall_at_1": "max", "recall_at_10": "max", "train_s": "min", "fit_s": "min",
+    "lds": "max", "paper_lds": "max", "recall_at_1": "max", "recall_at_10": "max", "train_s": "min",
+    "fit_s": "min",
     "score_per_target_s": "min", "peak_rss_bytes": "min", "cuda_peak_bytes": "min",
     "storage_bytes": "min",
 }
@@ -344,6 +347,7 @@ def row(entry: Entry, label: str | None = None, variant: str = "") -> dict[str, 
     ceiling = r.bank.noise_ceiling
     ceiling_ci = ceiling.ceiling_ci95 if ceiling else [math.nan, math.nan]
     cuda = [p.cuda_peak_bytes for p in c.phases.values() if p.cuda_peak_bytes is not None]
+    paper = r.metrics.lds_all_subsets
     return {
         "task": r.task, "preset": r.preset, "variant": variant, "spec_hash": r.spec_hash,
         "protocol_hash": r.protocol_hash,
@@ -352,6 +356,10 @@ def row(entry: Entry, label: str | None = None, variant: str = "") -> dict[str, 
         "family": r.method_info.family if r.method_info else None,
         "lds": lds.mean, "lds_ci_low": lds.ci95[0], "lds_ci_high": lds.ci95[1],
         "lds_ci_subsets_low": by_subsets[0], "lds_ci_subsets_high": by_subsets[1],
+        "paper_lds": paper.mean if paper else math.nan,
+        "paper_lds_ci_low": paper.ci95[0] if paper else math.nan,
+        "paper_lds_ci_high": paper.ci95[1] if paper else math.nan,
+        "published": (paper.published or "") if paper else "",
         "noise_ceiling": ceiling.ceiling if ceiling else math.nan,
         "noise_ceiling_low": ceiling_ci[0], "noise_ceiling_high": ceiling_ci[1],
         "recall_at_1": r.metrics.recall[1].value, "recall_at_1_chance": r.metrics.recall[1].chance,
@@ -471,6 +479,7 @@ class _Shown:
     footnotes: list[str]
     speed: str | None = None  # the speed claim's line (tdabench.reporting.tiers.speed_claims)
     cached: list[str] = field(default_factory=list)  # cached trainings' original cost
+    published: list[str] = field(default_factory=list)  # the methods' authors' own figures
 
 
 def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
@@ -486,6 +495,10 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
         ]
         if g["lds_ci_subsets_low"].notna().any():
             cols.append(("CI over subsets", None, None))
+        paper = bool(g["paper_lds"].notna().any())
+        if paper:  # published ground truth: the paper's own figure beside the test part's
+            cols += [("paper's LDS", "paper_lds", lambda x: "–" if math.isnan(x) else f"{x:+.3f}"),
+                     ("its 95% CI", None, None)]
         cols += [
             ("recall@1", "recall_at_1", lambda x: f"{x:.2f}"),
             ("recall@10", "recall_at_10", lambda x: f"{x:.2f}"),
@@ -499,7 +512,7 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
             cols.append(("peak GPU (MiB)", "cuda_peak_bytes", lambda x: _fmt(x, MIB)))
         cols.append(("storage (MiB)", "storage_bytes", lambda x: _fmt(x, MIB)))
 
-        rows, bold, footnotes, cached = [], [], [], []
+        rows, bold, footnotes, cached, published = [], [], [], [], []
         for i, r in g.iterrows():
             cells, marks = [], []
             for header, col, fmt in cols:
@@ -509,6 +522,9 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
                     cells.append("cached")
                 elif header == "95% CI":
                     cells.append(f"[{r['lds_ci_low']:+.3f}, {r['lds_ci_high']:+.3f}]")
+                elif header == "its 95% CI":
+                    cells.append("–" if math.isnan(r["paper_lds"]) else
+                                 f"[{r['paper_lds_ci_low']:+.3f}, {r['paper_lds_ci_high']:+.3f}]")
                 elif header == "CI over subsets":
                     cells.append("–" if math.isnan(r["lds_ci_subsets_low"]) else
                                  f"[{r['lds_ci_subsets_low']:+.3f}, {r['lds_ci_subsets_high']:+.3f}]")
@@ -522,6 +538,8 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
                 footnotes.append(f"{r['label']}: {hidden}")
             if r["train_cached"] and r["train_original"]:
                 cached.append(f"{r['label']}: {r['train_original']}")
+            if r["published"]:
+                published.append(f"{r['label']}: {r['published']}")
         first = g.iloc[0]
         note = (f"spec {first['spec_hash']}; {first['n_subsets']} test subsets x {first['n_targets']} "
                 f"targets; random ranking: recall@1 {first['recall_at_1_chance']:.3f}, "
@@ -531,10 +549,14 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
                      f"[{first['noise_ceiling_low']:.3f}, {first['noise_ceiling_high']:.3f}]")
         else:
             note += "; no noise ceiling (it needs two training seeds per subset, groundtruth.n_seeds >= 2)"
+        if paper:
+            note += ("; LDS: the test part (80 subsets, each method's own group score), comparable with "
+                     "the other tiers; paper's LDS: every published subset with the group score the "
+                     "method's authors evaluate with, the paper's figure")
         note += "; " + _provenance(g)
         claim = speed.get((task, preset, variant))
         blocks.append(_Shown(block_title(task, preset, variant), note, [c[0] for c in cols], rows, bold,
-                             footnotes, claim.describe() if claim else None, cached))
+                             footnotes, claim.describe() if claim else None, cached, published))
     return blocks
 
 
@@ -662,6 +684,8 @@ def render(df: pd.DataFrame, fmt: str = "markdown", selection: Selection | None 
                 out += ["Non-default configs: " + "; ".join(b.footnotes), ""]
             if b.cached:
                 out += [CACHED + "; ".join(b.cached), ""]
+            if b.published:
+                out += [PUBLISHED + "; ".join(b.published), ""]
             if b.speed:
                 out += [f"Speed: {b.speed}.", ""]
         out.append(textwrap.fill(costs, 100))
@@ -675,6 +699,8 @@ def render(df: pd.DataFrame, fmt: str = "markdown", selection: Selection | None 
                 out.append("% non-default configs: " + "; ".join(b.footnotes))
             if b.cached:
                 out.append("% " + CACHED + "; ".join(b.cached))
+            if b.published:
+                out.append("% " + PUBLISHED + "; ".join(b.published))
             if b.speed:
                 out.append(f"% speed: {b.speed}")
     return "\n".join(out) + "\n"
