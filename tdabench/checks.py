@@ -22,6 +22,7 @@ from tdabench.errors import ConfigError, UserError
 from tdabench.groundtruth.bank import pool_minimums
 from tdabench.spec import TaskSpec, override, stable_hash
 from tdabench.task import Task, TaskData
+from tdabench.typed import hashed_fields
 
 if TYPE_CHECKING:
     from tdabench.method.base import Method
@@ -59,7 +60,7 @@ class Resolved:
     @property
     def config_hash(self) -> str:
         """What names the config in records and work directories."""
-        return stable_hash(self.config_dict, 8)
+        return stable_hash(hashed_fields(self.config), 8)
 
     def with_config(self, overrides: dict[str, Any]) -> Resolved:
         """The same run with config fields overridden (checked as :func:`check_method` does)."""

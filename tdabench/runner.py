@@ -40,6 +40,7 @@ from tdabench.spec import TaskSpec, spec_hash, stable_hash
 from tdabench.store import atomic_write_bytes, cache_dir, dir_bytes
 from tdabench.task import Task, TaskData
 from tdabench.timing import measure
+from tdabench.typed import hashed_fields
 
 
 def load_task(task: str, preset: str = "tiny", spec_overrides: dict[str, str] | None = None
@@ -182,9 +183,10 @@ def run_resolved(resolved: Resolved, seed: int = 0, compute: Compute = CPU_COMPU
     scores, group_scores, costs, aggregation = attribute(adapter, context, bank.membership, method,
                                                          group_score)
     config_dict = resolved.config_dict
+    config_hash = resolved.config_hash
     if group_score:
         config_dict["group_score"] = group_score  # part of what was run, and of the file name
-    config_hash = stable_hash(config_dict, 8)
+        config_hash = stable_hash({**hashed_fields(resolved.config), "group_score": group_score}, 8)
     labels = bank.labels()
     measured = evaluate(scores, group_scores, labels, np.array([ex.source for ex in data.pool]),
                         np.array([ex.source for ex in data.targets]), correlation)

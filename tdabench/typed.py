@@ -26,11 +26,22 @@ _BOOL = {"true": True, "false": False}
 
 
 def param(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
-          le: float | None = None, lt: float | None = None) -> Any:
+          le: float | None = None, lt: float | None = None, added: bool = False) -> Any:
     """A dataclass field with a default, a help line and an optional range (``ge``/``gt``:
-    lower bound, inclusive/exclusive; ``le``/``lt``: upper bound)."""
+    lower bound, inclusive/exclusive; ``le``/``lt``: upper bound). ``added``: a field added to
+    a method's config after records of it were made; while it holds its default it is left out
+    of the config's hash (:func:`hashed_fields`), so those records keep theirs."""
     bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
-    return dataclasses.field(default=default, metadata={"help": help, **bounds})
+    metadata = {"help": help, **bounds, **({"added": True} if added else {})}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def hashed_fields(config: Any) -> dict[str, Any]:
+    """A config dataclass as the dict its hash is taken of: every field, except an ``added``
+    one that holds its default."""
+    values = dataclasses.asdict(config)
+    return {f.name: values[f.name] for f in dataclasses.fields(config)
+            if not (f.metadata.get("added") and values[f.name] == f.default)}
 
 
 def field_types(cls: type) -> dict[str, Any]:

@@ -321,9 +321,9 @@ from conftest import micro_task
 from tdabench import cli
 from tdabench.registry import register_task
 register_task(micro_task())
-sys.exit(cli.main(["groundtruth", "--task", "micro", "--set", "groundtruth.n_subsets=60",
+sys.exit(cli.main(["groundtruth", "--task", "micro", "--set", "groundtruth.n_subsets=20000",
                    "--workers", "2", "--bank", {bank!r}]))
-"""
+"""  # 40,000 fine-tunes: hours, so the interrupt always comes first (a 120-job bank once finished first)
 
 
 def test_ctrl_c_during_worker_start_up_prints_one_line(micro, tmp_path):

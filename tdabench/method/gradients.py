@@ -310,10 +310,13 @@ def batches(encoded: Sequence[lm.Encoded], batch_size: int, pad_id: int
 
 def per_example_gradients(model: torch.nn.Module, modules: dict[str, torch.nn.Linear],
                           encoded: Sequence[lm.Encoded], pad_id: int, loss: str = "train",
-                          batch_size: int = 32) -> torch.Tensor:
+                          batch_size: int = 32, projection: KroneckerProjection | None = None
+                          ) -> torch.Tensor:
     """(n, P) float32: the gradient of each example's loss (``"train"``: :func:`train_losses`;
     ``"measurement"``: :func:`measurement`) with respect to the tracked weights, flattened in
-    the order of :func:`tracked_parameters`.
+    the order of :func:`tracked_parameters`; with ``projection``, (n, projection.width): each
+    tracked layer's gradient sketched by :class:`KroneckerProjection`, the full gradient never
+    formed.
 
     One batched forward and backward per batch: a linear layer's per-example weight gradient is
     the sum over the example's tokens of (output gradient) x (input)^T, so hooks on the tracked
@@ -321,7 +324,7 @@ def per_example_gradients(model: torch.nn.Module, modules: dict[str, torch.nn.Li
     """
     loss_fn = LOSSES[loss]
     params = tracked_parameters(modules)
-    P = sum(p.numel() for p in params.values())
+    P = projection.width if projection else sum(p.numel() for p in params.values())
     out = torch.empty(len(encoded), P, dtype=torch.float32, device=lm.model_device(model))
     inputs: dict[str, torch.Tensor] = {}
     grads: dict[str, torch.Tensor] = {}
@@ -346,9 +349,11 @@ def per_example_gradients(model: torch.nn.Module, modules: dict[str, torch.nn.Li
             parts = []
             for name, module in modules.items():
                 d, a = grads[name].float(), inputs[name].float()
+                if projection:
+                    d, a, bias = projection.factors(name, d, a)
                 parts.append(torch.einsum("blo,bli->boi", d, a).flatten(1))
                 if module.bias is not None:
-                    parts.append(d.sum(1))
+                    parts.append(d.sum(1) if not projection else bias)
             out[rows] = torch.cat(parts, dim=1)
             inputs.clear()
             grads.clear()
@@ -362,6 +367,43 @@ def per_example_gradients(model: torch.nn.Module, modules: dict[str, torch.nn.Li
 
 
 # --- random projection ----------------------------------------------------------------------
+
+class KroneckerProjection:
+    """A seeded sketch of every tracked linear layer's per-example gradient, taken from the
+    layer's factors so that the (O, I) gradient is never formed.
+
+    A layer's per-example gradient is G = sum_t d_t a_t^T (d: output gradients, O; a: inputs, I;
+    t: the example's tokens). Its sketch is S = R_o^T G R_i = sum_t (R_o^T d_t)(R_i^T a_t)^T, a
+    (k, k) matrix, with R_o (O, k) and R_i (I, k) of independent N(0, 1/k) entries drawn once per
+    layer from ``seed``; a bias gradient sum_t d_t becomes R_o^T sum_t d_t. Since E[R R^T] = I,
+    <S_x, S_z> is an unbiased estimate of <G_x, G_z>, summed over layers: of the full gradient dot
+    product, with a variance that falls as 1/k^2 per layer (a Kronecker-structured
+    Johnson-Lindenstrauss sketch; LoGra's projection, without its Hessian).
+
+    Memory: sum over layers of (O + I) x k floats for the R's, n x width for the sketches (width =
+    layers x k^2, + k per biased layer). Time per batch: tokens x sum (O + I) x k for the factor
+    products plus tokens x k^2 per layer, against tokens x O x I for the exact gradient.
+    """
+
+    def __init__(self, modules: dict[str, torch.nn.Linear], k: int, seed: int = 0,
+                 device: str = "cpu") -> None:
+        generator = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same R's everywhere
+        self.k = k
+        self.matrices = {}
+        for name, module in modules.items():  # in the order of tracked_parameters, as the sketch is laid out
+            r_out = torch.randn(module.out_features, k, generator=generator) / math.sqrt(k)
+            r_in = torch.randn(module.in_features, k, generator=generator) / math.sqrt(k)
+            self.matrices[name] = (r_out.to(device), r_in.to(device))
+        self.width = sum(k * k + (k if m.bias is not None else 0) for m in modules.values())
+
+    def factors(self, name: str, d: torch.Tensor, a: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Layer ``name``'s (B, L, O) output gradients and (B, L, I) inputs projected to
+        (B, L, k) each, and the projected bias gradient (B, k)."""
+        r_out, r_in = self.matrices[name]
+        d = d @ r_out
+        return d, a @ r_in, d.sum(1)
+
 
 class GaussianProjection:
     """A seeded Johnson-Lindenstrauss projection from P to k dimensions: ``x @ R`` with R a (P, k)

@@ -17,7 +17,9 @@ what differs, in the style of dattri's ``BaseInnerProductAttributor``:
   representations, by default per-example gradients of the pool example's summed and the
   target's mean response-token cross-entropy over the tracked weights;
 * :meth:`~InnerProductMethod.transform_train` / :meth:`~InnerProductMethod.transform_target`:
-  (n, P) -> (n, k), identity by default (unit norm, a projection, ...).
+  (n, P) -> (n, k), identity by default (unit norm, a projection, ...);
+* :meth:`~InnerProductMethod.projection`: a :class:`~tdabench.method.gradients.KroneckerProjection`
+  that sketches each tracked layer's gradient as it is taken (None by default: exact gradients).
 
 The transformed pool representations are cached in ``fit``: in memory (on the model's device)
 for one state, on disk (one ``.npy`` per state in the work directory, read back to the model's
@@ -84,6 +86,11 @@ class InnerProductMethod(Method):
     def transform_train(self, state: gradients.State, rep: torch.Tensor) -> torch.Tensor:
         return rep
 
+    def projection(self, n_pool: int, context: FitContext) -> gradients.KroneckerProjection | None:
+        """The sketch of the per-example gradients (None: exact), decided once the model is
+        set up (``self.prepared``) and the pool's size is known."""
+        return None
+
     def transform_target(self, state: gradients.State, rep: torch.Tensor) -> torch.Tensor:
         return rep
 
@@ -100,15 +107,25 @@ class InnerProductMethod(Method):
         encoded = self._encoded[1]
         return gradients.per_example_gradients(target.model, self.prepared.modules, encoded,
                                                target.tokenizer.pad_token_id, loss,
-                                               self.config.batch_size)
+                                               self._batch_size(), self.sketch)
+
+    def _batch_size(self) -> int:
+        """The config's batch size, made smaller where one batch's exact gradients would pass
+        :data:`CHUNK_BYTES` (one example's are 2 GB at Qwen2.5-0.5B's MLPs)."""
+        if self.sketch is not None:
+            return self.config.batch_size
+        per_example = gradients.n_tracked(self.prepared.modules) * 4
+        return max(1, min(self.config.batch_size, CHUNK_BYTES // per_example))
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         self.prepared = self.setup(pool, context)
         self.n_pool = len(pool)
+        self.sketch = self.projection(len(pool), context)
         states = self.prepared.states
         self.pool_features: list[torch.Tensor] = []  # per state (N, k), when held in memory
         self.files: list[Path] = []  # per state, when kept on disk
-        self.chunked = len(pool) * gradients.n_tracked(self.prepared.modules) * 4 > MEMORY_BUDGET_BYTES
+        width = self.sketch.width if self.sketch else gradients.n_tracked(self.prepared.modules)
+        self.chunked = len(pool) * width * 4 > MEMORY_BUDGET_BYTES
         if len(states) > 1 or self.chunked:
             context.workdir.mkdir(parents=True, exist_ok=True)
         if self.chunked:  # removed with this object (or at exit): features nothing else reuses
@@ -128,8 +145,9 @@ class InnerProductMethod(Method):
 
     def _chunk_size(self) -> int:
         """Pool examples per chunk: whole batches of the config's ``batch_size``."""
-        batch = self.config.batch_size
-        per_batch = batch * gradients.n_tracked(self.prepared.modules) * 4
+        batch = self._batch_size()
+        width = self.sketch.width if self.sketch else gradients.n_tracked(self.prepared.modules)
+        per_batch = batch * width * 4
         return batch * max(1, CHUNK_BYTES // per_batch)
 
     def _features_to_disk(self, state: gradients.State, pool: list[Example], path: Path) -> int:
