@@ -236,6 +236,13 @@ def cmd_plan(args: argparse.Namespace) -> None:
     from tdabench.groundtruth import plan
 
     resolved = _validate(args)
+    if args.method:  # what the method costs at the task's size, not the bank
+        from tdabench import costs
+        from tdabench.device import Compute
+
+        compute = Compute(args.workers, device=_device(args))
+        print(costs.render(costs.estimate(resolved, compute, seed=args.seed)))
+        return
     estimate = plan.plan(resolved.spec, resolved.task.load, args.subsets, args.seeds, args.workers,
                          args.fine_tunes, _device(args))
     print(plan.render(estimate))
@@ -465,6 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="workers the wall time is estimated for (default: %(default)s)")
     p.add_argument("--fine-tunes", type=_positive_int, default=2, metavar="K",
                    help="fine-tunes to time (default: %(default)s)")
+    p.add_argument("--method", default=None,
+                   help="estimate this method's time and memory at the task's size instead of the "
+                        "bank's: two short timed runs on cuts of the task, extrapolated")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="the method's seed (default: 0)")
+    p.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set a method config field (with --method)")
+    p.add_argument("--checkpoint", default=None, metavar="VALUE",
+                   help="the method's `checkpoint` config field (with --method)")
     _add_device_args(p)
     p.set_defaults(func=cmd_plan)
 

@@ -46,3 +46,40 @@ def test_plan_cli_prints_an_estimate_and_builds_no_bank(micro, capsys):
         assert "larger machine or a Ray cluster" in out
     after = sorted(banks.iterdir()) if banks.exists() else []
     assert after == before
+
+
+# --- a method's cost (`tdabench plan --method M`) ----------------------------------------------
+
+def test_a_cost_is_the_line_through_two_measurements_and_never_shrinks():
+    from tdabench import costs
+
+    assert costs.linear({64: 10.0, 128: 14.0}, 1000) == pytest.approx(6.0 + 1000 / 16)
+    assert costs.linear({64: 10.0, 128: 9.0}, 1000) == 9.0  # noise: a falling line is floored
+    with pytest.raises(ValueError):
+        costs.linear({64: 1.0}, 100)
+
+
+def test_plan_method_times_cuts_of_the_task_and_extrapolates_to_its_size(micro, capsys):
+    """Issue 31: nothing said before a run what a method would cost at the task's size."""
+    from tdabench import costs
+    from tdabench.checks import validate
+
+    resolved = validate("micro", "micro", None, "graddot", {"checkpoint": "base"})
+    est = costs.estimate(resolved, sizes=(8, 16), n_targets=2)
+    assert sorted(est.measured) == [8, 16] and est.n_pool == len(resolved.data.pool) > 16
+    for q in costs.QUANTITIES:
+        points = {n: m[q] for n, m in est.measured.items()}
+        assert all(v >= 0 and math.isfinite(v) for v in points.values())
+        assert est.predicted[q] == pytest.approx(costs.linear(points, est.n_pool))
+    # graddot holds one exact gradient per pool example: its storage grows with N, as predicted
+    held = {n: m["storage_bytes"] for n, m in est.measured.items()}
+    assert held[16] > held[8] > 0 and est.predicted["storage_bytes"] > held[16]
+    banks = cache_dir() / "groundtruth"
+    before = sorted(banks.iterdir()) if banks.exists() else []
+    assert cli.main(["plan", "--task", "micro", "--preset", "micro", "--method", "random"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("random on micro/micro (") and "assumed: each cost linear in N" in out
+    assert (sorted(banks.iterdir()) if banks.exists() else []) == before  # no bank built
+    assert cli.main(["plan", "--task", "micro", "--preset", "micro", "--method", "graddot",
+                     "--config", "projection=kron:0"]) == 2  # refused before anything runs
+    assert "projection must be 'auto', 'none' or 'kron:K'" in capsys.readouterr().err
