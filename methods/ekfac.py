@@ -17,6 +17,15 @@ lowers the target's loss; pool gradients are recomputed at scoring time (kronflu
 bootstrap interval (about +-0.04). The default stays the heuristic: it scales with each task's
 Fisher, where an absolute damping tuned on one task does not transfer.
 
+Memory and time, with L tracked layers of O x I weights, N pool and T target examples of about
+t tokens: the factors hold per layer two covariances and their eigenvectors, 2 x (O^2 + I^2)
+floats, and the eigenvalue corrections O x I (at Qwen2.5-0.5B's MLPs, 2 x (4,864^2 + 896^2) x 4
+bytes = 196 MB per layer, 14 GB for its 72: the factors, not the pool, are what grows); the pool's
+gradients are recomputed while scoring, one batch's B x O x I per layer at a time, so nothing
+grows with N x P. Time: N x (a forward and backward pass + t x (O^2 + I^2)) per layer for the
+covariances, L x (O^3 + I^3) for the eigendecompositions, another pass over the pool for the
+corrections, and T x N x (a pass + O x I per layer) for the scores.
+
 kronfluence 1.0.1 declares a dependency on torchvision, which it does not import and which
 breaks transformers next to the CPU torch: install it with ``pip install --no-deps``.
 """

@@ -41,7 +41,13 @@ scripts); departures are marked *.
 The loop over checkpoints is :class:`tdabench.method.innerproduct.InnerProductMethod`; pool features
 (checkpoints x N x ``proj_dim`` float32, or x P without projection: P = 94k LoRA weights, 300 MB
 per checkpoint on chatterbot/tiny) go to the work directory; a projection matrix takes
-P x ``proj_dim`` x 4 bytes.
+P x ``proj_dim`` x 4 bytes. Memory and time, with C checkpoints, N pool and T target examples, P
+LoRA weights (r x (O + I) per adapted layer) and k = ``proj_dim`` (P without projection): features
+C x N x k x 4 bytes, the projection P x k x 4; time: the warm-up's steps, then C x (N + T) x (a
+forward and backward pass + P x k for the projection) + C x T x N x k for the scores. At
+Qwen2.5-0.5B with r = 16 on every linear layer, P is 8.8M, so LESS's k = 8192 projection is a
+288 GB matrix: the authors' CUDA projector makes it on the fly; here projection is for the small
+tiers only.
 """
 
 from __future__ import annotations

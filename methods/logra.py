@@ -15,6 +15,11 @@ mean eigenvalue; ``"Identity"`` skips it (a projected gradient dot product).
 score(x, z) = g_x^T (F + damping)^-1 g_z, returned by dattri as (n_train, n_test); positive =
 a step on z lowers the target's loss = helpful, so :func:`tdabench.method.gradients.to_scores` only
 transposes it. Pool features (N x layers x ``proj_dim`` float32) are held in memory.
+Memory and time, with L tracked layers of O x I weights, N pool and T target examples of about t
+tokens, k = ``proj_dim`` per layer: features (N + T) x L x k x 4 bytes, the per-layer Fisher and
+its inverse L x k^2 x 4 x 2, the projections L x (O + I) x sqrt(k) floats; a layer's gradient is
+never formed. Time: (N + T) x (a forward and backward pass + t x L x (O + I) x sqrt(k) for the
+projected factors) + L x k^3 for the inverses + T x N x L x k for the scores.
 
 LogIX's defaults and what was kept: LogIX's LoGra projects each factor to rank 64 per layer,
 ``proj_dim = 64^2 = 4096`` (dattri's default too). ``tdabench tune`` on chatterbot/tiny's tuning

@@ -37,6 +37,15 @@ subset of the ground truth's subset size (the TRAK paper's models see random hal
 ensemble damping 3 still led (1: 0.556, 3: 0.564, 10: 0.538).
 traker returns (n_train, n_targets), higher = more
 helpful; :func:`tdabench.method.gradients.to_scores` transposes it.
+
+Memory and time, with M models, N pool and T target examples, P tracked weights, k =
+``proj_dim``: features M x (N + T) x k x 4 bytes (traker's store, on disk) and its k x k kernel
+inverse; one batch's per-example gradients B x P x 4 bytes while they are projected; on the CPU,
+``BasicProjector`` draws its Gaussian in blocks of P x k for every batch, so a fit costs M x
+(N + T) x (a forward and backward pass) plus M x (N + T) / B x P x k random draws and M x (N + T)
+x P x k multiply-adds. That last term is what does not scale on a CPU: at P = 314M (Qwen2.5-0.5B's
+MLPs) and k = 2048 it is 6.4e11 multiply-adds and as many draws per example, minutes each on two
+cores; on a GPU traker's CUDA projector makes the draws on the fly. Scoring: T x N x k per model.
 """
 
 from __future__ import annotations
