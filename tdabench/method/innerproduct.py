@@ -18,7 +18,7 @@ what differs, in the style of dattri's ``BaseInnerProductAttributor``:
   target's mean response-token cross-entropy over the tracked weights;
 * :meth:`~InnerProductMethod.transform_train` / :meth:`~InnerProductMethod.transform_target`:
   (n, P) -> (n, k), identity by default (unit norm, a projection, ...);
-* :meth:`~InnerProductMethod.projection`: a :class:`~tdabench.method.gradients.KroneckerProjection`
+* :meth:`~InnerProductMethod.gradient_sketch`: a :class:`~tdabench.method.gradients.KroneckerProjection`
   that sketches each tracked layer's gradient as it is taken (None by default: exact gradients).
 
 The transformed pool representations are cached in ``fit``: in memory (on the model's device)
@@ -56,6 +56,9 @@ MEMORY_BUDGET_BYTES = 4 * 2**30
 # Bytes of one chunk's untransformed gradients (rounded down to whole batches, at least one): what
 # a chunk adds to peak memory (8 batches of 5.3M-float gradients made 13 GB peaks at ``small``).
 CHUNK_BYTES = 2**30
+# Bytes of one batch's exact per-example gradients: a batch is made smaller where the config's
+# would pass it (one example's are 1.25 GB at Qwen2.5-0.5B's MLPs).
+BATCH_BYTES = 2**30
 
 
 class InnerProductMethod(Method):
@@ -86,7 +89,7 @@ class InnerProductMethod(Method):
     def transform_train(self, state: gradients.State, rep: torch.Tensor) -> torch.Tensor:
         return rep
 
-    def projection(self, n_pool: int, context: FitContext) -> gradients.KroneckerProjection | None:
+    def gradient_sketch(self, n_pool: int, context: FitContext) -> gradients.KroneckerProjection | None:
         """The sketch of the per-example gradients (None: exact), decided once the model is
         set up (``self.prepared``) and the pool's size is known."""
         return None
@@ -111,16 +114,16 @@ class InnerProductMethod(Method):
 
     def _batch_size(self) -> int:
         """The config's batch size, made smaller where one batch's exact gradients would pass
-        :data:`CHUNK_BYTES` (one example's are 2 GB at Qwen2.5-0.5B's MLPs)."""
+        :data:`BATCH_BYTES`."""
         if self.sketch is not None:
             return self.config.batch_size
         per_example = gradients.n_tracked(self.prepared.modules) * 4
-        return max(1, min(self.config.batch_size, CHUNK_BYTES // per_example))
+        return max(1, min(self.config.batch_size, BATCH_BYTES // per_example))
 
     def fit(self, pool: list[Example], context: FitContext) -> None:
         self.prepared = self.setup(pool, context)
         self.n_pool = len(pool)
-        self.sketch = self.projection(len(pool), context)
+        self.sketch = self.gradient_sketch(len(pool), context)
         states = self.prepared.states
         self.pool_features: list[torch.Tensor] = []  # per state (N, k), when held in memory
         self.files: list[Path] = []  # per state, when kept on disk
