@@ -111,6 +111,29 @@ def encode(tokenizer, examples: Sequence[Example], spec: ModelSpec) -> list[Enco
     return out
 
 
+# Share of responses cut by ``max_response_tokens`` above which a bank build says so
+CUT_WARNING_SHARE = 0.10  # the built-in tiers cut at most 8.4% (chatterbot at tiny)
+
+
+def cut_warning(tokenizer, examples: Sequence[Example], spec: ModelSpec) -> str | None:
+    """A warning, with numbers, where more than :data:`CUT_WARNING_SHARE` of ``examples``'
+    responses are longer than ``spec.max_response_tokens`` (:func:`encode` keeps their start, so
+    the loss measures only that); None otherwise."""
+    def lengths(texts: list[str]) -> np.ndarray:
+        return np.array([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts])
+
+    responses = lengths([ex.response for ex in examples])
+    cut = int((responses > spec.max_response_tokens).sum())
+    if not examples or cut / len(examples) <= CUT_WARNING_SHARE:
+        return None
+    prompts = int((lengths([ex.prompt for ex in examples]) > spec.max_prompt_tokens).sum())
+    covers = int(np.ceil(np.quantile(responses, 0.95)))
+    return (f"{cut} of {len(examples)} pool and target responses ({cut / len(examples):.0%}) are longer "
+            f"than model.max_response_tokens={spec.max_response_tokens} tokens and are cut to their start "
+            f"(so are {prompts / len(examples):.0%} of prompts at {spec.max_prompt_tokens}): the loss "
+            f"measures only that start; --set model.max_response_tokens={covers} keeps 95% whole")
+
+
 def collate(batch: Sequence[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (IGNORE off the response);
     for examples from :func:`cache_frozen` also their zero-padded ``hidden`` states and the

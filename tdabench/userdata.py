@@ -76,7 +76,9 @@ def split_records(records: list[tuple[Example, str | None]], seed: int) -> TaskD
 
 
 def jsonl_task(path: str) -> Task:
-    """A task over a user's JSONL file, with the ``tiny`` preset."""
+    """A task over a user's JSONL file, with the ``tiny`` and ``small`` presets (the built-in
+    tasks' models, recipes, token cuts and ground truth; a bank build warns, with numbers, when
+    many responses are longer than the cut)."""
     file = Path(path).expanduser()
     if file.is_dir():
         raise DataError(f"{file} is a directory; --task jsonl:PATH takes a .jsonl file")
@@ -95,4 +97,4 @@ def jsonl_task(path: str) -> Task:
     spec = DataSpec(n_pool=len(data.pool), n_targets=len(data.targets), seed=0,
                     options={"path": str(file.resolve()), "sha256": digest})
     return Task(name=name, description=f"your data: {len(records)} records from {file}",
-                presets={"tiny": presets.tiny(name, spec)}, load=load)
+                presets={"tiny": presets.tiny(name, spec), "small": presets.small(name, spec)}, load=load)

@@ -89,3 +89,38 @@ def test_a_numeric_source_is_refused(tmp_path):
     rows[2] = {**rows[2], "source": 1}
     with pytest.raises(DataError, match=r"line 3: source must be a string \(a label\), not 1; quote it"):
         get_task(f"jsonl:{write(tmp_path / 'num.jsonl', rows)}")
+
+
+def test_a_jsonl_file_has_the_small_tier_of_the_built_in_tasks(tmp_path):
+    """Issue 32: your own data had only the from-scratch tier."""
+    from tdabench import checks, presets
+
+    path = write(tmp_path / "mine.jsonl", records())
+    task = get_task(f"jsonl:{path}")
+    tiny, small = task.spec("tiny"), task.spec("small")
+    assert small.model == presets.SMALL_MODEL and small.finetune == presets.SMALL_RECIPE
+    assert small.groundtruth == tiny.groundtruth and small.data == tiny.data  # same targets
+    assert checks.validate(f"jsonl:{path}", "small").preset == "small"
+
+
+def test_a_bank_build_says_how_many_responses_the_token_cut_shortens(micro, tmp_path, capsys):
+    from dataclasses import replace
+
+    from tdabench import lm
+    from tdabench.groundtruth import build_bank
+
+    _, spec, data = micro
+    tokenizer = lm.load_base_model(spec.model, data.warmup, data.pool).tokenizer
+    roomy = replace(spec.model, max_response_tokens=1000)
+    assert lm.cut_warning(tokenizer, data.pool + data.targets, roomy) is None  # nothing cut
+    short = replace(spec.model, max_response_tokens=1)
+    text = lm.cut_warning(tokenizer, data.pool + data.targets, short)
+    n = len(data.pool) + len(data.targets)
+    assert text.startswith(f"{n} of {n} pool and target responses (100%) are longer than "
+                           "model.max_response_tokens=1 tokens and are cut to their start")
+    assert "--set model.max_response_tokens=" in text and "keeps 95% whole" in text
+    cut = replace(spec, model=short, groundtruth=replace(spec.groundtruth, n_subsets=1, n_seeds=1))
+    build_bank(cut, data, tmp_path / "bank")
+    assert f"tdabench: warning: {n} of {n} pool and target responses" in capsys.readouterr().err
+    build_bank(cut, data, tmp_path / "bank")  # complete: nothing to build, nothing to say
+    assert "responses" not in capsys.readouterr().err

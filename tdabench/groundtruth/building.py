@@ -168,8 +168,8 @@ def _check_together(items: list[tuple[TaskSpec, TaskData, Path | None]]) -> None
         sample_subsets(data, spec)  # a pool too small for the subsets is said before any model
 
 
-def _base_model(spec: TaskSpec, data: TaskData) -> str:
-    """The base model's fingerprint, saying so first when it has to be built (a minute at most)."""
+def _base_model(spec: TaskSpec, data: TaskData):
+    """The base model (a ``TargetLM``), saying so first when it has to be built (a minute at most)."""
     from tdabench import lm
 
     key = lm.base_model_key(spec.model, data.warmup, data.pool) if spec.model.init == "scratch" else None
@@ -177,7 +177,7 @@ def _base_model(spec: TaskSpec, data: TaskData) -> str:
         print(f"building the base model ({spec.model.n_layers}-layer Llama, warm-up of "
               f"{spec.model.warmup_epochs} epoch(s) on {len(data.warmup)} examples); cached after "
               "this once", file=sys.stderr, flush=True)
-    return lm.load_base_model(spec.model, data.warmup, data.pool).fingerprint
+    return lm.load_base_model(spec.model, data.warmup, data.pool)
 
 
 def build_banks(items: list[tuple[TaskSpec, TaskData, Path | None]], workers: int = 1,
@@ -193,6 +193,7 @@ def build_banks(items: list[tuple[TaskSpec, TaskData, Path | None]], workers: in
     ``device``: where the fine-tunes run; on CUDA the local executor starts one worker per GPU
     (``workers`` is then ignored) and every Ray job asks for a GPU.
     """
+    from tdabench import lm
     from tdabench.groundtruth.bank import default_bank_path
 
     check_executor(executor, address)
@@ -201,12 +202,19 @@ def build_banks(items: list[tuple[TaskSpec, TaskData, Path | None]], workers: in
     with contextlib.ExitStack() as locks:
         for path in paths:
             locks.enter_context(bank_lock(path))
-        fingerprint = _base_model(items[0][0], items[0][1])
+        base = _base_model(items[0][0], items[0][1])
+        fingerprint = base.fingerprint
         banks = [open_bank(spec, data, fingerprint, path, device)
                  for (spec, data, _), path in zip(items, paths)]
         missing = [(b, m, r) for b, bank in enumerate(banks)
                    for m in _subset_indices(bank.losses.shape[0], subsets)
                    for r in range(bank.losses.shape[1]) if not np.isfinite(bank.losses[m, r]).all()]
+        first_spec, first_data = items[0][0], items[0][1]
+        cut = (lm.cut_warning(base.tokenizer, first_data.pool + first_data.targets, first_spec.model)
+               if missing else None)
+        if cut:
+            print(f"tdabench: warning: {cut}", file=sys.stderr, flush=True)
+        del base  # the workers load their own
         payload = [BankJob(spec, bank.path, bank.membership, data.targets)
                    for (spec, data, _), bank in zip(items, banks)]
 
