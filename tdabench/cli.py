@@ -164,6 +164,8 @@ def cmd_list(args: argparse.Namespace) -> None:
     for name in registry.task_names():
         task = registry.get_task(name)
         where = "needs the Hugging Face hub" if task.needs_hub else "offline"
+        if task.optional:
+            where += f"; optional: {task.optional}"
         print(f"  {name:<14} {task.description}")
         print(f"  {'':<14} source labels: {task.labels or 'n/a'}; {where}")
         for preset, spec in sorted(task.presets.items()):

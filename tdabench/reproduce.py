@@ -57,23 +57,32 @@ def check_data(tasks: list[tuple[str, Task]], preset: str) -> None:
         raise DataError("; ".join(f"{name}: {err}" for name, err in missing.items()) + fix)
 
 
+def selected_tasks(preset: str, tasks: list[str] | None = None) -> list[tuple[str, Task]]:
+    """The tasks ``reproduce`` runs at ``preset``: those named, else every task with the preset
+    that rebuilds from the package index alone (not optional, not reading the hub), or, on a
+    preset only tasks reading the hub have (``paper``), those; an alias once, by its own name."""
+    selected = [(name, get_task(name)) for name in tasks or task_names()]
+    selected = [(name, task) for name, task in selected if preset in task.presets]
+    if tasks is None:
+        selected = [(name, task) for name, task in selected if not task.optional]
+        selected = [(name, task) for name, task in selected if not task.needs_hub] or selected
+    return list({task.name: (task.name, task) for _, task in selected}.values())
+
+
 def reproduce(preset: str = "tiny", tasks: list[str] | None = None, methods: list[str] | None = None,
               configs: dict[str, dict[str, str]] | None = None,
               results_dir: Path | str = record.REFERENCE_RESULTS, compute: Compute = CPU_COMPUTE,
               tuned: dict[str, dict[str, Any]] | None = None) -> list[Path]:
-    """Run every method on every offline task that has ``preset`` (on a preset that only tasks
-    reading the hub have, ``paper``: those, each once under its own name), skipping records that
+    """Run every method on every offline task that has ``preset`` but the optional ones (on a
+    preset that only tasks reading the hub have, ``paper``: those, each once under its own name;
+    named ``tasks``: those, optional or not), skipping records that
     exist for the current spec and protocol and the adapter's current ``VERSION`` (so it resumes).
     ``configs`` maps a method to its config overrides. Methods whose optional dependency is
     missing are skipped with a message; ``compute``: where every phase runs; ``tuned`` maps a
     method to how its settings were chosen (stored in its records)."""
     configs = configs or {}
     record.check_writable(results_dir)
-    selected = [(name, get_task(name)) for name in tasks or task_names()]
-    selected = [(name, task) for name, task in selected if preset in task.presets]
-    if tasks is None:
-        selected = [(name, task) for name, task in selected if not task.needs_hub] or selected
-    selected = list({task.name: (task.name, task) for _, task in selected}.values())  # aliases once
+    selected = selected_tasks(preset, tasks)
     check_data(selected, preset)
     written = []
     for task_name, _ in selected:

@@ -64,7 +64,9 @@ class Task:
     can move in a spec (a hub branch) by what cannot (its commit), once, when the command is
     validated, so that the spec, its hash and its bank name what was read; ``published_lds``:
     per method, the figure its authors publish on this task's published ground truth, as they
-    state it and where (records on that ground truth carry it beside what was measured).
+    state it and where (records on that ground truth carry it beside what was measured);
+    ``optional``: why the task is left out of ``reproduce``'s defaults and the leaderboard's
+    overview (its data needs a file the package index no longer serves), "" for a default task.
     """
 
     name: str
@@ -77,6 +79,7 @@ class Task:
     data_options: tuple[str, ...] = ()
     pin: Callable[[TaskSpec], TaskSpec] | None = None
     published_lds: dict[str, str] = dataclasses.field(default_factory=dict)
+    optional: str = ""
 
     def check_options(self, preset: str, options: dict[str, Any]) -> None:
         """Refuse ``data.options`` keys that neither the preset sets nor the task reads."""

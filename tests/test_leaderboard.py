@@ -834,3 +834,23 @@ def test_compare_takes_the_main_spec_else_the_one_with_both_and_says_which(tmp_p
     assert cli.main(["compare", "m1", "m3", *args]) == 0  # as many methods, newer: B is main now
     assert capsys.readouterr().err == ("tdabench: compared on toy/tiny; both also have records on "
                                        f"toy/tiny (model.n_layers=2) (--spec {SPEC_A})\n")
+
+
+def test_an_optional_tasks_records_are_labelled_and_kept_out_of_the_overview(tmp_path):
+    for task in ("bigbench", "chatterbot"):
+        for method in ("m1", "m2"):
+            make_record(tmp_path, task=task, method=method)
+    sel = leaderboard.load([tmp_path])
+    df = leaderboard.table(sel)
+    assert set(df.loc[df["task"] == "bigbench", "optional"]) == {get_optional("bigbench")}
+    md = leaderboard.render(df, "markdown", sel)
+    overview = md.split("\n\n")[1]
+    assert "chatterbot/tiny" in overview and "bigbench" not in overview
+    assert "Not in this overview: bigbench (optional: its data needs a file placed by hand)" in md
+    assert "## bigbench/tiny\n\nOptional task: needs the BIG-bench 1.0.0 source archive" in md
+
+
+def get_optional(task):
+    from tdabench.registry import get_task
+
+    return get_task(task).optional

@@ -345,3 +345,13 @@ def test_reproduce_runs_each_method_in_a_process_of_its_own(micro, tmp_path, cap
     register_method("dies", _Dies)
     with pytest.raises(RuntimeError, match=r"dies on micro/micro died \(exit code 3\)"):
         reproduce("micro", ["micro"], ["dies"], results_dir=tmp_path)
+
+
+def test_reproduce_leaves_the_optional_task_out_unless_named():
+    """Issue 32: bigbench's archive is no longer on the package index; the defaults rebuild
+    from a clean clone, and a named task still runs."""
+    from tdabench.reproduce import selected_tasks
+
+    assert [name for name, _ in selected_tasks("tiny")] == ["chatterbot", "evalschat"]
+    assert [name for name, _ in selected_tasks("tiny", ["bigbench"])] == ["bigbench"]
+    assert [name for name, _ in selected_tasks("paper")] == ["alpaca", "flan", "safe", "tulu"]

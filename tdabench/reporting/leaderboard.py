@@ -46,7 +46,8 @@ MIB = 2**20
 
 # The columns of :func:`table`, in order (also the header of the csv output).
 COLUMNS = [
-    "task", "preset", "variant", "spec_hash", "protocol_hash", "label", "method", "config_hash", "seed",
+    "task", "preset", "variant", "optional", "spec_hash", "protocol_hash", "label", "method", "config_hash",
+    "seed",
     "reference", "family", "lds", "lds_ci_low", "lds_ci_high", "lds_ci_subsets_low", "lds_ci_subsets_high",
     "paper_lds", "paper_lds_ci_low", "paper_lds_ci_high", "published",
     "noise_ceiling", "noise_ceiling_low", "noise_ceiling_high", "recall_at_1", "recall_at_1_chance",
@@ -161,6 +162,14 @@ def _default_spec_hash(task: str, preset: str) -> str | None:
         return None
     registered = registry.get_task(task)
     return spec_hash(registered.spec(preset)) if preset in registered.presets else None
+
+
+def optional_reason(task: str) -> str:
+    """Why an installed task is optional (its data needs a file placed by hand), "" otherwise:
+    its records are shown in tables of their own, out of the overview."""
+    from tdabench import registry
+
+    return registry.get_task(task).optional if task in registry.task_names() else ""
 
 
 def _main_key(task: str, preset: str, banks: dict[str, list[Entry]]) -> str:
@@ -349,7 +358,7 @@ def row(entry: Entry, label: str | None = None, variant: str = "") -> dict[str, 
     cuda = [p.cuda_peak_bytes for p in c.phases.values() if p.cuda_peak_bytes is not None]
     paper = r.metrics.lds_all_subsets
     return {
-        "task": r.task, "preset": r.preset, "variant": variant, "spec_hash": r.spec_hash,
+        "task": r.task, "preset": r.preset, "variant": variant, "optional": "", "spec_hash": r.spec_hash,
         "protocol_hash": r.protocol_hash,
         "label": label or r.method, "method": r.method, "config_hash": r.config_hash, "seed": r.seed,
         "reference": bool(r.method_info and r.method_info.reference),
@@ -401,8 +410,9 @@ def table(selection: Selection) -> pd.DataFrame:
     """One row per shown record, sorted by task, preset (tiers cheap first), variant (the main
     spec first), ranked before reference rows, and LDS (best first); ``best`` lists
     (``;``-separated) the columns in which the row is best within its block."""
-    rows = [row(r, selection.labels.get(r.path), variant)
-            for (_, _, variant), recs in selection.groups.items() for r in recs]
+    optional = {task: optional_reason(task) for task, _, _ in selection.groups}
+    rows = [{**row(r, selection.labels.get(r.path), variant), "optional": optional[task]}
+            for (task, _, variant), recs in selection.groups.items() for r in recs]
     df = pd.DataFrame(rows, columns=COLUMNS[:-1])
     df = df.sort_values(["task", "preset", "variant", "reference", "lds", "label"],
                         ascending=[True, True, True, True, False, True], kind="stable",
@@ -541,7 +551,9 @@ def _blocks(df: pd.DataFrame, selection: Selection | None) -> list[_Shown]:
             if r["published"]:
                 published.append(f"{r['label']}: {r['published']}")
         first = g.iloc[0]
-        note = (f"spec {first['spec_hash']}; {first['n_subsets']} test subsets x {first['n_targets']} "
+        note = (f"Optional task: {first['optional']}; its records are not in the overview. "
+                if first["optional"] else "")
+        note += (f"spec {first['spec_hash']}; {first['n_subsets']} test subsets x {first['n_targets']} "
                 f"targets; random ranking: recall@1 {first['recall_at_1_chance']:.3f}, "
                 f"recall@10 {first['recall_at_10_chance']:.3f}")
         if not math.isnan(first["noise_ceiling"]):
@@ -673,9 +685,14 @@ def render(df: pd.DataFrame, fmt: str = "markdown", selection: Selection | None 
              "in bold. Reference rows (a datamodel: its cost is retraining) are set apart and never "
              "ranked; a cached phase loaded what an earlier run made, so its time is not shown "
              "or ranked.")
+    headline = df[df["optional"] == ""] if (df["optional"] == "").any() else df
+    left_out = sorted(set(df["task"]) - set(headline["task"]))
+    aside = (f"Not in this overview: {', '.join(left_out)} (optional: its data needs a file placed by "
+             "hand); its tables are below." if left_out else "")
     if fmt == "markdown":
         if len(blocks) > 1:
-            out += ["## LDS by task (95% CI)", "", *_md_table(*_overview(df)), ""]
+            out += ["## LDS by task (95% CI)", "", *_md_table(*_overview(headline)), ""]
+            out += [aside, ""] if aside else []
         for b in tier_blocks:
             out += [f"## {b.title}", "", b.note, "", *_md_table(b.headers, b.rows, b.bold), ""]
         for b in blocks:
@@ -692,7 +709,8 @@ def render(df: pd.DataFrame, fmt: str = "markdown", selection: Selection | None 
     else:
         out.append("% tdabench leaderboard; needs \\usepackage{booktabs}. " + costs)
         if len(blocks) > 1:
-            out += ["", "% LDS by task (95% CI)", *_tex_table(*_overview(df))]
+            out += ["", "% LDS by task (95% CI)", *_tex_table(*_overview(headline))]
+            out += [f"% {aside}"] if aside else []
         for b in tier_blocks + blocks:
             out += ["", f"% {b.title}: {b.note}", *_tex_table(b.headers, b.rows, b.bold)]
             if b.footnotes:
