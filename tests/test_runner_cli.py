@@ -352,6 +352,6 @@ def test_reproduce_leaves_the_optional_task_out_unless_named():
     from a clean clone, and a named task still runs."""
     from tdabench.reproduce import selected_tasks
 
-    assert [name for name, _ in selected_tasks("tiny")] == ["chatterbot", "evalschat"]
+    assert [name for name, _ in selected_tasks("tiny")] == ["chatterbot", "evalschat", "trivia"]
     assert [name for name, _ in selected_tasks("tiny", ["bigbench"])] == ["bigbench"]
     assert [name for name, _ in selected_tasks("paper")] == ["alpaca", "flan", "safe", "tulu"]

@@ -13,7 +13,7 @@ from tdabench.registry import get_task
 from tdabench.spec import DataSpec, GroundTruthSpec, spec_hash
 from tdabench.tasks import chatterbot
 
-OFFLINE_TASKS = ("chatterbot", "bigbench", "evalschat")
+OFFLINE_TASKS = ("chatterbot", "bigbench", "evalschat", "trivia")
 
 
 @pytest.mark.parametrize("name", OFFLINE_TASKS)
