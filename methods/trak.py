@@ -20,6 +20,11 @@ for graddot) by traker's ``torch.func`` gradient computer, restricted to those w
 would differentiate every parameter and drop the rest), on the model's eager attention (vmap
 cannot batch the SDPA mask path).
 
+``projector="kron:K"`` replaces traker's projector with a Kronecker sketch of each tracked
+layer's gradient, R_o^T G R_i with K x K per layer (:func:`kronecker_projector`; unbiased dot
+products like the dense JL, a different variance, no P x k matrix): a named departure for P too
+large for a dense projection on a CPU. The default, ``"dense"``, is TRAK's:
+
 On CPU traker uses its dense Gaussian projector (``BasicProjector``), here in float32
 (``use_half_precision=False``): projecting costs N x P x ``proj_dim`` multiply-adds, most of the
 fit time (P = tracked weights). ``proj_dim = 0`` skips the projection (exact gradients; only for
@@ -51,6 +56,7 @@ cores; on a GPU traker's CUDA projector makes the draws on the fly. Scoring: T x
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 
@@ -114,6 +120,30 @@ def model_output_class():
 VMAP_BYTES = 2**31
 
 
+def kronecker_projector(modules: dict[str, torch.nn.Linear], k: int, seed: int, device: str):
+    """A traker projector that sketches each tracked layer's per-example gradient as
+    :class:`tdabench.method.gradients.KroneckerProjection` does (``projector="kron:K"``), model
+    i's drawn from ``seed + 10^4 i`` as traker draws its own. A departure from TRAK's dense JL
+    projection: the same unbiased dot products, a different variance, and no P x k matrix."""
+    trak = require("trak", "trak", "trak")
+
+    class KroneckerProjector(trak.projectors.AbstractProjector):
+        def __init__(self) -> None:
+            self.sketches: dict[int, gradients.KroneckerProjection] = {}
+            width = gradients.KroneckerProjection(modules, k, seed, "cpu").width
+            super().__init__(gradients.n_tracked(modules), width, seed, "normal", device)
+
+        def project(self, grads, model_id: int) -> torch.Tensor:
+            if model_id not in self.sketches:
+                self.sketches[model_id] = gradients.KroneckerProjection(
+                    modules, k, self.seed + 10**4 * model_id, self.device)
+            if isinstance(grads, dict):  # traker's own (unchunked) gradients: the weights in order
+                grads = torch.cat([g.flatten(1) for g in grads.values()], dim=1)
+            return self.sketches[model_id].sketch_flat(grads)
+
+    return KroneckerProjector()
+
+
 def tracked_gradient_computer():
     trak = require("trak", "trak", "trak")
 
@@ -165,11 +195,18 @@ class Trak(Method):
         batch_size: int = param(200,
                                 "examples per featurize/score call (one projection-matrix pass each)", ge=1)
         projector_seed: int = param(0, "seed of the random projection")
+        projector: str = param("dense", "dense: traker's Gaussian JL projection to proj_dim (TRAK's); "
+                                        "kron:K: a K x K Kronecker sketch of each tracked layer's "
+                                        "gradient (proj_dim is then layers x K^2; for P too large "
+                                        "for a dense projection on a CPU)", added=True)
 
     def check_config(self) -> None:
         if self.config.checkpoint == "base" and self.config.n_models > 1:
             raise ConfigError(f"n_models must be 1 with checkpoint='base' (there is one base model), "
                               f"not {self.config.n_models}")
+        if not re.fullmatch(r"dense|kron:[1-9][0-9]*", self.config.projector):
+            raise ConfigError(f"projector must be 'dense' or 'kron:K' (K >= 1), not "
+                              f"{self.config.projector!r}")
 
     def _batches(self, encoded: list):
         """Batches of tokenised examples on the device, with their sizes."""
@@ -190,6 +227,7 @@ class Trak(Method):
         else:
             model.config._attn_implementation = "eager"
         self.grad_wrt = list(gradients.tracked_parameters(prepared.modules))
+        self.modules = prepared.modules
         return model
 
     def _traker(self, model: torch.nn.Module, n_pool: int, context: FitContext):
@@ -199,10 +237,15 @@ class Trak(Method):
         shutil.rmtree(save_dir, ignore_errors=True)  # traker resumes from what it finds there
         # projector None: traker's CudaProjector on a GPU (fast_jl), its BasicProjector on the CPU
         projector = trak.projectors.NoOpProjector(device=context.device.name) if c.proj_dim == 0 else None
+        proj_dim = c.proj_dim
+        if c.projector != "dense":
+            projector = kronecker_projector(self.modules, int(c.projector.split(":")[1]), c.projector_seed,
+                                            context.device.name)
+            proj_dim = projector.proj_dim
         return trak.TRAKer(
             model=model, task=model_output_class()(), train_set_size=n_pool,
             save_dir=str(save_dir), device=context.device.name,
-            projector=projector, proj_dim=c.proj_dim, use_half_precision=False,
+            projector=projector, proj_dim=proj_dim, use_half_precision=False,
             projector_seed=c.projector_seed, grad_wrt=self.grad_wrt,
             gradient_computer=tracked_gradient_computer(), logging_level=logging.WARNING)
 

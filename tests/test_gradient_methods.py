@@ -178,21 +178,24 @@ def test_graddot_sketched_estimates_the_exact_scores_and_auto_stays_exact_within
 
 
 def test_an_added_config_field_at_its_default_keeps_the_committed_config_hashes():
-    """graddot's projection was added after its records were made: their hashes still match."""
+    """graddot's projection and TRAK's projector were added after their records were made:
+    those records' hashes still match."""
     import json
     from pathlib import Path
 
     from tdabench.checks import validate
 
-    for name in ("graddot", "gradcos", "tracin"):
+    added = {"graddot": ("projection", "auto", "none"), "gradcos": ("projection", "auto", "none"),
+             "tracin": ("projection", "auto", "none"), "trak": ("projector", "dense", "kron:4")}
+    for name, (field, default, other) in added.items():
         committed_dir = Path(__file__).parents[1] / "results" / "chatterbot" / "tiny"
         records = sorted(committed_dir.glob(f"{name}-*.json"))
         if not records:
             pytest.skip("no committed records")
         committed = json.loads(records[0].read_text())
-        resolved = validate("chatterbot", "tiny", None, name, committed["config"] | {"projection": "auto"})
+        resolved = validate("chatterbot", "tiny", None, name, committed["config"] | {field: default})
         assert resolved.config_hash == committed["config_hash"], name
-        changed = validate("chatterbot", "tiny", None, name, {**committed["config"], "projection": "none"})
+        changed = validate("chatterbot", "tiny", None, name, {**committed["config"], field: other})
         assert changed.config_hash != committed["config_hash"]  # set away from its default, it counts
 
 
@@ -287,6 +290,32 @@ def test_trak_without_projection_equals_the_explicit_trak_formula(micro, tmp_pat
     scale = (scores * expected).sum() / (expected * expected).sum()  # traker rescales (X^T X)^-1
     assert scale > 0
     np.testing.assert_allclose(scores / scale, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def test_trak_with_the_kronecker_projector_is_the_trak_formula_on_the_sketched_gradients(micro, tmp_path):
+    """Issue 31: traker's CPU projector draws a P x k Gaussian per batch; ``projector=kron:K``
+    sketches each layer's gradient instead (R_o^T G R_i), the rest of TRAK unchanged."""
+    needs("trak")
+    context = context_for(micro, tmp_path, d_ff=8)
+    ref, model, params, pool, targets = reference_and_encodings(context)
+    modules = gradients.tracked_modules(model, context.spec.model, "mlp")
+    sketch = gradients.KroneckerProjection(modules, 3, seed=7)  # traker's model 0: seed + 0
+    damping = 0.05
+    phi = sketch.sketch_flat(explicit_gradients(model, params, pool, margin_sum).float()).double()
+    phi_t = sketch.sketch_flat(explicit_gradients(model, params, targets, margin_sum).float()).double()
+    k = phi.shape[1]
+    assert k == len(modules) * 9
+    lam = damping * phi.square().sum() / len(pool)
+    expected = (phi_t @ torch.linalg.solve(phi.T @ phi + lam * torch.eye(k, dtype=phi.dtype), phi.T)
+                * out_to_loss(model, pool)).numpy()
+    config = {"projector": "kron:3", "projector_seed": 7, "damping": damping, "n_models": 1,
+              "checkpoint": "pool"}
+    scores = fitted("trak", config, context).score(context.data.targets)
+    scale = (scores * expected).sum() / (expected * expected).sum()  # traker rescales (X^T X)^-1
+    assert scale > 0
+    np.testing.assert_allclose(scores / scale, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    with pytest.raises(ValueError, match="projector must be 'dense' or 'kron:K'"):
+        get_method("trak")(make_config(get_method("trak"), {"projector": "sparse"}))
 
 
 def test_trak_with_a_projection_much_wider_than_the_gradients_agrees_with_no_projection(micro, tmp_path):

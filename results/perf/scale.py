@@ -15,6 +15,9 @@ method holds), ``device``, ``config``. Rows already there are kept (the run resu
 gradient methods take their gradients at the pool fine-tune (``checkpoint=pool``; tracin: its
 epoch checkpoints), built once per N by a row of its own (``reference fine-tune``), so a
 method's row is its own cost; graddot, gradcos and tracin sketch (``projection=kron:16``);
+TRAK too (``projector=kron:16``: traker's CPU projector would draw a 314M x 2048 Gaussian per
+batch), with one model (its fit is ``n_models`` times one model's) and 2 examples per projection
+pass (a batch's flattened gradients are 1.25 GB an example);
 LESS warms up for 4 steps (its CPU-sized ``min_warmup_steps``). A row that fails records why.
 
     python results/perf/scale.py [--sizes 16 32 64] [--methods graddot ...]
@@ -42,6 +45,7 @@ CONFIGS = {
     "graddot": {"checkpoint": "pool", "projection": "kron:16"},
     "gradcos": {"checkpoint": "pool", "projection": "kron:16"},
     "tracin": {"projection": "kron:16"},
+    "trak": {"checkpoint": "pool", "n_models": "1", "projector": "kron:16", "batch_size": "2"},
     "logra": {"checkpoint": "pool"},
     "less": {"min_warmup_steps": "4"},
     "airrep": {"checkpoint": "all-MiniLM-L6-v2"},  # its encoder reads text: the target LM's size is moot
@@ -154,6 +158,23 @@ def slopes(rows: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
+def plan_check(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Per method, ``tdabench plan --method``'s model (:func:`tdabench.costs.linear`) fitted on
+    the two smallest pools and read at the largest, over what was measured there."""
+    from tdabench.costs import linear
+
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        ok = sorted((r for r in rows if r["method"] == method and "error" not in r),
+                    key=lambda r: r["n_pool"])
+        if len(ok) < 3:
+            continue
+        small, last = ok[:2], ok[-1]
+        out[method] = {key: round(linear({r["n_pool"]: r[key] for r in small}, last["n_pool"]) / last[key], 2)
+                       for key in ("fit_s", "peak_rss_bytes")}
+    return out
+
+
 def report(rows: list[dict]) -> None:
     print(f"{'method':<20} {'N':>4} {'fit s':>8} {'ms/target':>10} {'peak GiB':>9}  note")
     for r in rows:
@@ -165,6 +186,9 @@ def report(rows: list[dict]) -> None:
               f"{r['peak_rss_bytes'] / 2**30:>9.2f}  {r.get('resolved') or ''}")
     for method, s in slopes(rows).items():
         print(f"slope in N, {method}: fit time {s['fit_s']:+.2f}, peak RSS {s['peak_rss_bytes']:+.2f}")
+    for method, ratio in plan_check(rows).items():
+        print(f"plan's line from the two smallest pools, at the largest, over the measured, {method}: "
+              f"fit time {ratio['fit_s']:.2f}x, peak RSS {ratio['peak_rss_bytes']:.2f}x")
 
 
 def main() -> None:
@@ -194,6 +218,7 @@ def main() -> None:
     save(rows)
     data = json.loads(OUT.read_text())
     data["slopes_in_n"] = stats
+    data["plan_over_measured_at_largest_n"] = plan_check(rows)
     OUT.write_text(json.dumps(data, indent=1) + "\n")
     report(rows)
 

@@ -395,6 +395,22 @@ class KroneckerProjection:
             r_in = torch.randn(module.in_features, k, generator=generator) / math.sqrt(k)
             self.matrices[name] = (r_out.to(device), r_in.to(device))
         self.width = sum(k * k + (k if m.bias is not None else 0) for m in modules.values())
+        self._biased = [m.bias is not None for m in modules.values()]
+
+    def sketch_flat(self, grads: torch.Tensor) -> torch.Tensor:
+        """(B, P) per-example gradients, flattened in the order of :func:`tracked_parameters`
+        (each layer's (O, I) weight, then its bias), -> (B, width): each layer's R_o^T G R_i and
+        R_o^T bias, the layout :meth:`factors` gives."""
+        out, start = [], 0
+        for (r_out, r_in), has_bias in zip(self.matrices.values(), self._biased):
+            n = r_out.shape[0] * r_in.shape[0]
+            g = grads[:, start:start + n].reshape(-1, r_out.shape[0], r_in.shape[0]).float()
+            out.append((r_out.T @ g @ r_in).flatten(1))
+            start += n
+            if has_bias:
+                out.append(grads[:, start:start + r_out.shape[0]].float() @ r_out)
+                start += r_out.shape[0]
+        return torch.cat(out, dim=1)
 
     def factors(self, name: str, d: torch.Tensor, a: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
