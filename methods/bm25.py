@@ -31,6 +31,7 @@ VARIANTS = ("robertson", "lucene", "atire", "bm25l", "bm25+")
 class BM25(Method):
     FAMILY = "lexical"
     VERSION = 1  # bump when a change may move this adapter's numbers
+    GRID = {"k1": [0.9, 1.5], "b": [0.4, 0.75, 1.0]}
     @dataclass
     class Config:
         field: TextField = param("both", "which text is indexed and queried with")

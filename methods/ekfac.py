@@ -100,6 +100,7 @@ def task_class():
 class EKFAC(Method):
     FAMILY = "gradient"
     VERSION = 1  # bump when a change may move this adapter's numbers
+    GRID = {"damping": [None, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1]}
     @dataclass
     class Config(gradients.GradientConfig):
         checkpoint: gradients.OneModelCheckpoint = param("pool", gradients.CHECKPOINT_HELP)

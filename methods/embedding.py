@@ -27,6 +27,7 @@ ATTENTION = "sdpa"
 class Embedding(Method):
     FAMILY = "representation"
     VERSION = 1  # bump when a change may move this adapter's numbers
+    GRID = {"similarity": ["dot", "cosine"], "field": ["both", "prompt", "response"]}
     @dataclass
     class Config:
         model: str = param("",

@@ -59,6 +59,7 @@ def unit(x: torch.Tensor) -> torch.Tensor:
 
 class GradDot(InnerProductMethod):
     VERSION = 1  # bump when a change may move this adapter's numbers
+    GRID = {"checkpoint": ["base", "pool", "half", "subset", "trajectory"]}
     @dataclass
     class Config(gradients.GradientConfig):
         checkpoint: gradients.CheckpointName = param(

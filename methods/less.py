@@ -94,6 +94,7 @@ def lora_size(rank: int, alpha: float, d_model: int) -> tuple[int, float]:
 
 class LESS(InnerProductMethod):
     VERSION = 1  # bump when a change may move this adapter's numbers
+    GRID = {"tracked": ["attention", "linear"], "checkpoint": ["base", "pool"]}
     @dataclass
     class Config(gradients.GradientConfig):
         tracked: gradients.TrackedName = param(

@@ -79,6 +79,7 @@ def _train_loss(model: _LossModel, batch: dict[str, torch.Tensor], device: str) 
 class LoGra(Method):
     FAMILY = "gradient"
     VERSION = 1  # bump when a change may move this adapter's numbers
+    GRID = {"damping": [0.3, 3.0, 30.0], "proj_dim": [256, 1024]}
     @dataclass
     class Config(gradients.GradientConfig):
         checkpoint: gradients.OneModelCheckpoint = param("pool", gradients.CHECKPOINT_HELP)

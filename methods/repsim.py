@@ -27,6 +27,7 @@ from tdabench.typed import param
 class RepSim(Method):
     FAMILY = "representation"
     VERSION = 1  # bump when a change may move this adapter's numbers
+    GRID = {"similarity": ["cosine", "dot"], "checkpoint": ["base", "pool", "subset"]}
     @dataclass
     class Config:
         layer: int = param(-1, "index into hidden_states (0 = embeddings, -1 = last layer)")

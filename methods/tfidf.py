@@ -29,6 +29,7 @@ from tdabench.typed import param
 class TfIdf(Method):
     FAMILY = "lexical"
     VERSION = 1  # bump when a change may move this adapter's numbers
+    GRID = {"field": ["both", "prompt", "response"], "sublinear_tf": [False, True]}
     @dataclass
     class Config:
         field: TextField = param("both", "which text is indexed and queried with")

@@ -24,6 +24,7 @@ from tdabench.typed import param
 
 class TracIn(GradDot):
     VERSION = 1  # bump when a change may move this adapter's numbers
+    GRID = {"tracked": ["mlp", "attention", "linear"]}
     @dataclass
     class Config(GradDot.Config):
         checkpoint: gradients.CheckpointName = param(

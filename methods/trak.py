@@ -184,6 +184,7 @@ def tracked_gradient_computer():
 class Trak(Method):
     FAMILY = "gradient"
     VERSION = 1  # bump when a change may move this adapter's numbers
+    GRID = {"damping": [1.0, 3.0, 10.0], "checkpoint": ["half", "subset"]}
     @dataclass
     class Config(gradients.GradientConfig):
         checkpoint: gradients.OneModelCheckpoint = param(

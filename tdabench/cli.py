@@ -201,6 +201,9 @@ def _describe(name: str) -> None:
         print(f"  {field:<18} default {default:<12} {kind}")
         if help_:
             print(f"  {'':<18} {help_}")
+    if cls.GRID:
+        grid = "; ".join(f"{k}: {', '.join(map(str, v))}" for k, v in cls.GRID.items())
+        print(f"tuning grid (`tdabench tune`, `tdabench run --tune`): {grid}")
 
 
 def _subset_slice(text: str) -> slice:
@@ -271,8 +274,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     from tdabench import runner  # torch and scipy load when a command runs, not for --help
 
     resolved = _validate(args, evaluates=True)
+    tuning = None
+    if args.tune:
+        resolved, tuning = _tune_first(args, resolved)
     record, path = runner.run_resolved(resolved, args.seed, _compute(args), args.results_dir, args.bank,
-                                       args.group_score, args.correlation)
+                                       args.group_score, args.correlation, tuning=tuning)
     print(runner.summary(record))
     print(f"record: {path}")
 
@@ -284,11 +290,47 @@ def _method_config(args: argparse.Namespace) -> dict[str, str]:
     return config
 
 
+def _declared_grid(method: str, config: dict[str, str]) -> dict[str, list]:
+    """The method's declared tuning grid less the fields the user set; UserError when nothing is
+    left to tune."""
+    grid = {k: v for k, v in registry.get_method(method).GRID.items() if k not in config}
+    if not grid:
+        raise UserError(f"method {method!r} declares nothing to tune" + (
+            f" besides the fields you set ({', '.join(sorted(config))})" if config else "")
+            + ": run it without --tune, or give --grid FIELD=V1,V2 to `tdabench tune`")
+    return grid
+
+
+def _tune_first(args: argparse.Namespace, resolved):
+    """``tdabench run --tune``: the declared grid searched on the tuning subsets (its estimated
+    cost printed first), then the winner resolved; returns it and how it was chosen."""
+    from tdabench import costs, runner
+
+    grid = _declared_grid(args.method, _method_config(args))
+    n = math.prod(len(v) for v in grid.values())
+    estimate = costs.estimate(resolved, _compute(args), seed=args.seed)
+    print(f"tuning {args.method} on {resolved.spec.task}/{resolved.preset}'s tuning subsets over {n} "
+          f"configuration(s) of {grid}: about {estimate.total_s * n / 60:,.1f} min on this machine "
+          "(plan --method's estimate of one run, times the grid), then the winner is scored", flush=True)
+    trials, csv = runner.tune(resolved, grid, args.seed, _compute(args), args.bank, args.correlation,
+                              args.results_dir)
+    chosen = {field: trials[0][field] for field in grid}
+    print(f"chosen: {chosen} (tuning LDS {trials[0]['tuning_lds']:+.4f}); trials: {csv}", flush=True)
+    from tdabench.protocol import TUNING_BUDGET, TUNING_VERSION
+
+    tuning = {"tuned": list(grid), "subsets": f"{resolved.spec.task}/{resolved.preset} bank, its "
+              f"{trials[0]['n_tuning_subsets']} tuning subsets (m % 5 == 0); the test subsets were never "
+              "scored while tuning", "grid": grid, "chosen": chosen, "csv": [str(csv)],
+              "protocol": {"version": TUNING_VERSION, "budget": TUNING_BUDGET}}
+    return resolved.with_config(chosen), tuning
+
+
 def cmd_tune(args: argparse.Namespace) -> None:
     from tdabench import runner  # torch and scipy load when a command runs, not for --help
 
     resolved = _validate(args, evaluates=True)
     grid = {key: [v.strip() for v in values.split(",")] for key, values in _assignments(args.grid).items()}
+    grid = grid or _declared_grid(args.method, _method_config(args))
     trials, path = runner.tune(resolved, grid, args.seed, _compute(args), args.bank, args.correlation,
                                args.results_dir)
     print(f"{args.method} on {args.task}/{args.preset}: LDS on the {trials[0]['n_tuning_subsets']} "
@@ -508,13 +550,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="force this group score for any method: a pooling of "
                         "tdabench.method.pooling.POOLINGS (sum, attention as AirRep trains, "
                         "attention-eval as its paper evaluates; default: the method's own, else the sum)")
+    p.add_argument("--tune", action="store_true",
+                   help="first search the method's declared grid on this task's tuning subsets, "
+                        "then score the winner (its estimated cost is printed before it starts)")
     _add_correlation_arg(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("tune", help="grid search of a method's config on the bank's tuning subsets only")
     _add_method_args(p)
-    p.add_argument("--grid", action="append", default=[], required=True, metavar="FIELD=V1,V2",
-                   help="config values to try, e.g. --grid similarity=dot,cosine (repeatable)")
+    p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="config values to try, e.g. --grid similarity=dot,cosine (repeatable; "
+                        "default: the method's declared grid, `tdabench list METHOD`)")
     p.add_argument("--results-dir", type=_path, default=None,
                    help="the trials go to RESULTS_DIR/TASK/PRESET/tuning/METHOD.csv (default: "
                         "the user results, as for run)")

@@ -20,6 +20,13 @@ from tdabench.spec import stable_hash
 PROTOCOL_VERSION = 1
 RECALL_KS = (1, 10)
 TUNING_EVERY = 5  # subsets m with m % 5 == 0 are the tuning part; the rest are the test part
+# The tuning protocol: every method's declared grid (``Method.GRID``) holds at most this many
+# configurations, each fitted and scored on the tuning subsets of the task and tier scored. The
+# same number of configurations, not the same CPU time: the methods' costs differ some 10^4-fold
+# (tfidf 0.1 s, TRAK 100 s a fit at tiny), so a time budget would give the lexical baselines
+# thousands of trials and TRAK one; a count is what published comparisons report.
+TUNING_BUDGET = 6
+TUNING_VERSION = 1
 PROTOCOL = {
     "model_output": "mean cross-entropy of the target's response tokens after fine-tuning",
     "label": "minus the loss, mean over training seeds (higher = subset helped)",

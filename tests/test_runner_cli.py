@@ -7,11 +7,12 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tdabench import checks, cli, record, runner
 from tdabench.errors import UserError
-from tdabench.method import FitContext, Method, Trained, make_config
+from tdabench.method import FitContext, Method, MissingDependency, Trained, make_config
 from tdabench.methods.embedding import Embedding
 from tdabench.registry import get_method, register_method
 
@@ -355,3 +356,50 @@ def test_reproduce_leaves_the_optional_task_out_unless_named():
     assert [name for name, _ in selected_tasks("tiny")] == ["chatterbot", "evalschat", "trivia"]
     assert [name for name, _ in selected_tasks("tiny", ["bigbench"])] == ["bigbench"]
     assert [name for name, _ in selected_tasks("paper")] == ["alpaca", "flan", "safe", "tulu"]
+
+
+def test_every_method_declares_a_grid_within_the_tuning_budget():
+    """Issue 33: the tuning protocol: a declared grid per method, the same budget for all."""
+    import math
+
+    from tdabench.checks import check_method
+    from tdabench.protocol import TUNING_BUDGET
+    from tdabench.registry import get_method, method_names
+
+    untuned = set()
+    for name in method_names():
+        cls = get_method(name)
+        if not cls.GRID:
+            untuned.add(name)
+            continue
+        assert math.prod(len(v) for v in cls.GRID.values()) <= TUNING_BUDGET, name
+        for field, values in cls.GRID.items():
+            assert len(set(map(repr, values))) == len(values) >= 2, (name, field)
+            for value in values:
+                try:
+                    check_method(name, {field: value})  # every value a valid config
+                except MissingDependency:
+                    break
+    assert untuned <= {"random", "datamodel"}, untuned  # nothing to tune; a reference
+
+
+def test_run_tune_searches_the_declared_grid_on_the_tuning_subsets_then_scores_the_winner(
+        micro, tmp_path, capsys):
+    args = ["--method", "tfidf", "--task", "micro", "--preset", "micro", "--bank", str(tmp_path / "bank"),
+            "--results-dir", str(tmp_path / "res")]
+    assert cli.main(["run", *args, "--tune"]) == 0
+    out = capsys.readouterr().out
+    assert "tuning tfidf on micro/micro's tuning subsets over 6 configuration(s)" in out and "min on" in out
+    rec = json.loads(next((tmp_path / "res").rglob("tfidf-*.json")).read_text())
+    tuning = rec["tuning"]
+    assert tuning["grid"] == {"field": ["both", "prompt", "response"], "sublinear_tf": [False, True]}
+    assert {k: rec["config"][k] for k in tuning["chosen"]} == tuning["chosen"]  # the winner ran
+    assert tuning["protocol"] == {"version": 1, "budget": 6} and "tuning subsets" in tuning["subsets"]
+    trials = pd.read_csv(tuning["csv"][0])
+    assert len(trials) == 6 and trials["tuning_lds"].is_monotonic_decreasing
+    assert cli.main(["run", *args, "--tune", "--config", "field=both", "--config",
+                     "sublinear_tf=true"]) == 2  # nothing left to tune
+    assert "declares nothing to tune besides the fields you set" in capsys.readouterr().err
+    assert cli.main(["tune", "--method", "embedding", "--task", "micro", "--preset", "micro",
+                     "--bank", str(tmp_path / "bank"), "--results-dir", str(tmp_path / "res")]) == 0
+    assert "similarity=" in capsys.readouterr().out  # the declared grid, no --grid given

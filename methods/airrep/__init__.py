@@ -99,6 +99,7 @@ RELEASED_CHECKPOINT = "sunweiwei/AirRep-Flan-Small"
 class AirRep(Method):
     FAMILY = "representation"
     VERSION = 1  # bump when a change may move this adapter's numbers
+    GRID = {"train_encoder": ["none", "top:2", "all"]}
     @dataclass
     class Config:
         checkpoint: str = param("", 'a trained AirRep (directory or hub id); "" = this task\'s own')

@@ -11,6 +11,10 @@ it does (``docs/adding-a-method.md`` walks through one):
   compares against the ``gradient`` family); ``REFERENCE = True`` for a reference shown apart and
   never ranked (a datamodel); ``EVALUATION_POOLING``: the group pooling of the paper tier's
   headline (the authors' evaluation), None for the sum;
+* ``GRID``: the tuning grid, config field -> the values tried (the knobs the method's authors
+  expose, over the ranges they use), at most :data:`tdabench.protocol.TUNING_BUDGET`
+  configurations in all; ``tdabench tune`` and ``tdabench run --tune`` search it on the tuning
+  subsets only; empty: nothing to tune;
 * ``check_config()``: cross-field checks of the config, run by ``__init__`` before any compute;
   raise ValueError (the command line prints it as one line);
 * ``train(context) -> Trained``: learning the method itself (AirRep's encoder, a datamodel's
@@ -112,6 +116,7 @@ class Method:
     FAMILY: ClassVar[str]
     REFERENCE: ClassVar[bool] = False
     EVALUATION_POOLING: ClassVar[str | None] = None
+    GRID: ClassVar[dict[str, list[Any]]] = {}
 
     def __init__(self, config: Any) -> None:
         self.config = config
