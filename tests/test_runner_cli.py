@@ -369,6 +369,8 @@ def test_every_method_declares_a_grid_within_the_tuning_budget():
     untuned = set()
     for name in method_names():
         cls = get_method(name)
+        if not cls.__module__.startswith("tdabench.methods."):
+            continue  # a test's double registered in this session
         if not cls.GRID:
             untuned.add(name)
             continue

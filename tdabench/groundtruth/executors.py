@@ -23,7 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 _worker_state: Any = None
@@ -48,25 +48,27 @@ def die_with_parent(parent: int, interval_s: float = 1.0) -> None:
 
 
 @contextlib.contextmanager
-def _sigint_ignored_in_children():
-    """Ignore SIGINT while worker processes are started (they inherit it, from their very first
-    import: a Ctrl-C during start-up then interrupts only this process, which reports it once).
-    A Ctrl-C in this short window is lost."""
+def _sigint_held_for_children():
+    """Block SIGINT while worker processes are started: they inherit the blocked signal from
+    their very first import (and ignore it once they run, :func:`_init_worker`), so a Ctrl-C
+    during start-up interrupts only this process, which reports it once; here it stays pending
+    and is raised the moment the window closes (it was once ignored here, and so lost)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def _init_worker(parent: int, init: Callable[..., Any], args: tuple) -> None:
     import torch
 
     global _worker_state
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report, once
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to report, once (a pending
+    # one, sent while it started with SIGINT blocked, is dropped by ignoring it)
     die_with_parent(parent)
     torch.set_num_threads(1)  # one thread per worker process: oversubscription is 10x slower
     _worker_state = init(*args)
@@ -162,17 +164,21 @@ def run_local(jobs: Sequence[Any], init: Callable[..., Any], init_args: tuple,
         ctx = mp.get_context("spawn")  # fork after torch has run threads can deadlock
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(os.getpid(), init, init_args)) as pool:
-            with _sigint_ignored_in_children():  # workers start with Ctrl-C ignored
-                pending = {pool.submit(_run_job, work, job) for job in jobs}
+            pending: set = set()
             try:
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        fut.result()  # re-raise a worker's error here
-                        bar.update()
+                # the first submits start the workers (one each, on demand): they start with
+                # Ctrl-C ignored; the rest are queued with Ctrl-C live (40,000 submits take seconds)
+                with _sigint_held_for_children():
+                    for job in jobs[:workers]:
+                        pending.add(pool.submit(_run_job, work, job))
+                for job in jobs[workers:]:
+                    pending.add(pool.submit(_run_job, work, job))
+                for fut in as_completed(pending):  # one waiter for all (wait() scans every future)
+                    fut.result()  # re-raise a worker's error here
+                    bar.update()
             except BaseException:
-                for fut in pending:
-                    fut.cancel()
+                # drop every job not started (the pool's exit then waits for the running ones only)
+                pool.shutdown(wait=False, cancel_futures=True)
                 raise
     finally:
         bar.close()
