@@ -70,8 +70,9 @@ class Estimate:
 
 
 def linear(points: dict[int, float], n: int) -> float:
-    """The value at ``n`` of the line through ``points`` (pool size -> value), never below the
-    largest measured value's share of a constant (a cost does not shrink as the pool grows)."""
+    """The value at ``n`` of the least-squares line through ``points`` (pool size -> value),
+    never below the smallest measured value (a cost does not shrink as the pool grows; a line
+    falling through noise is floored there)."""
     sizes = sorted(points)
     if len(sizes) < 2:
         raise ValueError("a line needs two measurements")
