@@ -48,7 +48,7 @@ from tdabench.typed import param
 
 # The pool gradients (all states) kept exact under "auto": above it, they are sketched.
 EXACT_BUDGET_BYTES = 48 * 2**30
-AUTO_K = 16  # "auto"'s sketch: 16 x 16 per tracked layer (256 floats; LoGra's default scale)
+AUTO_K = 16  # "auto"'s sketch: 16 x 16 per tracked layer (256 floats); a memory choice, not tuned
 PROJECTION = re.compile(r"auto|none|kron:[1-9][0-9]*")
 
 
